@@ -1,0 +1,21 @@
+rule hybrid:
+    """Training sets per regime: real only, or synthetic + real at the configured ratio (lists, not copies)."""
+    input:
+        real=expand(
+            "results/splits/{dataset}/train.csv",
+            dataset=config["split"]["train_datasets"],
+        ),
+        synthetic=f"results/synthetic/{RUN}/filtered.csv",
+    output:
+        "results/hybrid/{regime}/train.csv",
+    log:
+        "results/logs/hybrid/{regime}.log",
+    conda:
+        "../envs/data.yaml"
+    threads: 1
+    params:
+        synthetic_fraction=config["hybrid"]["synthetic_fraction"],
+        seed=config["seed"],
+        classes=CLASSES,
+    script:
+        "../workflow/scripts/hybrid.py"

@@ -1,0 +1,35 @@
+rule dullrazor:
+    """DullRazor hair removal: black-hat, threshold, inpaint; masks kept for audit."""
+    input:
+        "results/data/{dataset}/raw/manifest.csv",
+    output:
+        "results/data/{dataset}/clean/manifest.csv",
+    log:
+        "results/logs/dullrazor/{dataset}.log",
+    benchmark:
+        "results/benchmarks/dullrazor/{dataset}.tsv"
+    conda:
+        "../envs/data.yaml"
+    threads: 1
+    params:
+        cfg=config["preprocess"]["dullrazor"],
+    script:
+        "../workflow/scripts/dullrazor.py"
+
+
+rule resize:
+    """Square images at the diffusion and the classifier resolution."""
+    input:
+        "results/data/{dataset}/clean/manifest.csv",
+    output:
+        "results/data/{dataset}/{purpose}{size}/manifest.csv",
+    log:
+        "results/logs/resize/{dataset}_{purpose}{size}.log",
+    wildcard_constraints:
+        purpose="sd|cls",
+        size=r"\d+",
+    conda:
+        "../envs/data.yaml"
+    threads: 1
+    script:
+        "../workflow/scripts/resize.py"

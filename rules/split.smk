@@ -1,0 +1,27 @@
+rule split:
+    """Lesion-grouped, de-duplicated train/val/test splits over all datasets."""
+    input:
+        manifests=expand(cls_manifest("{dataset}"), dataset=DATASETS),
+        sd_manifests=expand(sd_manifest("{dataset}"), dataset=DATASETS),
+    output:
+        splits="results/splits/splits.csv",
+        leakage="results/splits/leakage.csv",
+        finetune="results/splits/finetune.csv",
+        sets=expand(
+            "results/splits/{dataset}/{split}.csv",
+            dataset=DATASETS,
+            split=["train", "val", "test"],
+        ),
+    log:
+        "results/logs/split/split.log",
+    conda:
+        "../envs/data.yaml"
+    threads: 1
+    params:
+        datasets=DATASETS,
+        fractions={name: spec["split"] for name, spec in config["datasets"].items()},
+        seed=config["split"]["seed"],
+        phash_threshold=config["split"]["phash_threshold"],
+        finetune_datasets=config["split"]["finetune_datasets"],
+    script:
+        "../workflow/scripts/split.py"

@@ -1,0 +1,124 @@
+"""Config validation: JSON Schema with defaults filled, errors as one line naming the key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from .errors import ConfigError
+
+
+def _with_defaults(validator_cls):
+    """A validator that fills `default`s of properties before checking them (jsonschema FAQ recipe)."""
+    validate_properties = validator_cls.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for prop, sub in properties.items():
+                if "default" in sub and prop not in instance:
+                    instance[prop] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_cls, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def load_schema(path: str | Path) -> dict:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def _key(error: jsonschema.ValidationError) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    if error.validator == "required":
+        missing = error.message.split("'")[1]
+        parts.append(missing)
+    if error.validator == "additionalProperties":
+        extra = error.message.split("'")[1]
+        parts.append(extra)
+    if error.validator == "propertyNames":
+        parts.append(str(error.instance))
+    return ".".join(parts) or "<top level>"
+
+
+def _explain(error: jsonschema.ValidationError) -> str:
+    s = error.schema
+    v = error.validator
+    if v == "enum":
+        return f"{error.instance!r} is not allowed; allowed values: {', '.join(map(str, s['enum']))}"
+    if v == "propertyNames":
+        allowed = error.schema.get("propertyNames", {}).get("enum") or error.validator_value.get("enum")
+        if allowed:
+            return f"unknown name; allowed: {', '.join(allowed)}"
+        return f"invalid name (must match {error.validator_value.get('pattern')})"
+    if v == "additionalProperties":
+        known = sorted(s.get("properties", {}))
+        return "unknown key" + (f"; known keys here: {', '.join(known)}" if known else "")
+    if v == "required":
+        return "missing required key"
+    if v in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        return f"{error.instance!r} violates {v} {error.validator_value}"
+    if v == "type":
+        return f"{error.instance!r} must be of type {error.validator_value}"
+    if v == "oneOf":
+        return f"{error.instance!r} must be an integer or a [min, max] pair of integers"
+    return error.message.splitlines()[0]
+
+
+def _propertynames_error(error):
+    # jsonschema reports propertyNames failures with the enum as the *sub*-schema: dig it out
+    for sub in error.context or []:
+        if sub.validator == "enum":
+            return f"{sub.instance!r} is not allowed; allowed names: {', '.join(map(str, sub.validator_value))}"
+    return None
+
+
+def validate(config: dict, schema_path: str | Path) -> dict:
+    """Fill defaults into ``config`` (in place) and raise ConfigError on the first violation."""
+    schema = load_schema(schema_path)
+    errors = sorted(_Validator(schema).iter_errors(config), key=lambda e: (len(e.absolute_path), e.path))
+    if errors:
+        e = errors[0]
+        msg = (_propertynames_error(e) if e.validator == "propertyNames" else None) or _explain(e)
+        raise ConfigError(f"config key '{_key(e)}': {msg}")
+    check_consistency(config)
+    return config
+
+
+def check_consistency(config: dict) -> None:
+    """Rules the schema cannot express: cross references between sections."""
+    datasets = config["datasets"]
+    for role in ("finetune_datasets", "train_datasets", "test_datasets"):
+        for name in config["split"][role]:
+            if name not in datasets:
+                raise ConfigError(
+                    f"config key 'split.{role}': dataset '{name}' is not defined; defined: {', '.join(datasets)}"
+                )
+    for name, spec in datasets.items():
+        frac = spec["split"]
+        if frac["val"] + frac["test"] > 1.0 + 1e-9:
+            raise ConfigError(f"config key 'datasets.{name}.split': val + test = {frac['val'] + frac['test']} > 1")
+        if spec["source"] == "folder" and not (spec["folder"].get("path") or spec["folder"].get("csv")):
+            raise ConfigError(f"config key 'datasets.{name}.folder': source folder needs 'path' or 'csv'")
+    for name in config["split"]["train_datasets"] + config["split"]["finetune_datasets"]:
+        if datasets[name]["split"]["test"] >= 1.0:
+            raise ConfigError(f"config key 'datasets.{name}.split.test': 1.0 leaves no training images")
+    n_samplers = len(config["generate"]["samplers"])
+    if config["generate"]["images_per_class"] < n_samplers:
+        raise ConfigError(
+            f"config key 'generate.images_per_class': {config['generate']['images_per_class']} is fewer "
+            f"than the {n_samplers} samplers"
+        )
+    for name, s in config["generate"]["samplers"].items():
+        if isinstance(s["steps"], list) and s["steps"][0] > s["steps"][1]:
+            raise ConfigError(f"config key 'generate.samplers.{name}.steps': min > max in {s['steps']}")
+
+
+def sampler_counts(images_per_class: int, samplers: list[str]) -> dict[str, int]:
+    """Split a class's image count exactly across samplers (remainder to the first ones)."""
+    base, rest = divmod(images_per_class, len(samplers))
+    return {s: base + (1 if i < rest else 0) for i, s in enumerate(samplers)}

@@ -1,0 +1,26 @@
+"""Rule evaluate: one classifier on one test set."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importable in any env (conda too)
+
+from dermsynth import logs  # noqa: E402
+
+from dermsynth.classify import evaluate  # noqa: E402
+from dermsynth.io import read_csv  # noqa: E402
+
+logs.setup(snakemake.log[0])
+w = snakemake.wildcards
+with logs.stage("evaluate"):
+    evaluate(
+        snakemake.input.model,
+        read_csv(snakemake.input.test),
+        snakemake.params.classes,
+        snakemake.output.metrics,
+        snakemake.output.predictions,
+        n_boot=snakemake.params.cfg["bootstrap"],
+        ci=snakemake.params.cfg["ci"],
+        seed=int(w.seed),
+        meta={"model": w.model, "regime": w.regime, "seed": int(w.seed), "testset": w.testset},
+        threads=snakemake.threads,
+    )

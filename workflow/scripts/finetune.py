@@ -1,0 +1,21 @@
+"""Rule finetune: DreamBooth-LoRA training (resumes from results/lora/<run>.ckpt/)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importable in any env (conda too)
+
+from dermsynth import logs  # noqa: E402
+
+from dermsynth.diffusion.train import train_lora  # noqa: E402
+from dermsynth.io import read_csv  # noqa: E402
+
+logs.setup(snakemake.log[0])
+with logs.stage("finetune"):
+    train_lora(
+        snakemake.params.pretrained,
+        read_csv(snakemake.input.images),
+        Path(snakemake.output.lora).parent,
+        snakemake.params.cfg,
+        checkpoint_dir=snakemake.params.checkpoint_dir,
+        threads=snakemake.threads,
+    )

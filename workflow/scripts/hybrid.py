@@ -1,0 +1,21 @@
+"""Rule hybrid: the training list of one regime."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importable in any env (conda too)
+
+from dermsynth import logs  # noqa: E402
+
+from dermsynth.splits import write_regime  # noqa: E402
+
+logs.setup(snakemake.log[0])
+with logs.stage("hybrid"):
+    write_regime(
+        list(snakemake.input.real),
+        snakemake.input.synthetic,
+        snakemake.wildcards.regime,
+        snakemake.params.synthetic_fraction,
+        snakemake.params.seed,
+        snakemake.params.classes,
+        snakemake.output[0],
+    )

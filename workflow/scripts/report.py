@@ -1,0 +1,26 @@
+"""Rule report: Table IV, figures and the Markdown summary."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importable in any env (conda too)
+
+from dermsynth import logs  # noqa: E402
+
+from dermsynth.report import build_from_workflow  # noqa: E402
+
+logs.setup(snakemake.log[0])
+with logs.stage("report"):
+    build_from_workflow(
+        eval_jsons=list(snakemake.input.evals),
+        history_paths=list(snakemake.input.histories),
+        out_summary=snakemake.output.summary,
+        out_table=snakemake.output.table,
+        figures_dir=snakemake.output.figures,
+        paper_table=snakemake.params.paper_table,
+        rejected=snakemake.input.rejected,
+        samples=snakemake.input.samples,
+        dullrazor=list(snakemake.input.dullrazor),
+        leakage=snakemake.input.leakage,
+        finetune_summary=snakemake.input.finetune,
+        config=snakemake.params.config,
+    )
