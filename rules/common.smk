@@ -118,3 +118,10 @@ def classifier_model_ref(wildcards):
 def classifier_params():
     """The training recipe without the job lists: adding a seed or a model reruns no finished job."""
     return {k: v for k, v in config["classify"].items() if k not in ("models", "seeds")}
+
+
+def regime_synthetic_input(wildcards):
+    """The real-only baseline does not depend on synthetic images: regenerating them leaves it alone."""
+    if wildcards.regime == "real":
+        return []
+    return [f"results/synthetic/{RUN}/filtered.csv"]

@@ -5,7 +5,7 @@ rule hybrid:
             "results/splits/{dataset}/train.csv",
             dataset=config["split"]["train_datasets"],
         ),
-        synthetic=f"results/synthetic/{RUN}/filtered.csv",
+        synthetic=regime_synthetic_input,
     output:
         "results/hybrid/{regime}/train.csv",
     log:

@@ -73,7 +73,9 @@ def _propertynames_error(error):
     # jsonschema reports propertyNames failures with the enum as the *sub*-schema: dig it out
     for sub in error.context or []:
         if sub.validator == "enum":
-            return f"{sub.instance!r} is not allowed; allowed names: {', '.join(map(str, sub.validator_value))}"
+            return (
+                f"{sub.instance!r} is not allowed; allowed names: {', '.join(map(str, sub.validator_value))}"
+            )
     return None
 
 
@@ -96,12 +98,15 @@ def check_consistency(config: dict) -> None:
         for name in config["split"][role]:
             if name not in datasets:
                 raise ConfigError(
-                    f"config key 'split.{role}': dataset '{name}' is not defined; defined: {', '.join(datasets)}"
+                    f"config key 'split.{role}': dataset '{name}' is not defined; "
+                    f"defined: {', '.join(datasets)}"
                 )
     for name, spec in datasets.items():
         frac = spec["split"]
         if frac["val"] + frac["test"] > 1.0 + 1e-9:
-            raise ConfigError(f"config key 'datasets.{name}.split': val + test = {frac['val'] + frac['test']} > 1")
+            raise ConfigError(
+                f"config key 'datasets.{name}.split': val + test = {frac['val'] + frac['test']} > 1"
+            )
         if spec["source"] == "folder" and not (spec["folder"].get("path") or spec["folder"].get("csv")):
             raise ConfigError(f"config key 'datasets.{name}.folder': source folder needs 'path' or 'csv'")
     for name in config["split"]["train_datasets"] + config["split"]["finetune_datasets"]:
@@ -122,3 +127,61 @@ def sampler_counts(images_per_class: int, samplers: list[str]) -> dict[str, int]
     """Split a class's image count exactly across samplers (remainder to the first ones)."""
     base, rest = divmod(images_per_class, len(samplers))
     return {s: base + (1 if i < rest else 0) for i, s in enumerate(samplers)}
+
+
+def _rows(schema: dict, defs: dict, prefix: str = ""):
+    """(dotted key, type/allowed, default, description) for every key of the schema."""
+    if "$ref" in schema:
+        schema = {**defs[schema["$ref"].split("/")[-1]], **{k: v for k, v in schema.items() if k != "$ref"}}
+    props = schema.get("properties", {})
+    extra = schema.get("additionalProperties")
+    for name, sub in props.items():
+        key = f"{prefix}{name}"
+        merged = {**defs[sub["$ref"].split("/")[-1]], **sub} if "$ref" in sub else sub
+        allowed = " \\| ".join(map(str, merged["enum"])) if "enum" in merged else merged.get("type", "")
+        if "enum" in merged.get("items", {}):
+            allowed = "list of " + ", ".join(merged["items"]["enum"])
+        if merged.get("propertyNames", {}).get("enum"):
+            allowed = "mapping, keys: " + ", ".join(merged["propertyNames"]["enum"])
+        yield key, allowed, merged.get("default", ""), merged.get("description", "")
+        if merged.get("properties") or isinstance(merged.get("additionalProperties"), dict):
+            yield from _rows(merged, defs, key + ".")
+    if isinstance(extra, dict) and ("properties" in extra or "$ref" in extra):
+        yield from _rows(extra, defs, prefix + "<name>.")
+
+
+def document(schema_path: str | Path) -> str:
+    """config/README.md, generated from the schema so the two cannot drift apart."""
+    schema = load_schema(schema_path)
+    lines = [
+        "# Configuration",
+        "",
+        "Generated from `config/schema.yaml` by",
+        "`python -m dermsynth.config config/schema.yaml > config/README.md`; a test fails when the two differ.",
+        " `config.yaml` is the paper's setup, `demo.yaml` the offline tiny",
+        "setup. A `--configfile` replaces `config.yaml` (it is not merged into it); keys left out take the",
+        "defaults below. A wrong value stops the run before any job, with one line naming the key and the",
+        "allowed values.",
+        "",
+        "| key | allowed | default | meaning |",
+        "|---|---|---|---|",
+    ]
+    for key, allowed, default, desc in _rows(schema, schema.get("$defs", {})):
+        d = json_compact(default)
+        lines.append(f"| `{key}` | {allowed} | {d} | {desc} |".replace("\n", " "))
+    return "\n".join(lines) + "\n"
+
+
+def json_compact(value) -> str:
+    import json
+
+    if value == "":
+        return ""
+    text = value if isinstance(value, str) else json.dumps(value)
+    return f"`{text}`".replace("|", "\\|")
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(document(sys.argv[1]))

@@ -1,12 +1,12 @@
 """Rule download: acquire one dataset as PNGs plus manifest.csv and rejected.csv."""
+
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importable in any env (conda too)
 
-from dermsynth import logs  # noqa: E402
-
-from dermsynth.data import acquire  # noqa: E402
+from dermsynth import logs
+from dermsynth.data import acquire
 
 logs.setup(snakemake.log[0])
 with logs.stage("download"):

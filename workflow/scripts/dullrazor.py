@@ -1,12 +1,12 @@
 """Rule dullrazor: hair removal for one dataset."""
+
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importable in any env (conda too)
 
-from dermsynth import logs  # noqa: E402
-
-from dermsynth.hair import remove_hair_dataset  # noqa: E402
+from dermsynth import logs
+from dermsynth.hair import remove_hair_dataset
 
 logs.setup(snakemake.log[0])
 with logs.stage("dullrazor"):

@@ -1,13 +1,13 @@
 """Rule evaluate: one classifier on one test set."""
+
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importable in any env (conda too)
 
-from dermsynth import logs  # noqa: E402
-
-from dermsynth.classify import evaluate  # noqa: E402
-from dermsynth.io import read_csv  # noqa: E402
+from dermsynth import logs
+from dermsynth.classify import evaluate
+from dermsynth.io import read_csv
 
 logs.setup(snakemake.log[0])
 w = snakemake.wildcards

@@ -1,13 +1,13 @@
 """Rule finetune: DreamBooth-LoRA training (resumes from results/lora/<run>.ckpt/)."""
+
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importable in any env (conda too)
 
-from dermsynth import logs  # noqa: E402
-
-from dermsynth.diffusion.train import train_lora  # noqa: E402
-from dermsynth.io import read_csv  # noqa: E402
+from dermsynth import logs
+from dermsynth.diffusion.train import train_lora
+from dermsynth.io import read_csv
 
 logs.setup(snakemake.log[0])
 with logs.stage("finetune"):

@@ -1,12 +1,12 @@
 """Rule generate: one class x one sampler of synthetic images plus their manifest."""
+
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importable in any env (conda too)
 
-from dermsynth import logs  # noqa: E402
-
-from dermsynth.diffusion.sample import generate  # noqa: E402
+from dermsynth import logs
+from dermsynth.diffusion.sample import generate
 
 logs.setup(snakemake.log[0])
 with logs.stage("generate"):

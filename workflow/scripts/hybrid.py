@@ -1,18 +1,18 @@
 """Rule hybrid: the training list of one regime."""
+
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importable in any env (conda too)
 
-from dermsynth import logs  # noqa: E402
-
-from dermsynth.splits import write_regime  # noqa: E402
+from dermsynth import logs
+from dermsynth.splits import write_regime
 
 logs.setup(snakemake.log[0])
 with logs.stage("hybrid"):
     write_regime(
         list(snakemake.input.real),
-        snakemake.input.synthetic,
+        snakemake.input.synthetic[0] if snakemake.input.synthetic else None,
         snakemake.wildcards.regime,
         snakemake.params.synthetic_fraction,
         snakemake.params.seed,

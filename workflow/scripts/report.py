@@ -1,12 +1,12 @@
 """Rule report: Table IV, figures and the Markdown summary."""
+
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importable in any env (conda too)
 
-from dermsynth import logs  # noqa: E402
-
-from dermsynth.report import build_from_workflow  # noqa: E402
+from dermsynth import logs
+from dermsynth.report import build_from_workflow
 
 logs.setup(snakemake.log[0])
 with logs.stage("report"):

@@ -1,12 +1,12 @@
 """Rule resize: square images at one size."""
+
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importable in any env (conda too)
 
-from dermsynth import logs  # noqa: E402
-
-from dermsynth.imaging import resize_dataset  # noqa: E402
+from dermsynth import logs
+from dermsynth.imaging import resize_dataset
 
 logs.setup(snakemake.log[0])
 with logs.stage("resize"):

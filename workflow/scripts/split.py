@@ -1,12 +1,12 @@
 """Rule split: lesion-grouped, de-duplicated splits; per-dataset split manifests; the fine-tune set."""
+
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importable in any env (conda too)
 
-from dermsynth import logs  # noqa: E402
-
-from dermsynth.splits import write_split_manifests  # noqa: E402
+from dermsynth import logs
+from dermsynth.splits import write_split_manifests
 
 logs.setup(snakemake.log[0])
 with logs.stage("split"):

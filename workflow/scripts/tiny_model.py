@@ -1,12 +1,12 @@
 """Rule tiny_model: build a tiny random-weight model with the real architecture."""
+
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importable in any env (conda too)
 
-from dermsynth import logs  # noqa: E402
-
-from dermsynth.tiny import build  # noqa: E402
+from dermsynth import logs
+from dermsynth.tiny import build
 
 logs.setup(snakemake.log[0])
 with logs.stage("tiny_model"):

@@ -1,12 +1,12 @@
 """Rule train_classifier: one model x regime x seed."""
+
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importable in any env (conda too)
 
-from dermsynth import logs  # noqa: E402
-
-from dermsynth.classify import train_from_manifests  # noqa: E402
+from dermsynth import logs
+from dermsynth.classify import train_from_manifests
 
 logs.setup(snakemake.log[0])
 with logs.stage("train_classifier"):

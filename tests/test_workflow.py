@@ -1,0 +1,218 @@
+"""The whole demo DAG end to end, what reruns after a change, and the paper DAG as a dry run."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+COPY = ["Snakefile", "rules", "config", "workflow"]
+
+
+def copy_workflow(dst: Path) -> Path:
+    for name in COPY:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(src, dst / name)
+    return dst
+
+
+def smk(wd: Path, *args, timeout=900):
+    return subprocess.run([SNAKEMAKE, *args], cwd=wd, capture_output=True, text=True, timeout=timeout)
+
+
+def planned_jobs(wd: Path, configfile: str) -> dict[str, int]:
+    """Rule -> job count of a dry run ({} when nothing is to be done)."""
+    out = smk(wd, "-n", "--quiet", "rules", "--configfile", configfile, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout + out.stderr
+    if "Job stats" not in text:
+        return {}
+    block = text.split("Job stats:")[1]
+    counts = {}
+    for line in block.splitlines()[3:]:
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not m:
+            break
+        counts[m.group(1)] = int(m.group(2))
+    counts.pop("total", None)
+    return counts
+
+
+def variant(wd: Path, name: str, change) -> str:
+    cfg = yaml.safe_load((wd / "config" / "demo.yaml").read_text())
+    change(cfg)
+    (wd / "config" / name).write_text(yaml.safe_dump(cfg))
+    return f"config/{name}"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    wd = copy_workflow(tmp_path_factory.mktemp("demo"))
+    t0 = time.perf_counter()
+    out = smk(wd, "--cores", "2", "--resources", "gpu=1", "--configfile", "config/demo.yaml", timeout=1200)
+    wall = time.perf_counter() - t0
+    assert out.returncode == 0, out.stderr[-6000:]
+    print(f"demo DAG wall time: {wall:.0f} s")
+    return wd
+
+
+pytestmark = pytest.mark.e2e
+
+
+def test_report_table4_has_every_cell_with_paper_numbers(demo):
+    cfg = yaml.safe_load((demo / "config" / "demo.yaml").read_text())
+    table = pd.read_csv(demo / "results" / "report" / "table4.csv")
+    cells = {(r.model, r.regime, r.testset) for r in table.itertuples()}
+    expected = {
+        (m, r, t)
+        for m in cfg["classify"]["models"]
+        for r in cfg["hybrid"]["regimes"]
+        for t in cfg["split"]["test_datasets"]
+    }
+    assert cells == expected
+    acc = table["accuracy_mean"].to_numpy()
+    assert np.all((acc >= 0) & (acc <= 100))
+    vit_real_isic = table[(table.model == "vit") & (table.regime == "real") & (table.testset == "isic")]
+    assert vit_real_isic["paper_accuracy"].iloc[0] == pytest.approx(78.89)
+    summary = (demo / "results" / "report" / "summary.md").read_text()
+    assert "Table IV" in summary
+
+
+def test_eval_json_agrees_with_its_predictions(demo):
+    for path in (demo / "results" / "eval").rglob("*.json"):
+        ev = json.loads(path.read_text())
+        pred = pd.read_csv(path.with_name(path.stem + "_predictions.csv"))
+        assert ev["n"] == len(pred) > 0
+        acc = ev["metrics"]["accuracy"]
+        assert acc["value"] == pytest.approx((pred["y"] == pred["pred"]).mean())
+        assert acc["lo"] <= acc["value"] <= acc["hi"]
+
+
+def test_hybrid_regime_is_mostly_synthetic_and_trains_a_different_model(demo):
+    from safetensors.numpy import load_file
+
+    real = pd.read_csv(demo / "results" / "hybrid" / "real" / "train.csv")
+    hybrid = pd.read_csv(demo / "results" / "hybrid" / "hybrid" / "train.csv")
+    assert (real["origin"] == "real").all()
+    frac = (hybrid["origin"] == "synthetic").mean()
+    assert 0.6 <= frac <= 0.8
+    for model in ("vit", "mobilenet_v2"):
+        a = load_file(demo / f"results/classifiers/{model}/real/0/model/model.safetensors")
+        b = load_file(demo / f"results/classifiers/{model}/hybrid/0/model/model.safetensors")
+        diff = max(float(np.abs(a[k] - b[k]).max()) for k in a)
+        assert diff > 1e-4, f"{model}: hybrid and real models are identical"
+
+
+def test_samplers_give_different_images_for_the_same_seed_index(demo):
+    syn = demo / "results" / "synthetic" / "demo" / "malignant"
+    first = {}
+    for sampler in ("euler", "euler_a", "plms"):
+        m = pd.read_csv(syn / sampler / "manifest.csv")
+        assert (m["sampler"] == sampler).all()
+        first[sampler] = np.asarray(Image.open(demo / m["path"].iloc[0]), dtype=np.float32)
+    assert np.abs(first["euler"] - first["euler_a"]).mean() > 1.0
+    assert np.abs(first["euler"] - first["plms"]).mean() > 1.0
+
+
+def test_manifest_row_regenerates_its_image(demo, monkeypatch):
+    from dermsynth.diffusion.sample import regenerate
+
+    monkeypatch.chdir(demo)
+    m = pd.read_csv("results/synthetic/demo/benign/euler/manifest.csv")
+    row = m.iloc[1]
+    img = regenerate(
+        row,
+        "results/models/tiny-sd",
+        "results/lora/demo/pytorch_lora_weights.safetensors",
+        device="cpu",
+        threads=2,
+    )
+    stored = np.asarray(Image.open(row["path"]), dtype=np.float32)
+    assert np.abs(np.asarray(img, dtype=np.float32) - stored).mean() <= 1.0
+
+
+def test_dullrazor_improves_hairy_demo_images(demo):
+    clean = pd.read_csv(demo / "results" / "data" / "isic" / "clean" / "manifest.csv")
+    hairy = clean[clean["has_hair"].astype(bool)]
+    assert len(hairy) > 0
+    assert (hairy["psnr_after"] > hairy["psnr_before"]).mean() >= 0.8
+
+
+def test_nothing_reruns_when_nothing_changed(demo):
+    assert planned_jobs(demo, "config/demo.yaml") == {}
+
+
+def test_classifier_param_reruns_only_training_evaluation_report(demo):
+    cfg = variant(demo, "epochs.yaml", lambda c: c["classify"].update(epochs=c["classify"]["epochs"] + 1))
+    jobs = planned_jobs(demo, cfg)
+    assert set(jobs) == {"train_classifier", "evaluate", "report", "all"}
+    assert jobs["train_classifier"] == 4 and jobs["evaluate"] == 8
+
+
+def test_sampler_steps_rerun_only_that_sampler_and_what_follows(demo):
+    cfg = variant(demo, "steps.yaml", lambda c: c["generate"]["samplers"]["euler"].update(steps=13))
+    jobs = planned_jobs(demo, cfg)
+    assert jobs["generate"] == 2  # benign + malignant with euler, not the other samplers
+    assert "finetune" not in jobs and "download" not in jobs and "split" not in jobs
+    # the real-only baseline does not use synthetic images: it stays
+    assert jobs["hybrid"] == 1 and jobs["train_classifier"] == 2
+
+
+def test_editing_a_stage_script_reruns_that_stage_onward(demo):
+    script = demo / "workflow" / "scripts" / "filter.py"
+    original = script.read_text()
+    try:
+        script.write_text(
+            original.replace('with logs.stage("filter"):', 'with logs.stage("filter"):  # edited')
+        )
+        jobs = planned_jobs(demo, "config/demo.yaml")
+    finally:
+        script.write_text(original)
+    assert jobs.get("filter") == 1
+    assert {"generate", "finetune", "download", "dullrazor"}.isdisjoint(jobs)
+    assert jobs.get("report") == 1
+
+
+def test_paper_config_dry_run_builds_the_whole_dag(tmp_path):
+    wd = copy_workflow(tmp_path)
+    out = smk(wd, "-n", "--quiet", "rules", timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    jobs = planned_jobs(wd, "config/config.yaml")
+    for stage in (
+        "download",
+        "dullrazor",
+        "resize",
+        "split",
+        "finetune",
+        "generate",
+        "filter",
+        "hybrid",
+        "train_classifier",
+        "evaluate",
+        "report",
+    ):
+        assert jobs.get(stage, 0) >= 1, stage
+    assert jobs["generate"] >= 6 and jobs["train_classifier"] == 4 and jobs["evaluate"] == 8
+    assert "tiny_model" not in jobs  # the paper config names hub models
+
+
+def test_lint_is_clean_and_gpu_rules_ask_for_a_gpu():
+    out = smk(ROOT, "--lint", timeout=120)
+    assert out.returncode == 0, out.stdout[-3000:]
+    text = "\n".join(p.read_text() for p in (ROOT / "rules").glob("*.smk"))
+    for rule in ("finetune", "generate", "train_classifier"):
+        body = text.split(f"rule {rule}:")[1].split("\nrule ")[0]
+        assert re.search(r"resources:\s*\n\s*gpu=1", body), rule
