@@ -22,6 +22,8 @@ rule split:
         fractions={name: spec["split"] for name, spec in config["datasets"].items()},
         seed=config["split"]["seed"],
         phash_threshold=config["split"]["phash_threshold"],
+        min_corr=config["split"]["min_corr"],
+        patient_groups=config["split"]["patient_groups"],
         finetune_datasets=config["split"]["finetune_datasets"],
     script:
         "../workflow/scripts/split.py"

@@ -16,6 +16,8 @@ with logs.stage("split"):
         fractions=snakemake.params.fractions,
         seed=snakemake.params.seed,
         phash_threshold=snakemake.params.phash_threshold,
+        min_corr=snakemake.params.min_corr,
+        patient_groups=snakemake.params.patient_groups,
         finetune_datasets=snakemake.params.finetune_datasets,
         splits_path=snakemake.output.splits,
         leakage_path=snakemake.output.leakage,

@@ -1,0 +1,106 @@
+"""DullRazor: finds drawn and real hairs, raises PSNR against the hair-free truth, passes through when off."""
+
+import numpy as np
+import pytest
+
+from dermsynth import hair, io
+from dermsynth.data import acquire, demo
+from dermsynth.errors import ConfigError
+
+CLASSES = ["benign", "malignant"]
+CFG = {"activate": True, "kernel_size": 17, "threshold": 10, "inpaint_radius": 5, "method": "telea",
+       "blur": 3}
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+
+def test_dullrazor_on_drawn_lines():
+    img = np.full((96, 96, 3), (200, 150, 130), np.uint8)
+    img[40:43, 5:90] = (30, 20, 15)  # a 3 px dark hair
+    clean, mask = hair.dullrazor(img, kernel_size=9)
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
+    assert (mask[40:43, 10:85] == 255).all()
+    assert (mask > 0).mean() < 0.15
+    assert np.abs(clean[41, 10:85].astype(int) - (200, 150, 130)).max() < 25
+    flat = np.full((64, 64, 3), 120, np.uint8)
+    c2, m2 = hair.dullrazor(flat)
+    assert not m2.any() and np.array_equal(c2, flat)
+
+
+def test_dullrazor_on_demo_hairs_raises_psnr_and_mask_overlaps(tmp_path):
+    before, after, ious = [], [], []
+    for i in range(6):
+        img, truth = demo.make_image(11, "isic", CLASSES[i % 2], i, 0, 256, ["isic", "ham10000"][i % 2],
+                                     CLASSES, hair=True)
+        clean, mask = hair.dullrazor(img, kernel_size=hair.scaled_kernel(17, 256, 256))
+        drawn = np.abs(img.astype(int) - truth).max(-1) > 20
+        found = mask > 0
+        ious.append((drawn & found).sum() / (drawn | found).sum())
+        before.append(hair.psnr(img, truth))
+        after.append(hair.psnr(clean, truth))
+    assert np.mean(after) > np.mean(before) + 6
+    assert all(a > b for a, b in zip(after, before, strict=True))
+    assert np.mean(ious) > 0.4
+
+
+def test_dullrazor_finds_hair_on_real_hairy_images(shared_data):
+    def fraction(path):
+        rgb = np.asarray(io.load_rgb(path))
+        _, mask = hair.dullrazor(rgb, kernel_size=hair.scaled_kernel(17, *rgb.shape[:2]), **{
+            k: CFG[k] for k in ("threshold", "inpaint_radius", "method", "blur")})
+        return (mask > 0).mean()
+
+    hairy = [fraction(shared_data / "hairy" / f"ISIC_{i}.jpg") for i in ("0000095", "0000115", "0000229")]
+    plain = [fraction(p) for p in sorted((shared_data / "isic" / "benign").glob("*.jpg"))[:3]]
+    assert min(hairy) > max(plain)
+    assert np.mean(hairy) > 2 * np.mean(plain)
+
+
+def test_scaled_kernel_and_bad_method():
+    assert hair.scaled_kernel(17, 512, 700) == 17
+    assert hair.scaled_kernel(17, 128, 128) == 5
+    assert hair.scaled_kernel(17, 3000, 2000) % 2 == 1 and hair.scaled_kernel(17, 3000, 2000) > 60
+    assert hair.scaled_kernel(17, 16, 16) == 3
+    with pytest.raises(ConfigError, match="telea"):
+        hair.dullrazor(np.zeros((8, 8, 3), np.uint8), method="fast")
+    img, _ = demo.make_image(1, "x", "benign", 0, 0, 64, "isic", CLASSES, hair=True)
+    clean, _ = hair.dullrazor(img, kernel_size=5, method="ns")
+    assert clean.shape == img.shape
+
+
+def _demo_manifest(tmp_path):
+    spec = {"source": "demo", "demo": {"n_per_class": 4, "domain": "isic", "size": 128, "hair_fraction": 0.5}}
+    acquire("isic", spec, tmp_path / "raw", tmp_path / "raw.csv", tmp_path / "rej.csv", 3, CLASSES)
+    return tmp_path / "raw.csv"
+
+
+def test_remove_hair_dataset(tmp_path):
+    src = _demo_manifest(tmp_path)
+    df = hair.remove_hair_dataset(src, tmp_path / "clean", tmp_path / "clean.csv", CFG, threads=1)
+    assert len(io.read_csv(tmp_path / "clean.csv")) == len(df) == 8
+    want = {"mask_path", "hair_fraction", "psnr_before", "psnr_after", "truth_path", "lesion_id"}
+    assert want <= set(df.columns)
+    for r in df.itertuples():
+        assert r.path.startswith("clean/images/") and r.mask_path.startswith("clean/masks/")
+        assert io.sha256_file(r.path) == r.sha256
+        assert np.asarray(io.load_rgb(r.mask_path)).shape[:2] == (128, 128)
+    hairy = df[df["truth_path"].fillna("") != ""]
+    assert len(hairy) == 4 and hairy["psnr_before"].notna().all()
+    assert (hairy["psnr_after"] > hairy["psnr_before"]).mean() >= 0.75
+    assert hairy["psnr_after"].mean() > hairy["psnr_before"].mean() + 3
+    assert df.loc[hairy.index, "hair_fraction"].mean() > df.drop(hairy.index)["hair_fraction"].mean()
+    assert df.drop(hairy.index)["psnr_before"].isna().all()
+
+
+def test_remove_hair_inactive_passes_through(tmp_path):
+    src = _demo_manifest(tmp_path)
+    raw = io.read_csv(src)
+    df = hair.remove_hair_dataset(src, tmp_path / "clean", tmp_path / "clean.csv", {**CFG, "activate": False})
+    assert (df["hair_fraction"] == 0).all()
+    for a, b, m in zip(raw["path"], df["path"], df["mask_path"], strict=True):
+        assert np.array_equal(np.asarray(io.load_rgb(a)), np.asarray(io.load_rgb(b)))
+        assert not np.asarray(io.load_rgb(m)).any()
+    assert list(df["sha256"]) == list(raw["sha256"])  # same pixels, same PNG encoder
