@@ -125,3 +125,7 @@ def regime_synthetic_input(wildcards):
     if wildcards.regime == "real":
         return []
     return [f"results/synthetic/{RUN}/filtered.csv"]
+
+
+def tiny_image_size(wildcards):
+    return SD_RES if wildcards.kind == "sd" else CLS_RES

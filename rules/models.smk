@@ -9,6 +9,6 @@ rule tiny_model:
     threads: 1
     params:
         seed=config["seed"],
-        image_size=CLS_RES,
+        image_size=tiny_image_size,
     script:
         "../workflow/scripts/tiny_model.py"

@@ -15,11 +15,32 @@ rule report:
             caption="../workflow/report/table4.rst",
             category="Table IV",
         ),
-        figures=report(
-            directory("results/report/figures"),
-            patterns=["{name}.png"],
-            caption="../workflow/report/figures.rst",
-            category="Figures",
+        table_md="results/report/table4.md",
+        paired="results/report/paired.csv",
+        accuracy=report(
+            "results/report/accuracy.png",
+            caption="../workflow/report/accuracy.rst",
+            category="Table IV",
+        ),
+        curves=report(
+            "results/report/curves.png",
+            caption="../workflow/report/curves.rst",
+            category="Classifiers",
+        ),
+        confusion=report(
+            "results/report/confusion.png",
+            caption="../workflow/report/confusion.rst",
+            category="Classifiers",
+        ),
+        roc=report(
+            "results/report/roc.png",
+            caption="../workflow/report/roc.rst",
+            category="Classifiers",
+        ),
+        samples=report(
+            "results/report/samples.png",
+            caption="../workflow/report/samples.rst",
+            category="Synthetic images",
         ),
     log:
         "results/logs/report/report.log",

@@ -31,4 +31,8 @@ def stage(name: str):
         log.error("%s", e)
         print(f"dermsynth error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
+    except Exception:
+        # the traceback belongs in the rule's log, not only on the terminal
+        log.exception("%s failed", name)
+        raise
     log.info("%s finished in %.1f s", name, time.perf_counter() - t0)

@@ -62,8 +62,14 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / den) if den > 0 else 1.0
 
 
-def find_duplicates(df: pd.DataFrame, thumbs: np.ndarray, hashes: np.ndarray, threshold: int = 6,
-                    min_corr: float = 0.985, chunk: int = 1024) -> list[tuple[int, int, str, int]]:
+def find_duplicates(
+    df: pd.DataFrame,
+    thumbs: np.ndarray,
+    hashes: np.ndarray,
+    threshold: int = 6,
+    min_corr: float = 0.985,
+    chunk: int = 1024,
+) -> list[tuple[int, int, str, int]]:
     """All pairs (i < j, kind, hamming) that are exact, same-id (across datasets) or near duplicates."""
     pairs: dict[tuple[int, int], set] = {}
     for kind, col in (("sha256", "sha256"), ("source_id", "source_id")):
@@ -79,7 +85,7 @@ def find_duplicates(df: pd.DataFrame, thumbs: np.ndarray, hashes: np.ndarray, th
     n = len(hashes)
     dist = {}
     for s in range(0, n, chunk):
-        d = np.bitwise_count(hashes[s:s + chunk, None] ^ hashes[None, :])
+        d = np.bitwise_count(hashes[s : s + chunk, None] ^ hashes[None, :])
         ii, jj = np.nonzero(d <= threshold)
         for i, j in zip(ii + s, jj, strict=True):
             if j <= i:
@@ -134,13 +140,16 @@ def _fractions(dataset: str, fr: dict | None) -> tuple[float, float]:
     fr = fr or {}
     val, test = float(fr.get("val", 0.0) or 0.0), float(fr.get("test", 0.0) or 0.0)
     if min(val, test) < 0 or val + test > 1.0 + 1e-9:
-        raise ConfigError(f"split fractions of '{dataset}' are val={val}, test={test}: each must be >= 0 "
-                          "and val + test <= 1 (test: 1.0 makes a test-only dataset)")
+        raise ConfigError(
+            f"split fractions of '{dataset}' are val={val}, test={test}: each must be >= 0 "
+            "and val + test <= 1 (test: 1.0 makes a test-only dataset)"
+        )
     return val, test
 
 
-def assign_groups(groups: list[tuple[list[int], str]], val: float, test: float,
-                  rng: np.random.Generator) -> dict[int, str]:
+def assign_groups(
+    groups: list[tuple[list[int], str]], val: float, test: float, rng: np.random.Generator
+) -> dict[int, str]:
     """Split per label: groups in random order, largest first, each to the split furthest below target."""
     out: dict[int, str] = {}
     if test >= 1.0:
@@ -163,9 +172,16 @@ def _load(m) -> pd.DataFrame:
     return m.copy() if isinstance(m, pd.DataFrame) else io.read_csv(m)
 
 
-def make_splits(manifests: dict[str, str], fractions: dict[str, dict], seed: int, splits_path,
-                leakage_path, phash_threshold: int = 6, min_corr: float = 0.985,
-                patient_groups: bool = False) -> pd.DataFrame:
+def make_splits(
+    manifests: dict[str, str],
+    fractions: dict[str, dict],
+    seed: int,
+    splits_path,
+    leakage_path,
+    phash_threshold: int = 6,
+    min_corr: float = 0.985,
+    patient_groups: bool = False,
+) -> pd.DataFrame:
     """Write splits.csv (dataset, source_id, lesion_id, label, split, sha256, phash) and leakage.csv.
 
     ``fractions[dataset] = {"val": f, "test": f}``; train is the rest, ``test: 1.0`` is test-only.
@@ -236,8 +252,17 @@ def make_splits(manifests: dict[str, str], fractions: dict[str, dict], seed: int
             drop = a if _RANK[split[a]] > _RANK[split[b]] else b
             final[roots == roots[drop]] = "excluded"
             action = "excluded_a" if drop == a else "excluded_b"
-        leak.append({"dataset_a": ds_arr[a], "source_id_a": df["source_id"].iat[a], "dataset_b": ds_arr[b],
-                     "source_id_b": df["source_id"].iat[b], "kind": kind, "action": action, "hamming": h})
+        leak.append(
+            {
+                "dataset_a": ds_arr[a],
+                "source_id_a": df["source_id"].iat[a],
+                "dataset_b": ds_arr[b],
+                "source_id_b": df["source_id"].iat[b],
+                "kind": kind,
+                "action": action,
+                "hamming": h,
+            }
+        )
     df["split"] = final
     out = df[SPLIT_COLUMNS].reset_index(drop=True)
     io.write_csv(splits_path, out)
@@ -261,8 +286,14 @@ def select(manifest, splits, split: str, datasets: list[str] | None = None) -> p
     return m.merge(keys, on=["dataset", "source_id"], how="inner").reset_index(drop=True)
 
 
-def make_regime(real_train: pd.DataFrame, synthetic: pd.DataFrame, regime: str, synthetic_fraction: float,
-                seed: int, classes: list[str]) -> pd.DataFrame:
+def make_regime(
+    real_train: pd.DataFrame,
+    synthetic: pd.DataFrame,
+    regime: str,
+    synthetic_fraction: float,
+    seed: int,
+    classes: list[str],
+) -> pd.DataFrame:
     """Training list of one regime, with ``origin`` = real | synthetic.
 
     hybrid: all real images plus, per class, round(n_real * f / (1 - f)) synthetic ones sampled without
@@ -285,37 +316,64 @@ def make_regime(real_train: pd.DataFrame, synthetic: pd.DataFrame, regime: str, 
         want = int(round((real["label"] == label).sum() * f / (1 - f)))
         pool = syn[syn["label"] == label]
         if len(pool) < want:
-            log.warning("hybrid: %s needs %d synthetic images, only %d available: using all", label, want,
-                        len(pool))
+            log.warning(
+                "hybrid: %s needs %d synthetic images, only %d available: using all", label, want, len(pool)
+            )
             want = len(pool)
         pick = np.sort(rng.choice(len(pool), size=want, replace=False)) if want else np.array([], int)
         parts.append(pool.iloc[pick])
     return pd.concat(parts, ignore_index=True).fillna("")
 
 
-def write_split_manifests(cls_manifests: dict[str, str], sd_manifests: dict[str, str],
-                          fractions: dict[str, dict], seed: int, finetune_datasets: list[str], splits_path,
-                          leakage_path, finetune_path, out_dir, phash_threshold: int = 6,
-                          min_corr: float = 0.985, patient_groups: bool = False) -> pd.DataFrame:
+def write_split_manifests(
+    cls_manifests: dict[str, str],
+    sd_manifests: dict[str, str],
+    fractions: dict[str, dict],
+    seed: int,
+    finetune_datasets: list[str],
+    splits_path,
+    leakage_path,
+    finetune_path,
+    out_dir,
+    phash_threshold: int = 6,
+    min_corr: float = 0.985,
+    patient_groups: bool = False,
+) -> pd.DataFrame:
     """The split stage: splits.csv + leakage.csv, then per-dataset split manifests and the fine-tune set.
 
     Splits are decided once on the classifier-size images; the diffusion-size manifest of the same
     images is filtered with the same assignment, so fine-tuning never sees a val/test lesion.
     """
-    splits = make_splits(cls_manifests, fractions, seed, splits_path, leakage_path,
-                         phash_threshold=phash_threshold, min_corr=min_corr, patient_groups=patient_groups)
+    splits = make_splits(
+        cls_manifests,
+        fractions,
+        seed,
+        splits_path,
+        leakage_path,
+        phash_threshold=phash_threshold,
+        min_corr=min_corr,
+        patient_groups=patient_groups,
+    )
     for ds, manifest in cls_manifests.items():
         for name in SPLITS:
             io.write_csv(f"{out_dir}/{ds}/{name}.csv", select(manifest, splits, name))
-    finetune = pd.concat([select(sd_manifests[ds], splits, "train") for ds in finetune_datasets],
-                         ignore_index=True)
+    finetune = pd.concat(
+        [select(sd_manifests[ds], splits, "train") for ds in finetune_datasets], ignore_index=True
+    )
     io.write_csv(finetune_path, finetune)
     log.info("fine-tune set: %d images (%s)", len(finetune), finetune["label"].value_counts().to_dict())
     return splits
 
 
-def write_regime(real_manifests: list[str], synthetic_manifest: str | None, regime: str,
-                 synthetic_fraction: float, seed: int, classes: list[str], out_path) -> pd.DataFrame:
+def write_regime(
+    real_manifests: list[str],
+    synthetic_manifest: str | None,
+    regime: str,
+    synthetic_fraction: float,
+    seed: int,
+    classes: list[str],
+    out_path,
+) -> pd.DataFrame:
     """The hybrid stage: one regime's training list from the real train splits and the kept synthetic set."""
     real = pd.concat([io.read_csv(p) for p in real_manifests], ignore_index=True)
     synthetic = io.read_csv(synthetic_manifest) if synthetic_manifest else real.iloc[0:0]

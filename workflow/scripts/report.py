@@ -13,9 +13,7 @@ with logs.stage("report"):
     build_from_workflow(
         eval_jsons=list(snakemake.input.evals),
         history_paths=list(snakemake.input.histories),
-        out_summary=snakemake.output.summary,
-        out_table=snakemake.output.table,
-        figures_dir=snakemake.output.figures,
+        out_dir=Path(snakemake.output.summary).parent,
         paper_table=snakemake.params.paper_table,
         rejected=snakemake.input.rejected,
         samples=snakemake.input.samples,

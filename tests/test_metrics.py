@@ -1,0 +1,129 @@
+import math
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from dermsynth import metrics as M
+
+
+def test_hand_computed_confusion_and_rates():
+    y = [0, 0, 0, 0, 1, 1, 1]
+    yhat = [0, 0, 1, 0, 1, 0, 1]
+    # TN=3 FP=1 FN=1 TP=2
+    assert M.confusion(y, yhat).tolist() == [[3, 1], [1, 2]]
+    assert M.accuracy(y, yhat) == pytest.approx(5 / 7)
+    assert M.sensitivity(y, yhat) == pytest.approx(2 / 3)
+    assert M.specificity(y, yhat) == pytest.approx(3 / 4)
+    assert M.balanced_accuracy(y, yhat) == pytest.approx((2 / 3 + 3 / 4) / 2)
+    assert M.f1(y, yhat) == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
+
+
+def test_auroc_hand_cases_with_ties():
+    assert M.auroc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0  # perfect
+    assert M.auroc([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1]) == 0.0  # inverted
+    assert M.auroc([0, 1], [0.5, 0.5]) == 0.5  # a tie counts one half
+    # pairs (pos, neg): 0.8 vs {0.1, 0.8}: 1 + 0.5; 0.4 vs {0.1, 0.8}: 1 + 0 -> 2.5 / 4
+    assert M.auroc([0, 0, 1, 1], [0.1, 0.8, 0.8, 0.4]) == pytest.approx(0.625)
+    assert M.auroc([0, 0, 0, 1, 1], [0.3, 0.3, 0.3, 0.3, 0.3]) == 0.5
+
+
+def test_rankdata_average_ties():
+    assert M.rankdata([10, 20, 20, 5]).tolist() == [2.0, 3.5, 3.5, 1.0]
+
+
+def test_single_class_edge_cases():
+    y = [1, 1, 1]
+    assert math.isnan(M.auroc(y, [0.1, 0.5, 0.9]))
+    assert math.isnan(M.specificity(y, [1, 0, 1]))
+    assert M.sensitivity(y, [1, 0, 1]) == pytest.approx(2 / 3)
+    assert M.balanced_accuracy(y, [1, 0, 1]) == pytest.approx(2 / 3)  # mean over present classes
+    assert math.isnan(M.f1([0, 0], [0, 0]))
+    assert math.isnan(M.accuracy([], []))
+    s = M.summarize([0, 0, 0], [0.1, 0.2, 0.7], n_boot=50)
+    assert math.isnan(s["auroc"]["value"]) and math.isnan(s["auroc"]["lo"])
+    assert s["accuracy"]["value"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_against_sklearn_random(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 300)
+    score = np.clip(0.3 * y + rng.normal(0.35, 0.25, 300), 0, 1).round(2)  # rounded: many ties
+    yhat = (score >= 0.5).astype(int)
+    assert M.accuracy(y, yhat) == pytest.approx(skm.accuracy_score(y, yhat))
+    assert M.balanced_accuracy(y, yhat) == pytest.approx(skm.balanced_accuracy_score(y, yhat))
+    assert M.auroc(y, score) == pytest.approx(skm.roc_auc_score(y, score))
+    assert M.f1(y, yhat) == pytest.approx(skm.f1_score(y, yhat))
+    assert M.sensitivity(y, yhat) == pytest.approx(skm.recall_score(y, yhat))
+    assert M.specificity(y, yhat) == pytest.approx(skm.recall_score(y, yhat, pos_label=0))
+    assert M.confusion(y, yhat).tolist() == skm.confusion_matrix(y, yhat).tolist()
+    allm = M.all_metrics(y, score)
+    assert allm["accuracy"] == pytest.approx(skm.accuracy_score(y, yhat))
+    fpr, tpr, _ = M.roc_curve(y, score)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(skm.roc_auc_score(y, score))
+
+
+def _noisy(n, seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    return y, np.clip(0.4 * y + rng.normal(0.3, 0.2, n), 0, 1)
+
+
+def test_bootstrap_ci_contains_estimate_and_narrows():
+    y, s = _noisy(2000, 0)
+    acc = M.metric_from_score("accuracy")
+    widths = []
+    for n_items in (100, 2000):
+        yy, ss = y[:n_items], s[:n_items]
+        lo, hi = M.bootstrap_ci(yy, ss, acc, n=400, seed=1)
+        assert lo <= acc(yy, ss) <= hi
+        widths.append(hi - lo)
+        lo, hi = M.bootstrap_ci(yy, ss, M.auroc, n=400, seed=1)
+        assert lo <= M.auroc(yy, ss) <= hi
+    assert widths[1] < widths[0] * 0.5  # ~ 1/sqrt(20) narrower
+    # a narrower CI level gives a narrower interval; the same seed gives the same interval
+    a = M.bootstrap_ci(y, s, acc, n=300, ci=0.5, seed=3)
+    b = M.bootstrap_ci(y, s, acc, n=300, ci=0.95, seed=3)
+    assert a[1] - a[0] < b[1] - b[0]
+    assert b == M.bootstrap_ci(y, s, acc, n=300, ci=0.95, seed=3)
+
+
+def test_bootstrap_skips_resamples_missing_a_class():
+    y = np.array([1] + [0] * 9)
+    s = np.linspace(0, 1, 10)
+    vals = M.bootstrap_values(y, s, M.auroc, n=200, seed=0)
+    assert np.isnan(vals).any() and np.isfinite(vals).any()
+    lo, hi = M.bootstrap_ci(y, s, M.auroc, n=200, seed=0)
+    assert np.isfinite(lo) and np.isfinite(hi)
+
+
+def test_summarize_structure():
+    y, s = _noisy(300, 4)
+    out = M.summarize(y, s, n_boot=200, ci=0.95, seed=0)
+    assert set(out) == set(M.METRIC_NAMES)
+    for v in out.values():
+        assert v["lo"] <= v["value"] <= v["hi"]
+
+
+def test_paired_bootstrap_diff():
+    y, good = _noisy(500, 5)
+    rng = np.random.default_rng(9)
+    bad = np.clip(good + rng.normal(0, 0.4, len(good)), 0, 1)
+    acc = M.metric_from_score("accuracy")
+    r = M.paired_bootstrap_diff(y, good, bad, acc, n=500, seed=0)
+    assert r["diff"] == pytest.approx(acc(y, good) - acc(y, bad))
+    assert r["lo"] <= r["diff"] <= r["hi"]
+    assert r["lo"] > 0 and r["p"] < 0.01
+    same = M.paired_bootstrap_diff(y, good, good, acc, n=200, seed=0)
+    assert same["diff"] == 0 and same["p"] == 1.0
+    auc = M.paired_bootstrap_diff(y, good, bad, M.auroc, n=200, seed=0)
+    assert auc["diff"] > 0
+
+
+def test_mean_sd():
+    m, sd = M.mean_sd([1.0, 2.0, 3.0])
+    assert m == 2.0 and sd == pytest.approx(1.0)
+    m, sd = M.mean_sd([0.7])
+    assert m == 0.7 and math.isnan(sd)
+    assert all(math.isnan(v) for v in M.mean_sd([]))

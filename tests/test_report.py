@@ -1,0 +1,304 @@
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from dermsynth import io, metrics, report
+
+PAPER = {
+    "vit": {"real": {"isic": 78.89, "ham10000": 67.21}, "hybrid": {"isic": 85.17, "ham10000": 71.44}},
+    "mobilenet_v2": {
+        "real": {"isic": 74.26, "ham10000": 63.12},
+        "hybrid": {"isic": 80.03, "ham10000": 66.58},
+    },
+}
+MODELS, REGIMES, SEEDS, TESTSETS = (
+    ["vit", "mobilenet_v2"],
+    ["real", "hybrid"],
+    [0, 1, 2],
+    ["isic", "ham10000"],
+)
+
+
+def _labels(testset):
+    n = 120 if testset == "isic" else 80
+    rng = np.random.default_rng(len(testset))
+    return [f"{testset}/img_{i}.png" for i in range(n)], rng.integers(0, 2, n)
+
+
+@pytest.fixture(scope="module")
+def fabricated(tmp_path_factory):
+    """Eval JSONs + predictions CSVs as classify.evaluate writes them; hybrid models slightly better."""
+    root = tmp_path_factory.mktemp("eval")
+    jsons, truth, histories = [], {}, {}
+    for model in MODELS:
+        for regime in REGIMES:
+            for seed in SEEDS:
+                h = root / "hist" / model / regime / f"{seed}.csv"
+                h.parent.mkdir(parents=True, exist_ok=True)
+                pd.DataFrame(
+                    {
+                        "epoch": [1, 2, 3],
+                        "train_loss": [0.7, 0.5, 0.4],
+                        "val_loss": [0.68, 0.55, 0.57],
+                        "val_accuracy": [0.6, 0.7, 0.69],
+                        "val_auroc": [0.65, 0.75, 0.74],
+                        "lr": [1e-4, 5e-5, 0.0],
+                        "seconds": [1.0, 1.0, 1.0],
+                    }
+                ).to_csv(h, index=False)
+                histories[f"{model}/{regime}/{seed}"] = str(h)
+                for ts in TESTSETS:
+                    paths, y = _labels(ts)
+                    rng = np.random.default_rng(
+                        [MODELS.index(model), REGIMES.index(regime), seed, TESTSETS.index(ts)]
+                    )
+                    sep = 0.25 if regime == "real" else 0.45
+                    score = np.clip(0.5 + sep * (2 * y - 1) + rng.normal(0, 0.3, len(y)), 0, 1)
+                    pred = metrics.predictions(score)
+                    d = root / model / regime / str(seed)
+                    d.mkdir(parents=True, exist_ok=True)
+                    pcsv = d / f"{ts}.predictions.csv"
+                    pd.DataFrame(
+                        {
+                            "path": paths,
+                            "label": np.where(y == 1, "malignant", "benign"),
+                            "y": y,
+                            "score": score,
+                            "pred": pred,
+                        }
+                    ).to_csv(pcsv, index=False)
+                    summ = metrics.summarize(y, score, n_boot=100, seed=0)
+                    doc = {
+                        "model": model,
+                        "regime": regime,
+                        "seed": seed,
+                        "testset": ts,
+                        "n": len(y),
+                        "n_per_class": {"benign": int((y == 0).sum()), "malignant": int((y == 1).sum())},
+                        "metrics": summ,
+                        "confusion": metrics.confusion(y, pred).tolist(),
+                        "predictions": str(pcsv),
+                    }
+                    io.write_json(d / f"{ts}.json", doc)
+                    jsons.append(str(d / f"{ts}.json"))
+                    truth[(model, regime, seed, ts)] = (summ, y, score)
+    return jsons, truth, histories, root
+
+
+def _extras(root):
+    img = root / "img"
+    rows, rej = [], []
+    for k, (label, sampler) in enumerate(
+        [(lb, s) for lb in ("benign", "malignant") for s in ("euler", "plms")] * 2
+    ):
+        p = img / f"s{k}.png"
+        io.save_png(p, np.full((16, 16, 3), 40 * (k % 6), np.uint8))
+        rows.append(
+            {
+                "path": str(p),
+                "label": label,
+                "dataset": "synthetic",
+                "source_id": f"s{k}",
+                "sha256": "x",
+                "sampler": sampler,
+            }
+        )
+    pd.DataFrame(rows).to_csv(root / "synthetic.csv", index=False)
+    rej = [
+        {
+            "path": str(img / "gone.png"),
+            "label": "benign",
+            "sampler": "euler",
+            "reason": "unreadable",
+            "score": "",
+        },
+        {"path": rows[0]["path"], "label": "benign", "sampler": "plms", "reason": "black", "score": 0.97},
+    ]
+    pd.DataFrame(rej).to_csv(root / "rejected.csv", index=False)
+    pd.DataFrame({"path": ["a", "b"], "psnr_before": [20.0, 22.0], "psnr_after": [30.0, 34.0]}).to_csv(
+        root / "dullrazor.csv", index=False
+    )
+    (root / "leak.json").write_text(json.dumps({"overlap_lesions": 0, "checked": 200}))
+    cfg = {
+        "classes": ["benign", "malignant"],
+        "finetune": {
+            "pretrained": "sd15",
+            "rank": 4,
+            "alpha": 4,
+            "num_train_epochs": 120,
+            "resolution": 512,
+            "target_modules": ["to_q"],
+        },
+        "generate": {"samplers": {"euler": {"steps": 20}}, "images_per_class": 3000, "guidance_scale": 7.0},
+        "models": {"vit": "google/vit"},
+        "classify": {"models": ["vit"], "epochs": 10, "seeds": [0, 1, 2]},
+        "evaluate": {"bootstrap": 1000, "ci": 0.95},
+    }
+    return {
+        "samples": str(root / "synthetic.csv"),
+        "rejected": str(root / "rejected.csv"),
+        "dullrazor": str(root / "dullrazor.csv"),
+        "leakage": str(root / "leak.json"),
+        "config": cfg,
+        "versions": {"torch": "2.13.0", "dermsynth": "0.1.0"},
+    }
+
+
+def test_build_table4_matches_inputs(fabricated, tmp_path):
+    jsons, truth, histories, root = fabricated
+    out = report.build(
+        jsons, tmp_path / "report", PAPER, histories=histories, extras=_extras(root), n_boot=200
+    )
+    for key in (
+        "table4_csv",
+        "table4_md",
+        "paired_csv",
+        "accuracy_png",
+        "curves_png",
+        "confusion_png",
+        "roc_png",
+        "summary_md",
+        "samples_png",
+        "rejected_png",
+    ):
+        assert (tmp_path / "report").joinpath(out[key].split("/")[-1]).exists(), key
+    for key in ("accuracy_png", "curves_png", "confusion_png", "roc_png", "samples_png"):
+        assert Image.open(out[key]).width > 100
+
+    t4 = pd.read_csv(out["table4_csv"])
+    assert len(t4) == len(MODELS) * len(REGIMES) * len(TESTSETS)
+    md = (tmp_path / "report" / "table4.md").read_text()
+    for model in MODELS:
+        for regime in REGIMES:
+            for ts in TESTSETS:
+                accs = [100 * truth[(model, regime, s, ts)][0]["accuracy"]["value"] for s in SEEDS]
+                row = t4[(t4["model"] == model) & (t4["regime"] == regime) & (t4["testset"] == ts)].iloc[0]
+                assert row["accuracy_mean"] == pytest.approx(np.mean(accs))
+                assert row["accuracy_sd"] == pytest.approx(np.std(accs, ddof=1))
+                assert row["ci_source"] == "pooled"
+                assert row["accuracy_lo"] <= row["accuracy_mean"] <= row["accuracy_hi"]
+                assert row["paper_accuracy"] == PAPER[model][regime][ts]
+                assert row["diff_vs_paper"] == pytest.approx(np.mean(accs) - PAPER[model][regime][ts])
+                aucs = [truth[(model, regime, s, ts)][0]["auroc"]["value"] for s in SEEDS]
+                assert row["auroc_mean"] == pytest.approx(np.mean(aucs))
+                cell = f"{np.mean(accs):.2f} ± {np.std(accs, ddof=1):.2f} [{row['accuracy_lo']:.2f}, "
+                assert cell in md
+                assert f"{PAPER[model][regime][ts]:.2f}" in md
+
+    pr = pd.read_csv(out["paired_csv"], dtype={"seed": str})
+    assert len(pr) == len(MODELS) * len(TESTSETS) * (len(SEEDS) + 1) * 3  # each seed + the seed mean
+    sel = (pr["model"] == "vit") & (pr["testset"] == "isic") & (pr["metric"] == "accuracy")
+    r = pr[sel & (pr["seed"] == "1")].iloc[0]
+    a = truth[("vit", "hybrid", 1, "isic")][0]["accuracy"]["value"]
+    b = truth[("vit", "real", 1, "isic")][0]["accuracy"]["value"]
+    assert r["diff"] == pytest.approx(100 * (a - b)) and r["hybrid"] == pytest.approx(100 * a)
+    assert r["lo"] <= r["diff"] <= r["hi"] and 0 < r["p"] <= 1
+    assert (pr[pr["metric"] == "auroc"]["diff"] > 0).mean() > 0.8  # hybrid was fabricated better
+    mean_row = pr[sel & (pr["seed"] == "mean")].iloc[0]
+    t4v = t4.set_index(["model", "regime", "testset"])
+    assert mean_row["diff"] == pytest.approx(
+        t4v.loc[("vit", "hybrid", "isic"), "accuracy_mean"]
+        - t4v.loc[("vit", "real", "isic"), "accuracy_mean"]
+    )
+    assert mean_row["hi"] - mean_row["lo"] < r["hi"] - r["lo"]  # averaging seeds narrows the interval
+
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    for text in (
+        "Table IV",
+        "paired bootstrap",
+        "## Methods",
+        "DreamBooth",
+        "## Rejected synthetic images",
+        "unreadable",
+        "## Synthetic images",
+        "psnr_after",
+        "overlap_lesions",
+        "2.13.0",
+        "(curves.png)",
+    ):
+        assert text in summary, text
+
+
+def test_build_minimal_and_single_seed(fabricated, tmp_path):
+    jsons, truth, _, _ = fabricated
+    one = [j for j in jsons if "/0/" in j and "vit" in j and "isic" in j]  # vit, real+hybrid, seed 0, isic
+    out = report.build(one, tmp_path / "r", PAPER, n_boot=50)
+    t4 = pd.read_csv(out["table4_csv"])
+    ours = t4[t4["n_seeds"] > 0]
+    assert len(ours) == 2 and ours["accuracy_sd"].isna().all()
+    # paper cells without a run of ours are listed for comparison
+    assert len(t4) == 8 and (t4["n_seeds"] == 0).sum() == 6
+    md = (tmp_path / "r" / "table4.md").read_text()
+    acc = 100 * truth[("vit", "real", 0, "isic")][0]["accuracy"]["value"]
+    assert f"{acc:.2f} [" in md and "±" not in md.split("\n")[2]
+    # one seed: the pooled CI is that seed's bootstrap CI (same resamples as metrics.summarize)
+    ref = metrics.summarize(*truth[("vit", "real", 0, "isic")][1:], n_boot=50, seed=0)["accuracy"]
+    row = ours[ours["regime"] == "real"].iloc[0]
+    assert row["accuracy_lo"] == pytest.approx(100 * ref["lo"]) and row["accuracy_hi"] == pytest.approx(
+        100 * ref["hi"]
+    )
+    summary = (tmp_path / "r" / "summary.md").read_text()
+    assert "## Rejected" not in summary and "## Methods" not in summary
+    assert "samples_png" not in out
+
+
+def test_ci_falls_back_to_first_seed_without_predictions(fabricated, tmp_path):
+    jsons, truth, _, _ = fabricated
+    moved = []
+    for j in [j for j in jsons if "mobilenet_v2/real" in j and j.endswith("isic.json")]:
+        doc = json.loads(open(j).read())
+        doc["predictions"] = str(tmp_path / "nowhere.csv")
+        io.write_json(tmp_path / f"{len(moved)}.json", doc)
+        moved.append(str(tmp_path / f"{len(moved)}.json"))
+    out = report.build(moved, tmp_path / "r", PAPER, n_boot=50)
+    t4 = pd.read_csv(out["table4_csv"])
+    row = t4[t4["n_seeds"] > 0].iloc[0]
+    assert (row["model"], row["regime"], row["n_seeds"], row["ci_source"]) == (
+        "mobilenet_v2",
+        "real",
+        3,
+        "seed 0",
+    )
+    assert row["accuracy_lo"] == pytest.approx(
+        100 * truth[("mobilenet_v2", "real", 0, "isic")][0]["accuracy"]["lo"]
+    )
+
+
+def test_methods_paragraph_skips_absent_keys():
+    text = report.methods_paragraph({"finetune": {"rank": 4}, "classify": {"epochs": 3}})
+    assert "rank 4" in text and "up to 3 epochs" in text and "None" not in text
+    assert report.methods_paragraph({}) == ""
+
+
+def test_null_metrics_and_one_class(tmp_path):
+    pcsv = tmp_path / "p.csv"
+    pd.DataFrame(
+        {"path": ["a", "b"], "label": ["benign"] * 2, "y": [0, 0], "score": [0.2, 0.7], "pred": [0, 1]}
+    ).to_csv(pcsv, index=False)
+    m = metrics.summarize([0, 0], [0.2, 0.7], n_boot=20)
+    m["auroc"] = {"value": None, "lo": None, "hi": None}
+    doc = {
+        "model": "vit",
+        "regime": "real",
+        "seed": 0,
+        "testset": "isic",
+        "n": 2,
+        "metrics": m,
+        "confusion": [[1, 1], [0, 0]],
+        "predictions": str(pcsv),
+        "n_per_class": {"benign": 2, "malignant": 0},
+    }
+    io.write_json(tmp_path / "e.json", doc)
+    out = report.build([str(tmp_path / "e.json")], tmp_path / "r", {}, n_boot=20)
+    t4 = pd.read_csv(out["table4_csv"])
+    assert math.isnan(t4.loc[0, "auroc_mean"]) and t4.loc[0, "accuracy_mean"] == 50.0
+
+
+def test_fmt_cell():
+    assert report.fmt_cell(80.123, 1.5, 77.0, 83.25) == "80.12 ± 1.50 [77.00, 83.25]"
+    assert report.fmt_cell(80.0, float("nan")) == "80.00"
+    assert report.fmt_cell(float("nan"), 1.0) == "—"
