@@ -129,3 +129,8 @@ def regime_synthetic_input(wildcards):
 
 def tiny_image_size(wildcards):
     return SD_RES if wildcards.kind == "sd" else CLS_RES
+
+
+# Markdown fragments that stages add to the report: a rule file registers its fragment with
+# REPORT_SECTIONS.append(path); the report rule pastes them, in order, into summary.md.
+REPORT_SECTIONS = []

@@ -8,6 +8,7 @@ rule report:
         dullrazor=expand("results/data/{dataset}/clean/manifest.csv", dataset=DATASETS),
         leakage="results/splits/leakage.csv",
         finetune=f"results/lora/{RUN}/train_summary.json",
+        sections=REPORT_SECTIONS,
     output:
         summary="results/report/summary.md",
         table=report(

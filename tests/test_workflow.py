@@ -16,7 +16,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-COPY = ["Snakefile", "rules", "config", "workflow"]
+COPY = ["Snakefile", "rules", "config", "workflow", "envs"]
 
 
 def copy_workflow(dst: Path) -> Path:

@@ -1071,6 +1071,7 @@ def build_from_workflow(
     leakage: str,
     finetune_summary: str,
     config: dict,
+    sections: list[str] = (),
 ) -> dict:
     """The report stage: Table IV, figures and summary.md from the outputs of every earlier stage."""
     # classifiers/{model}/{regime}/{seed}/history.csv -> "model/regime/seed"
@@ -1094,5 +1095,7 @@ def build_from_workflow(
         classes=config["classes"],
     )
     summary = Path(written["summary_md"])
-    io.write_text(summary, summary.read_text() + "\n" + _section_finetune(finetune_summary))
+    # fragments written by other stages (hair contact sheets, audits, quality...), in registration order
+    fragments = [Path(p).read_text() for p in sections]
+    io.write_text(summary, "\n".join([summary.read_text(), _section_finetune(finetune_summary), *fragments]))
     return written

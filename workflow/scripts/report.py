@@ -21,4 +21,5 @@ with logs.stage("report"):
         leakage=snakemake.input.leakage,
         finetune_summary=snakemake.input.finetune,
         config=snakemake.params.config,
+        sections=list(snakemake.input.sections),
     )
