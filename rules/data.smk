@@ -16,3 +16,32 @@ rule download:
         classes=CLASSES,
     script:
         "../workflow/scripts/download.py"
+
+
+rule data_report:
+    """Report section: data counts, rejected inputs, DullRazor before/after, splits, leakage."""
+    input:
+        raw=expand("results/data/{dataset}/raw/manifest.csv", dataset=DATASETS),
+        rejected=expand("results/data/{dataset}/raw/rejected.csv", dataset=DATASETS),
+        clean=expand("results/data/{dataset}/clean/manifest.csv", dataset=DATASETS),
+        splits="results/splits/splits.csv",
+        leakage="results/splits/leakage.csv",
+    output:
+        section="results/report/sections/data.md",
+        sheet=report(
+            "results/report/sections/data_dullrazor.png",
+            caption="../workflow/report/data_dullrazor.rst",
+            category="Data",
+        ),
+    log:
+        "results/logs/data_report/data_report.log",
+    conda:
+        "../envs/data.yaml"
+    threads: 1
+    params:
+        datasets=DATASETS,
+    script:
+        "../workflow/scripts/data_report.py"
+
+
+REPORT_SECTIONS.append("results/report/sections/data.md")

@@ -31,5 +31,7 @@ rule resize:
     conda:
         "../envs/data.yaml"
     threads: 1
+    params:
+        policy=config["preprocess"]["resize"]["policy"],
     script:
         "../workflow/scripts/resize.py"

@@ -16,7 +16,7 @@ rule split:
         "results/logs/split/split.log",
     conda:
         "../envs/data.yaml"
-    threads: 1
+    threads: 4
     params:
         datasets=DATASETS,
         fractions={name: spec["split"] for name, spec in config["datasets"].items()},

@@ -8,8 +8,14 @@ from dermsynth.data import acquire, demo
 from dermsynth.errors import ConfigError
 
 CLASSES = ["benign", "malignant"]
-CFG = {"activate": True, "kernel_size": 17, "threshold": 10, "inpaint_radius": 5, "method": "telea",
-       "blur": 3}
+CFG = {
+    "activate": True,
+    "kernel_size": 17,
+    "threshold": 10,
+    "inpaint_radius": 5,
+    "method": "telea",
+    "blur": 3,
+}
 
 
 @pytest.fixture(autouse=True)
@@ -33,8 +39,9 @@ def test_dullrazor_on_drawn_lines():
 def test_dullrazor_on_demo_hairs_raises_psnr_and_mask_overlaps(tmp_path):
     before, after, ious = [], [], []
     for i in range(6):
-        img, truth = demo.make_image(11, "isic", CLASSES[i % 2], i, 0, 256, ["isic", "ham10000"][i % 2],
-                                     CLASSES, hair=True)
+        img, truth = demo.make_image(
+            11, "isic", CLASSES[i % 2], i, 0, 256, ["isic", "ham10000"][i % 2], CLASSES, hair=True
+        )
         clean, mask = hair.dullrazor(img, kernel_size=hair.scaled_kernel(17, 256, 256))
         drawn = np.abs(img.astype(int) - truth).max(-1) > 20
         found = mask > 0
@@ -49,8 +56,11 @@ def test_dullrazor_on_demo_hairs_raises_psnr_and_mask_overlaps(tmp_path):
 def test_dullrazor_finds_hair_on_real_hairy_images(shared_data):
     def fraction(path):
         rgb = np.asarray(io.load_rgb(path))
-        _, mask = hair.dullrazor(rgb, kernel_size=hair.scaled_kernel(17, *rgb.shape[:2]), **{
-            k: CFG[k] for k in ("threshold", "inpaint_radius", "method", "blur")})
+        _, mask = hair.dullrazor(
+            rgb,
+            kernel_size=hair.scaled_kernel(17, *rgb.shape[:2]),
+            **{k: CFG[k] for k in ("threshold", "inpaint_radius", "method", "blur")},
+        )
         return (mask > 0).mean()
 
     hairy = [fraction(shared_data / "hairy" / f"ISIC_{i}.jpg") for i in ("0000095", "0000115", "0000229")]
@@ -64,7 +74,7 @@ def test_scaled_kernel_and_bad_method():
     assert hair.scaled_kernel(17, 128, 128) == 5
     assert hair.scaled_kernel(17, 3000, 2000) % 2 == 1 and hair.scaled_kernel(17, 3000, 2000) > 60
     assert hair.scaled_kernel(17, 16, 16) == 3
-    with pytest.raises(ConfigError, match="telea"):
+    with pytest.raises(ConfigError, match="closing, telea, ns, biharmonic"):
         hair.dullrazor(np.zeros((8, 8, 3), np.uint8), method="fast")
     img, _ = demo.make_image(1, "x", "benign", 0, 0, 64, "isic", CLASSES, hair=True)
     clean, _ = hair.dullrazor(img, kernel_size=5, method="ns")
@@ -81,7 +91,16 @@ def test_remove_hair_dataset(tmp_path):
     src = _demo_manifest(tmp_path)
     df = hair.remove_hair_dataset(src, tmp_path / "clean", tmp_path / "clean.csv", CFG, threads=1)
     assert len(io.read_csv(tmp_path / "clean.csv")) == len(df) == 8
-    want = {"mask_path", "hair_fraction", "psnr_before", "psnr_after", "truth_path", "lesion_id"}
+    want = {
+        "mask_path",
+        "hair_fraction",
+        "psnr_before",
+        "psnr_after",
+        "ssim_before",
+        "ssim_after",
+        "truth_path",
+        "lesion_id",
+    }
     assert want <= set(df.columns)
     for r in df.itertuples():
         assert r.path.startswith("clean/images/") and r.mask_path.startswith("clean/masks/")
@@ -104,3 +123,40 @@ def test_remove_hair_inactive_passes_through(tmp_path):
         assert np.array_equal(np.asarray(io.load_rgb(a)), np.asarray(io.load_rgb(b)))
         assert not np.asarray(io.load_rgb(m)).any()
     assert list(df["sha256"]) == list(raw["sha256"])  # same pixels, same PNG encoder
+
+
+def test_default_dullrazor_leaves_hair_free_images_alone_and_cleans_hairy_ones():
+    """The guard: black-hat also fires on the dermoscope frame and lesion borders; only hair is filled."""
+    for i in range(4):
+        domain = ["isic", "ham10000"][i % 2]
+        free, _ = demo.make_image(21, "g", CLASSES[i % 2], i, 0, 256, domain, CLASSES, hair=False)
+        kw = hair.scaled_params({}, 256, 256)
+        clean, _ = hair.dullrazor(free, **kw)
+        assert hair.psnr(clean, free) >= 35
+        raw, _ = hair.dullrazor(free, **{**kw, "guard": False})
+        assert hair.psnr(clean, free) >= hair.psnr(raw, free)
+        img, truth = demo.make_image(22, "g", CLASSES[i % 2], i, 0, 256, domain, CLASSES, hair=True)
+        if np.array_equal(img, truth):
+            continue
+        out, mask = hair.dullrazor(img, **kw)
+        assert hair.psnr(out, truth) > hair.psnr(img, truth) + 3
+        assert hair.ssim(out, truth) > hair.ssim(img, truth)
+
+
+@pytest.mark.parametrize("method", ["closing", "telea", "ns", "biharmonic"])
+def test_every_fill_method_removes_a_drawn_hair(method):
+    img = np.full((64, 64, 3), (200, 150, 130), np.uint8)
+    img[30:32, 2:62] = (30, 20, 15)
+    clean, mask = hair.dullrazor(img, kernel_size=9, method=method, min_length=10, max_width=6)
+    assert (mask[30:32, 10:55] > 0).all()
+    assert np.abs(clean[30:32, 10:55].astype(int) - (200, 150, 130)).max() < 20
+
+
+def test_real_hairy_images_keep_the_lesion_texture(shared_data):
+    """On real hairy images the guard keeps most of the raw hair mask, but drops pigment-network tangles."""
+    for name in ("ISIC_0000019", "ISIC_0000264"):
+        rgb = np.asarray(io.load_rgb(shared_data / "hairy" / f"{name}.jpg"))
+        kw = hair.scaled_params({}, *rgb.shape[:2])
+        _, guarded = hair.dullrazor(rgb, **kw)
+        _, raw = hair.dullrazor(rgb, **{**kw, "guard": False})
+        assert 0.02 < (guarded > 0).mean() < (raw > 0).mean()

@@ -21,21 +21,129 @@ from .imaging import check_unique_stems, image_threads
 
 log = logging.getLogger("dermsynth")
 
-METHODS = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
+#: inpainting methods: OpenCV Telea / Navier-Stokes, scikit-image biharmonic, and "closing": each hair
+#: pixel takes the value of the colour image's morphological closing (the black-hat's own background
+#: estimate). Measured with ``benchmarks/dullrazor.py --quick`` (512 px, one core, CPU time; PSNR vs
+#: the hair-free truth on demo images / on real ISIC skin with drawn hairs, same masks): closing
+#: 47.1 / 45.9 dB at 123 img/s, biharmonic 47.5 / 44.6 dB at 12 img/s, ns 46.1 / 44.0 dB at 68 img/s,
+#: telea 45.7 / 43.2 dB at 61 img/s. Closing is the default: best on real skin, fastest.
+METHODS = ("closing", "telea", "ns", "biharmonic")
+DEFAULT_METHOD = "closing"
+_CV_METHODS = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
 SHAPES = {"cross": cv2.MORPH_CROSS, "ellipse": cv2.MORPH_ELLIPSE, "rect": cv2.MORPH_RECT}
-OUT_COLUMNS = ["path", "sha256", "mask_path", "hair_fraction", "psnr_before", "psnr_after"]
-#: image side (px) at which ``kernel_size`` in the config is meant
+OUT_COLUMNS = [
+    "path",
+    "sha256",
+    "mask_path",
+    "hair_fraction",
+    "psnr_before",
+    "psnr_after",
+    "ssim_before",
+    "ssim_after",
+]
+#: image side (px) at which ``kernel_size``, ``min_length`` and ``max_width`` in the config are meant
 REFERENCE_SIZE = 512
+#: grey level under which a large blob touching the border is the dermoscope's dark frame
+FRAME_LEVEL = 45
+#: a mask component is hair-shaped when its extent / traced length reaches this, or it spans LONG_EXTENT
+MIN_STRAIGHTNESS = 0.3
+LONG_EXTENT = 0.4
 
 
-def dullrazor(rgb: np.ndarray, kernel_size: int = 17, threshold: float = 10, inpaint_radius: int = 5,
-              method: str = "telea", blur: int = 3, shape: str = "cross",
-              dilate: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, extent, width, touches_border) per 8-connected component of a 0/1 mask.
+
+    extent = longer bounding-box side; width = 2 * area / boundary pixels, the mean thickness of a
+    thin structure (1 for a 1 px line, ~3 for a 3 px one) and large for blobs, also for a network of
+    crossing hairs, whose boundary grows with its total length.
+    """
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    area = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
+    extent = np.maximum(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT])
+    boundary = mask & ~cv2.erode(mask, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_REPLICATE)
+    perim = np.bincount(labels[boundary > 0], minlength=n).astype(np.float64)
+    width = 2 * area / np.maximum(perim, 1)
+    h, w = mask.shape
+    x, y = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+    border = (
+        (x == 0) | (y == 0) | (x + stats[:, cv2.CC_STAT_WIDTH] >= w) | (y + stats[:, cv2.CC_STAT_HEIGHT] >= h)
+    )
+    return labels, extent, width, border
+
+
+def hair_guard(raw: np.ndarray, gray: np.ndarray, min_length: float, max_width: float) -> np.ndarray:
+    """Keep only mask components shaped like hair; drop the dermoscope frame's edge.
+
+    Black-hat also lights up pigment dots, lesion-border notches and the dark frame of a dermoscope;
+    inpainting those damages hair-free images. A component is hair when it is at least
+    ``min_length`` px long (bounding box) and at most ``max_width`` px thick on average. Pixels near
+    a large dark region touching the image border (the frame) are never hair.
+    """
+    mask = (raw > 0).astype(np.uint8)
+    # the frame first: a hair touching the frame's edge response would otherwise merge with it
+    dark = (gray < FRAME_LEVEL).astype(np.uint8)
+    if dark.any():
+        # an opening wider than any hair leaves only broad dark regions (dark hairs join the frame)
+        k = max(3, int(round(max_width)) | 1)
+        disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+        dark = cv2.morphologyEx(dark, cv2.MORPH_OPEN, disc)
+        dl, _, _, dborder = _components(dark)
+        frame = dborder.copy()
+        frame[0] = False
+        if frame.any():
+            mask &= 1 - cv2.dilate(frame[dl].astype(np.uint8), disc)
+    labels, extent, width, _ = _components(mask)
+    area = np.bincount(labels.ravel(), minlength=len(extent)).astype(np.float64)
+    # straightness: bounding-box extent over the traced length (area / width). A hair is ~0.5-1; a
+    # pigment network is a tangle (many short strands in a small box, << 0.5). Tangles spanning much of
+    # the image are crossing hairs, which are kept.
+    straight = extent * width / np.maximum(area, 1)
+    long = extent >= LONG_EXTENT * min(mask.shape)
+    keep = (extent >= min_length) & (width <= max_width) & ((straight >= MIN_STRAIGHTNESS) | long)
+    keep[0] = False
+    mask = keep[labels].astype(np.uint8)
+    return mask * 255
+
+
+def fill(
+    rgb: np.ndarray, mask: np.ndarray, method: str, radius: float, kernel_size: int, dilate: int = 1
+) -> np.ndarray:
+    """Replace the masked pixels of ``rgb`` (uint8) with ``method`` (see :data:`METHODS`)."""
+    if method == "closing":
+        # wide enough to bridge a hair (~1/3 of the detection kernel) plus the mask dilation on both
+        # sides: 9 px at 512 px (best of 7-17, measured), 5 px at 96 px
+        k = max(3, int(round(0.35 * kernel_size + 2 * int(dilate) + 1)) | 1)
+        bg = cv2.morphologyEx(rgb, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+        out = rgb.copy()
+        out[mask > 0] = bg[mask > 0]
+        return out
+    if method == "biharmonic":
+        from skimage.restoration import inpaint_biharmonic
+
+        out = inpaint_biharmonic(rgb, mask > 0, channel_axis=-1)
+        return np.clip(np.round(out * 255), 0, 255).astype(np.uint8)
+    return cv2.inpaint(rgb, mask, float(radius), _CV_METHODS[method])
+
+
+def dullrazor(
+    rgb: np.ndarray,
+    kernel_size: int = 17,
+    threshold: float = 10,
+    inpaint_radius: int = 3,
+    method: str = DEFAULT_METHOD,
+    blur: int = 3,
+    shape: str = "cross",
+    dilate: int = 1,
+    guard: bool = True,
+    min_length: float = 30,
+    max_width: float = 10,
+) -> tuple[np.ndarray, np.ndarray]:
     """Remove dark hairs from a uint8 RGB image; return (clean uint8 RGB, hair mask uint8 0/255).
 
-    ``kernel_size`` is used as given (no scaling here). ``blur`` is a Gaussian kernel size (0: none)
-    applied to the black-hat response before thresholding, which joins broken hair segments and drops
-    single-pixel noise. ``dilate`` iterations of a 3x3 dilation cover the hairs' soft edges.
+    ``kernel_size``, ``min_length`` and ``max_width`` are used as given (no scaling here). ``blur`` is
+    a Gaussian kernel size (0: none) applied to the black-hat response before thresholding, which
+    joins broken hair segments and drops single-pixel noise. ``guard`` keeps only hair-shaped mask
+    components (:func:`hair_guard`). ``dilate`` iterations of a 3x3 dilation cover the soft edges.
     """
     if method not in METHODS:
         raise ConfigError(f"preprocess.dullrazor.method is '{method}'; allowed: {', '.join(METHODS)}")
@@ -50,12 +158,39 @@ def dullrazor(rgb: np.ndarray, kernel_size: int = 17, threshold: float = 10, inp
         b = int(blur) | 1
         response = cv2.GaussianBlur(response, (b, b), 0)
     mask = np.where(response > threshold, 255, 0).astype(np.uint8)
-    if dilate:
+    if guard and mask.any():
+        mask = hair_guard(mask, gray, min_length, max_width)
+    if dilate and mask.any():
         mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)), iterations=int(dilate))
     if not mask.any():
         return rgb.copy(), mask
-    clean = cv2.inpaint(rgb, mask, float(inpaint_radius), METHODS[method])
-    return clean, mask
+    return fill(rgb, mask, method, inpaint_radius, k, dilate), mask
+
+
+def scaled_params(cfg: dict, height: int, width: int) -> dict:
+    """dullrazor() keyword arguments for one image from ``preprocess.dullrazor`` (sizes scaled).
+
+    ``kernel_size``, ``min_length`` and ``max_width`` are defined at 512 px and scaled with the
+    image's short side (the kernel stays odd and >= 3).
+    """
+    scale = min(height, width) / REFERENCE_SIZE
+    out = {
+        k: cfg[k]
+        for k in ("threshold", "inpaint_radius", "method", "blur", "shape", "dilate", "guard")
+        if k in cfg
+    }
+    out["kernel_size"] = scaled_kernel(int(cfg.get("kernel_size", 17)), height, width)
+    # floors: in small images (the demo's 96-128 px) a hair is a ~1 px line that blur widens to ~3 px
+    out["min_length"] = max(8.0, float(cfg.get("min_length", 30)) * scale)
+    out["max_width"] = max(4.0, float(cfg.get("max_width", 10)) * scale)
+    return out
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Structural similarity of two uint8 RGB images (scikit-image, 7x7 windows)."""
+    from skimage.metrics import structural_similarity
+
+    return float(structural_similarity(a, b, channel_axis=-1, data_range=255))
 
 
 def scaled_kernel(kernel_size: int, height: int, width: int) -> int:
@@ -76,20 +211,18 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def remove_hair_dataset(manifest_in, out_dir, manifest_out, cfg: dict, threads: int = 1) -> pd.DataFrame:
     """DullRazor over a manifest; images to ``out_dir/images/<stem>.png``, masks to ``out_dir/masks/``.
 
-    cfg is ``preprocess.dullrazor``: activate, kernel_size (defined at 512 px and scaled to each
-    image's short side, see :func:`scaled_kernel`), threshold, inpaint_radius, method, blur (optional:
-    shape, dilate). With ``activate: false`` images are written through unchanged with an empty mask,
-    so downstream paths do not depend on the switch. Adds ``mask_path, hair_fraction`` and, where a
-    ``truth_path`` is given, ``psnr_before, psnr_after``. ``threads`` images are processed at once.
+    cfg is ``preprocess.dullrazor``: activate, kernel_size, min_length, max_width (defined at 512 px
+    and scaled to each image's short side, see :func:`scaled_params`), threshold, inpaint_radius,
+    method, blur, guard (optional: shape, dilate). With ``activate: false`` images are written
+    through unchanged with an empty mask, so downstream paths do not depend on the switch. Adds
+    ``mask_path, hair_fraction`` and, where a ``truth_path`` is given, ``psnr_before, psnr_after,
+    ssim_before, ssim_after``. ``threads`` images are processed at once.
     """
     df = io.read_csv(manifest_in) if not isinstance(manifest_in, pd.DataFrame) else manifest_in.copy()
     out_dir = Path(out_dir)
     active = bool(cfg.get("activate", True))
-    keys = ("threshold", "inpaint_radius", "method", "blur", "shape", "dilate")
-    params = {k: cfg[k] for k in keys if k in cfg}
-    if active and params.get("method", "telea") not in METHODS:
-        raise ConfigError(f"preprocess.dullrazor.method is '{params['method']}'; "
-                          f"allowed: {', '.join(METHODS)}")
+    if active and cfg.get("method", DEFAULT_METHOD) not in METHODS:
+        raise ConfigError(f"preprocess.dullrazor.method is '{cfg['method']}'; allowed: {', '.join(METHODS)}")
     stems = check_unique_stems(df["path"], manifest_in)
     truths = df["truth_path"].fillna("").astype(str) if "truth_path" in df.columns else [""] * len(df)
 
@@ -97,32 +230,45 @@ def remove_hair_dataset(manifest_in, out_dir, manifest_out, cfg: dict, threads: 
         src, stem, truth = job
         rgb = np.asarray(io.load_rgb(src))
         if active:
-            k = scaled_kernel(int(cfg.get("kernel_size", 17)), *rgb.shape[:2])
-            clean, mask = dullrazor(rgb, kernel_size=k, **params)
+            clean, mask = dullrazor(rgb, **scaled_params(cfg, *rgb.shape[:2]))
         else:
             clean, mask = rgb, np.zeros(rgb.shape[:2], np.uint8)
         dst, mdst = out_dir / "images" / f"{stem}.png", out_dir / "masks" / f"{stem}.png"
-        res = {"path": io.rel(dst), "sha256": io.save_png(dst, clean), "mask_path": io.rel(mdst),
-               "hair_fraction": round(float(mask.mean() / 255.0), 6), "psnr_before": np.nan,
-               "psnr_after": np.nan}
+        res = {
+            "path": io.rel(dst),
+            "sha256": io.save_png(dst, clean),
+            "mask_path": io.rel(mdst),
+            "hair_fraction": round(float(mask.mean() / 255.0), 6),
+            "psnr_before": np.nan,
+            "psnr_after": np.nan,
+            "ssim_before": np.nan,
+            "ssim_after": np.nan,
+        }
         io.save_png(mdst, mask)
         if truth:
             t = np.asarray(io.load_rgb(truth))
             res["psnr_before"], res["psnr_after"] = round(psnr(rgb, t), 4), round(psnr(clean, t), 4)
+            res["ssim_before"], res["ssim_after"] = round(ssim(rgb, t), 5), round(ssim(clean, t), 5)
         return res
 
     with image_threads(threads) as pmap:
         jobs = zip(df["path"], stems, truths, strict=True)
-        done = pd.DataFrame(list(tqdm(pmap(one, jobs), total=len(df), desc="dullrazor", disable=None)),
-                            columns=OUT_COLUMNS)
+        done = pd.DataFrame(
+            list(tqdm(pmap(one, jobs), total=len(df), desc="dullrazor", disable=None)), columns=OUT_COLUMNS
+        )
     for col in ("path", "sha256", "mask_path", "hair_fraction"):
         df[col] = done[col].to_numpy()
     if "truth_path" in df.columns:
-        df["psnr_before"], df["psnr_after"] = done["psnr_before"].to_numpy(), done["psnr_after"].to_numpy()
+        for col in ("psnr_before", "psnr_after", "ssim_before", "ssim_after"):
+            df[col] = done[col].to_numpy()
         scored = done["psnr_before"].notna()
         if scored.any():
             mean = done.loc[scored, ["psnr_before", "psnr_after"]].mean()
-            log.info("dullrazor PSNR vs hair-free truth: %.2f -> %.2f dB (mean over %d images)",
-                     mean["psnr_before"], mean["psnr_after"], scored.sum())
+            log.info(
+                "dullrazor PSNR vs hair-free truth: %.2f -> %.2f dB (mean over %d images)",
+                mean["psnr_before"],
+                mean["psnr_after"],
+                scored.sum(),
+            )
     io.write_csv(manifest_out, df)
     return df

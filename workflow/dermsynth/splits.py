@@ -1,12 +1,15 @@
 """Leakage-proof splits, split selection, and the real / hybrid / synthetic training regimes.
 
 Splits are made per dataset, by group (lesion, else patient, else image), stratified by label.
-Duplicates are searched within and across datasets by three keys: the file's sha256, the same
-source_id in two datasets (an ISIC id), and a 64-bit perceptual hash (pHash of a 32x32 grayscale
-thumbnail, Hamming distance <= ``phash_threshold``) confirmed by the correlation of the thumbnails
-(``min_corr``): pHash alone pairs different lesions that share a layout (a centred dark blob in a
-dermoscope ring). Measured here: HAM10000 600x450 vs 200x150 copies correlate >= 0.995, demo
-copies resized + JPEG q60-q80 >= 0.998, different lesions <= 0.97 (demo) and <= 0.97 (HAM10000).
+Duplicates are searched within and across datasets by four keys: the file's sha256, the same
+source_id in two datasets (an ISIC id), the same known lesion_id in two datasets, and a 64-bit
+perceptual hash (pHash of a 32x32 grayscale thumbnail, Hamming distance <= ``phash_threshold``)
+confirmed by the correlation of the thumbnails (``min_corr``): pHash alone pairs different lesions
+that share a layout (a centred dark blob in a dermoscope ring). Measured on the real HAM10000
+(benchmarks/dedup.py, 10,015 images at 200x150 + 124 of them at 600x450 under other ids): all 124
+copies found (Hamming <= 4, correlation >= 0.995); among 1,801 pairs within Hamming 6, different
+lesions correlate <= 0.975 except one pair that is the same photograph filed under two lesion ids
+(ISIC_0030074 / ISIC_0025226); the pairwise comparison of 5.1e7 pairs takes ~1 s.
 Within a dataset, duplicates are merged into one group before the split, so they cannot straddle
 splits. Across datasets, a copy of a train image is removed from val/test (with its lesion group),
 never the other way round. Every overlap found is listed in leakage.csv.
@@ -20,9 +23,11 @@ import zlib
 import cv2
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from . import io
 from .errors import ConfigError, ImageError
+from .imaging import image_threads
 
 log = logging.getLogger("dermsynth")
 
@@ -52,6 +57,23 @@ def phash_bits(thumb: np.ndarray) -> int:
     return int(np.packbits(bits).view(">u8")[0])
 
 
+def thumbnails(paths, threads: int = 1) -> np.ndarray:
+    """(n, 32, 32) float32 thumbnails of ``paths``, decoded on ``threads`` threads."""
+    paths = list(paths)
+
+    def one(p):
+        try:
+            return thumbnail(p)
+        except ImageError as e:
+            raise ImageError(f"splits: {e}") from None
+
+    out = np.empty((len(paths), 32, 32), np.float32)
+    with image_threads(threads) as pmap:
+        for i, t in enumerate(tqdm(pmap(one, paths), total=len(paths), desc="pHash", disable=None)):
+            out[i] = t
+    return out
+
+
 def phash(path) -> str:
     return f"{phash_bits(thumbnail(path)):016x}"
 
@@ -62,46 +84,105 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / den) if den > 0 else 1.0
 
 
+def near_pairs(hashes: np.ndarray, threshold: int, chunk: int = 2048) -> tuple[np.ndarray, ...]:
+    """All (i < j, Hamming distance) with distance <= ``threshold``, as three int arrays.
+
+    Vectorised: one block of rows against all columns at a time (uint64 XOR + popcount), so 10k
+    hashes (5e7 pairs) take about a second and memory stays at ``chunk * n`` bytes.
+    """
+    hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
+    n = len(hashes)
+    out_i, out_j, out_d = [], [], []
+    for s in range(0, n, chunk):
+        block = hashes[s : s + chunk]
+        # only columns right of the block's first row can hold j > i
+        d = np.bitwise_count(block[:, None] ^ hashes[None, s:]).astype(np.uint8)
+        ii, jj = np.nonzero(d <= threshold)
+        keep = jj > ii  # column index is relative to s, like ii
+        ii, jj = ii[keep], jj[keep]
+        out_i.append(ii + s)
+        out_j.append(jj + s)
+        out_d.append(d[ii, jj])
+    if not out_i:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return (
+        np.concatenate(out_i).astype(np.int64),
+        np.concatenate(out_j).astype(np.int64),
+        np.concatenate(out_d).astype(np.int64),
+    )
+
+
+def thumb_corr(thumbs: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Pearson correlation of thumbnails ``i[k]`` and ``j[k]`` for every k (vectorised)."""
+    flat = thumbs.reshape(len(thumbs), -1).astype(np.float64)
+    flat = flat - flat.mean(1, keepdims=True)
+    norm = np.sqrt((flat * flat).sum(1))
+    out = np.ones(len(i))
+    if len(i):
+        num = np.einsum("ij,ij->i", flat[i], flat[j])
+        den = norm[i] * norm[j]
+        ok = den > 0
+        out[ok] = num[ok] / den[ok]
+    return out
+
+
+def _group_pairs(values, allowed=None) -> list[tuple[int, int]]:
+    """(i < j) for rows sharing a non-empty value; ``allowed(i, j)`` filters."""
+    pairs = []
+    groups: dict[str, list[int]] = {}
+    for k, v in enumerate(values):
+        if v:
+            groups.setdefault(v, []).append(k)
+    for idx in groups.values():
+        for a in range(len(idx)):
+            for b in range(a + 1, len(idx)):
+                if allowed is None or allowed(idx[a], idx[b]):
+                    pairs.append((idx[a], idx[b]))
+    return pairs
+
+
 def find_duplicates(
     df: pd.DataFrame,
     thumbs: np.ndarray,
     hashes: np.ndarray,
     threshold: int = 6,
     min_corr: float = 0.985,
-    chunk: int = 1024,
+    chunk: int = 2048,
+    lesions: list[str] | None = None,
 ) -> list[tuple[int, int, str, int]]:
-    """All pairs (i < j, kind, hamming) that are exact, same-id (across datasets) or near duplicates."""
+    """All pairs (i < j, kind, hamming) that are exact, same-id (across datasets) or near duplicates.
+
+    kinds: ``sha256`` (same file), ``source_id`` (same id in two datasets, e.g. an ISIC id),
+    ``lesion_id`` (same known lesion in two datasets; ``lesions`` gives the group keys) and
+    ``phash`` (Hamming <= ``threshold`` and thumbnail correlation >= ``min_corr``).
+    """
+    ds = df["dataset"].to_numpy()
     pairs: dict[tuple[int, int], set] = {}
-    for kind, col in (("sha256", "sha256"), ("source_id", "source_id")):
-        for _, idx in df.groupby(col).indices.items():
-            if len(idx) < 2:
-                continue
-            for a in range(len(idx)):
-                for b in range(a + 1, len(idx)):
-                    i, j = int(idx[a]), int(idx[b])
-                    if kind == "source_id" and df["dataset"].iat[i] == df["dataset"].iat[j]:
-                        continue
-                    pairs.setdefault((i, j), set()).add(kind)
-    n = len(hashes)
+    for i, j in _group_pairs(df["sha256"].tolist()):
+        pairs.setdefault((i, j), set()).add("sha256")
+    for i, j in _group_pairs(df["source_id"].tolist(), lambda i, j: ds[i] != ds[j]):
+        pairs.setdefault((i, j), set()).add("source_id")
+    if lesions is not None:
+        known = [k if k.startswith("lesion_id:") else "" for k in lesions]
+        for i, j in _group_pairs(known, lambda i, j: ds[i] != ds[j]):
+            pairs.setdefault((i, j), set()).add("lesion_id")
+    ii, jj, dd = near_pairs(hashes, threshold, chunk)
+    # pHash alone confuses different lesions that share a layout (centred dark blob):
+    # a near copy must also match pixel by pixel at 32x32
+    corr = thumb_corr(thumbs, ii, jj)
     dist = {}
-    for s in range(0, n, chunk):
-        d = np.bitwise_count(hashes[s : s + chunk, None] ^ hashes[None, :])
-        ii, jj = np.nonzero(d <= threshold)
-        for i, j in zip(ii + s, jj, strict=True):
-            if j <= i:
-                continue
-            dist[(int(i), int(j))] = int(d[i - s, j])
-    for i, j in dist:
-        # pHash alone confuses different lesions that share a layout (centred dark blob):
-        # a near copy must also match pixel by pixel at 32x32
-        if (i, j) in pairs or _corr(thumbs[i], thumbs[j]) >= min_corr:
+    for i, j, d, c in zip(ii.tolist(), jj.tolist(), dd.tolist(), corr.tolist(), strict=True):
+        dist[(i, j)] = d
+        if (i, j) in pairs or c >= min_corr:
             pairs.setdefault((i, j), set()).add("phash")
     out = []
     for (i, j), kinds in sorted(pairs.items()):
         h = dist.get((i, j))
         if h is None:
             h = int(np.bitwise_count(hashes[i] ^ hashes[j]))
-        out.append((i, j, "+".join(k for k in ("sha256", "source_id", "phash") if k in kinds), h))
+        out.append(
+            (i, j, "+".join(k for k in ("sha256", "source_id", "lesion_id", "phash") if k in kinds), h)
+        )
     return out
 
 
@@ -181,6 +262,7 @@ def make_splits(
     phash_threshold: int = 6,
     min_corr: float = 0.985,
     patient_groups: bool = False,
+    threads: int = 1,
 ) -> pd.DataFrame:
     """Write splits.csv (dataset, source_id, lesion_id, label, split, sha256, phash) and leakage.csv.
 
@@ -201,18 +283,13 @@ def make_splits(
     if df["sha256"].eq("").any():
         missing = df["sha256"].eq("")
         df.loc[missing, "sha256"] = [io.sha256_file(p) for p in df.loc[missing, "path"]]
-    thumbs = np.empty((len(df), 32, 32), np.float32)
-    for i, p in enumerate(df["path"]):
-        try:
-            thumbs[i] = thumbnail(p)
-        except ImageError as e:
-            raise ImageError(f"splits: {e}") from None
+    thumbs = thumbnails(df["path"], threads)
     hashes = np.array([phash_bits(t) for t in thumbs], dtype=np.uint64)
     df["phash"] = [f"{int(h):016x}" for h in hashes]
     keys = [_group_key(r) for r in df.to_dict("records")]
     # the column reports the group actually used, so a reader can check that no group straddles splits
     df["lesion_id"] = [k.split(":", 1)[1] for k in keys]
-    pairs = find_duplicates(df, thumbs, hashes, phash_threshold, min_corr)
+    pairs = find_duplicates(df, thumbs, hashes, phash_threshold, min_corr, lesions=keys)
 
     # groups: same lesion key, plus within-dataset duplicates
     uf = _UnionFind(len(df))
@@ -338,6 +415,7 @@ def write_split_manifests(
     phash_threshold: int = 6,
     min_corr: float = 0.985,
     patient_groups: bool = False,
+    threads: int = 1,
 ) -> pd.DataFrame:
     """The split stage: splits.csv + leakage.csv, then per-dataset split manifests and the fine-tune set.
 
@@ -353,6 +431,7 @@ def write_split_manifests(
         phash_threshold=phash_threshold,
         min_corr=min_corr,
         patient_groups=patient_groups,
+        threads=threads,
     )
     for ds, manifest in cls_manifests.items():
         for name in SPLITS:

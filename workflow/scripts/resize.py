@@ -16,4 +16,5 @@ with logs.stage("resize"):
         snakemake.output[0],
         int(snakemake.wildcards.size),
         threads=snakemake.threads,
+        policy=snakemake.params.policy,
     )

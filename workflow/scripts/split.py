@@ -23,4 +23,5 @@ with logs.stage("split"):
         leakage_path=snakemake.output.leakage,
         finetune_path=snakemake.output.finetune,
         out_dir=Path(snakemake.output.splits).parent,
+        threads=snakemake.threads,
     )

@@ -23,8 +23,16 @@ SOURCES = ("demo", "folder", "isic")
 log = logging.getLogger("dermsynth")
 
 
-def acquire(dataset: str, spec: dict, out_dir, manifest_path, rejected_path, seed: int,
-            classes: list[str], threads: int = 1) -> pd.DataFrame:
+def acquire(
+    dataset: str,
+    spec: dict,
+    out_dir,
+    manifest_path,
+    rejected_path,
+    seed: int,
+    classes: list[str],
+    threads: int = 1,
+) -> pd.DataFrame:
     """Fetch/import/generate one dataset as PNGs in ``out_dir``; write manifest and rejected.csv.
 
     ``spec`` is one entry of the config's ``datasets`` section; ``spec["source"]`` picks the source.
@@ -34,12 +42,18 @@ def acquire(dataset: str, spec: dict, out_dir, manifest_path, rejected_path, see
     if source == "demo":
         manifest, rejected = demo.generate(dataset, spec.get("demo") or {}, out_dir, seed, classes)
     elif source == "folder":
-        manifest, rejected = folder.import_folder(dataset, spec.get("folder") or {}, out_dir, classes,
-                                                  threads=threads)
+        manifest, rejected = folder.import_folder(
+            dataset, spec.get("folder") or {}, out_dir, classes, threads=threads
+        )
     elif source == "isic":
-        manifest, rejected = isic.download(dataset, spec.get("isic") or {}, out_dir, classes,
-                                           label_map=(spec.get("folder") or {}).get("label_map"),
-                                           threads=threads)
+        manifest, rejected = isic.download(
+            dataset,
+            spec.get("isic") or {},
+            out_dir,
+            classes,
+            label_map=(spec.get("folder") or {}).get("label_map"),
+            threads=threads,
+        )
     else:
         raise ConfigError(f"datasets.{dataset}.source is '{source}'; allowed: {', '.join(SOURCES)}")
     manifest = normalise_manifest(manifest)

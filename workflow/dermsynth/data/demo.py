@@ -35,13 +35,16 @@ DOMAINS = {
     "ham10000": {"skin": (0.82, 0.60, 0.47), "gain": (1.05, 0.99, 0.90), "vignette": 0.35, "ring": False},
 }
 
-_MALIGNANT_COLOURS = np.array([
-    (0.30, 0.17, 0.11),   # dark brown
-    (0.09, 0.07, 0.07),   # black
-    (0.42, 0.47, 0.58),   # blue-grey
-    (0.72, 0.28, 0.27),   # red
-    (0.62, 0.43, 0.30),   # light brown
-], dtype=np.float32)
+_MALIGNANT_COLOURS = np.array(
+    [
+        (0.30, 0.17, 0.11),  # dark brown
+        (0.09, 0.07, 0.07),  # black
+        (0.42, 0.47, 0.58),  # blue-grey
+        (0.72, 0.28, 0.27),  # red
+        (0.62, 0.43, 0.30),  # light brown
+    ],
+    dtype=np.float32,
+)
 
 
 def _rng(seed: int, dataset: str, *keys: int) -> np.random.Generator:
@@ -65,25 +68,30 @@ def lesion_params(rng: np.random.Generator, label: str) -> dict:
     """Shape and colour of one lesion; every view of the lesion shares these."""
     malignant = label == "malignant"
     if malignant:
-        harmonics = [(1, rng.uniform(0.10, 0.20)), (2, rng.uniform(0.04, 0.12)),
-                     (3, rng.uniform(0.06, 0.14))]
+        harmonics = [(1, rng.uniform(0.10, 0.20)), (2, rng.uniform(0.04, 0.12)), (3, rng.uniform(0.06, 0.14))]
         harmonics += [(k, rng.uniform(0.015, 0.045)) for k in rng.choice(np.arange(5, 14), 4, replace=False)]
         n_col = int(rng.integers(2, 5))
         colours = _MALIGNANT_COLOURS[rng.choice(len(_MALIGNANT_COLOURS), n_col, replace=False)]
         return {
-            "malignant": True, "radius": rng.uniform(0.21, 0.32),
+            "malignant": True,
+            "radius": rng.uniform(0.21, 0.32),
             "harmonics": [(k, a, rng.uniform(0, 2 * math.pi)) for k, a in harmonics],
-            "edge": rng.uniform(0.02, 0.05), "edge_var": rng.uniform(0.5, 0.9),
+            "edge": rng.uniform(0.02, 0.05),
+            "edge_var": rng.uniform(0.5, 0.9),
             "base": np.array((0.48, 0.31, 0.21), np.float32) * rng.uniform(0.85, 1.1),
-            "colours": colours, "patch_seed": int(rng.integers(1 << 31)),
+            "colours": colours,
+            "patch_seed": int(rng.integers(1 << 31)),
             "patch_offsets": rng.uniform(-0.5, 0.5, (n_col, 2)),
         }
     return {
-        "malignant": False, "radius": rng.uniform(0.13, 0.24),
+        "malignant": False,
+        "radius": rng.uniform(0.13, 0.24),
         "harmonics": [(2, rng.uniform(0.0, 0.07), rng.uniform(0, 2 * math.pi))],
-        "edge": rng.uniform(0.006, 0.012), "edge_var": 0.0,
+        "edge": rng.uniform(0.006, 0.012),
+        "edge_var": 0.0,
         "base": np.array((0.55, 0.36, 0.24), np.float32) * rng.uniform(0.8, 1.1),
-        "colours": np.zeros((0, 3), np.float32), "patch_seed": int(rng.integers(1 << 31)),
+        "colours": np.zeros((0, 3), np.float32),
+        "patch_seed": int(rng.integers(1 << 31)),
         "patch_offsets": np.zeros((0, 2)),
     }
 
@@ -144,30 +152,80 @@ def render(lesion: dict, rng: np.random.Generator, size: int, domain: str) -> np
     return np.clip(img, 0, 1)
 
 
+#: hair colours (RGB 0-1): dark brown, black, brown, grey-brown (light/thin hairs in real images)
+_HAIR_COLOURS = np.array(
+    [(0.12, 0.08, 0.06), (0.04, 0.035, 0.03), (0.22, 0.15, 0.10), (0.30, 0.25, 0.22)], np.float32
+)
+_HAIR_SS = 2  # supersampling of the hair canvas: sub-pixel widths and anti-aliased edges
+
+
+def _hair_path(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Points (m, 2) of one hair and its half-width per point, in pixels of a ``size`` image.
+
+    The heading drifts smoothly (constant bend plus a slow wave), so hairs curve like real ones; the
+    width tapers towards the tips. Start points lie slightly outside the image too, so hairs enter it.
+    """
+    length = rng.uniform(0.25, 1.1) * size
+    m = 32
+    t = np.linspace(0, 1, m)
+    heading = rng.uniform(0, 2 * math.pi) + rng.uniform(-1.2, 1.2) * t
+    heading += rng.uniform(0, 0.35) * np.sin(2 * math.pi * rng.uniform(0.5, 1.5) * t + rng.uniform(0, 6.3))
+    step = length / (m - 1)
+    pts = np.cumsum(np.stack([np.cos(heading), np.sin(heading)], 1) * step, 0)
+    pts += rng.uniform(-0.1, 1.1, 2) * size - pts[m // 2] * rng.uniform(0, 1)
+    # width: about 1.5-5 px at 512 (hairs of 50-120 um in a ~15 mm field), tapering at the tips
+    width = size / 512 * np.exp(rng.normal(math.log(2.6), 0.35))
+    taper = np.clip(np.sin(math.pi * t) ** 0.35, 0.3, 1.0)
+    return pts, 0.5 * width * taper
+
+
 def draw_hairs(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Dark thin curved hairs over ``img`` (float RGB); returns (hairy image, hair coverage 0-1)."""
+    """Dark thin curved hairs over ``img`` (float RGB); returns (hairy image, hair coverage 0-1).
+
+    Hair count varies a lot between images (sparse, medium, dense), and so do colour (dark brown to
+    black, some lighter), opacity, width and curvature. Drawn on a supersampled canvas and averaged
+    down, so hairs narrower than a pixel look faint, as they do in a downscaled photograph.
+    """
     size = img.shape[0]
-    canvas = np.zeros((size, size), np.uint8)
-    n = int(rng.integers(6, 16))
-    t = np.linspace(0, 1, 40)[:, None]
-    for _ in range(n):
-        p0 = rng.uniform(-0.1, 1.1, 2) * size
-        ang = rng.uniform(0, 2 * math.pi)
-        length = rng.uniform(0.35, 0.9) * size
-        p2 = p0 + length * np.array([math.cos(ang), math.sin(ang)])
-        bend = rng.uniform(-0.25, 0.25) * length
-        p1 = (p0 + p2) / 2 + bend * np.array([-math.sin(ang), math.cos(ang)])
-        pts = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t ** 2 * p2
-        thick = max(1, int(round(size / 128 * rng.uniform(0.6, 1.6))))
-        cv2.polylines(canvas, [np.round(pts * 16).astype(np.int32)], False, 255, thick, cv2.LINE_AA, shift=4)
-    cover = canvas.astype(np.float32) / 255.0
-    hair_col = np.array((0.12, 0.08, 0.06), np.float32) * rng.uniform(0.6, 1.4)
-    out = img + (hair_col - img) * (0.95 * cover)[..., None]
-    return out, cover
+    big = size * _HAIR_SS
+    n = int(rng.choice([rng.integers(1, 6), rng.integers(6, 16), rng.integers(16, 36)], p=[0.3, 0.45, 0.25]))
+    out = img.copy()
+    total = np.zeros((size, size), np.float32)
+    # hairs in up to three colour groups, each group one canvas: per-hair colour at bounded cost
+    groups = rng.integers(0, 3, n)
+    for g in range(3):
+        members = np.nonzero(groups == g)[0]
+        if not len(members):
+            continue
+        canvas = np.zeros((big, big), np.uint8)
+        for _ in members:
+            pts, half = _hair_path(rng, size)
+            p = np.round(pts * _HAIR_SS * 16).astype(np.int32)
+            thick = np.maximum(1, np.round(2 * half * _HAIR_SS)).astype(int)
+            # one polyline per run of equal thickness (the taper changes it a few times per hair)
+            cuts = [0, *(np.nonzero(np.diff(thick[:-1]))[0] + 1).tolist(), len(p) - 1]
+            for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+                cv2.polylines(canvas, [p[a : b + 1]], False, 255, int(thick[a]), cv2.LINE_AA, shift=4)
+        cover = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+        colour = _HAIR_COLOURS[rng.choice(len(_HAIR_COLOURS), p=[0.4, 0.3, 0.2, 0.1])]
+        colour = colour * rng.uniform(0.8, 1.2)
+        alpha = cover * rng.uniform(0.8, 0.97)
+        out += (colour - out) * alpha[..., None]
+        total = np.maximum(total, cover)
+    return out, total
 
 
-def make_image(seed: int, dataset: str, label: str, lesion_index: int, view: int, size: int,
-               domain: str, classes: list[str], hair: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def make_image(
+    seed: int,
+    dataset: str,
+    label: str,
+    lesion_index: int,
+    view: int,
+    size: int,
+    domain: str,
+    classes: list[str],
+    hair: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """(image uint8, hair-free truth uint8 or None) for one view of one lesion; pure function of the args."""
     c = classes.index(label)
     lesion = lesion_params(_rng(seed, dataset, c, lesion_index), label)
@@ -183,8 +241,9 @@ def _to8(img: np.ndarray) -> np.ndarray:
     return np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
-def generate(dataset: str, cfg: dict, out_dir, seed: int,
-             classes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def generate(
+    dataset: str, cfg: dict, out_dir, seed: int, classes: list[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write the demo images of one dataset; return (manifest, rejected).
 
     cfg keys: n_per_class (int), domain (isic|ham10000), size (px, square), hair_fraction (0-1),
@@ -218,8 +277,46 @@ def generate(dataset: str, cfg: dict, out_dir, seed: int,
             tp = out_dir / "truth" / f"{source_id}.png"
             io.save_png(tp, truth)
             truth_path = io.rel(tp)
-        rows.append({"path": io.rel(path), "label": label, "dataset": dataset, "source_id": source_id,
-                     "sha256": sha, "lesion_id": lesion_id, "patient_id": "", "width": size,
-                     "height": size, "note": f"demo domain={domain}", "truth_path": truth_path,
-                     "has_hair": bool(hair)})
+        rows.append(
+            {
+                "path": io.rel(path),
+                "label": label,
+                "dataset": dataset,
+                "source_id": source_id,
+                "sha256": sha,
+                "lesion_id": lesion_id,
+                "patient_id": "",
+                "width": size,
+                "height": size,
+                "note": f"demo domain={domain}",
+                "truth_path": truth_path,
+                "has_hair": bool(hair),
+            }
+        )
     return pd.DataFrame(rows), pd.DataFrame(columns=["path", "reason", "detail"])
+
+
+def lesion_mask(
+    seed: int, dataset: str, label: str, lesion_index: int, view: int, size: int, classes: list[str]
+) -> np.ndarray:
+    """The exact lesion of ``make_image`` with the same arguments, as a bool mask (alpha >= 0.5).
+
+    Replays the first draws of ``render`` (rotation and centre) from the same random stream, so the
+    mask is the generator's own outline, not a segmentation of the image: ground truth for segmenters.
+    """
+    c = classes.index(label)
+    lesion = lesion_params(_rng(seed, dataset, c, lesion_index), label)
+    rng = _rng(seed, dataset, c, lesion_index, view + 1)
+    x, y = _grid(size)
+    s = float(size)
+    rot = rng.uniform(0, 2 * math.pi)
+    cx, cy = s / 2 + rng.uniform(-0.06, 0.06) * s, s / 2 + rng.uniform(-0.06, 0.06) * s
+    dx, dy = x - cx, y - cy
+    rho = np.sqrt(dx * dx + dy * dy)
+    theta = np.arctan2(dy, dx) - rot
+    radius = np.full_like(rho, lesion["radius"] * s)
+    for k, a, p in lesion["harmonics"]:
+        radius += lesion["radius"] * s * a * np.cos(k * theta + p)
+    edge = lesion["edge"] * s * (1 + lesion["edge_var"] * np.cos(3 * theta + 1.0))
+    alpha = np.clip((radius - rho) / np.maximum(edge, 0.6) + 0.5, 0, 1)
+    return alpha >= 0.5

@@ -78,8 +78,9 @@ def safe_stem(text: str) -> str:
 # layouts -> candidates
 
 
-def import_folder(dataset: str, cfg: dict, out_dir, classes: list[str],
-                  threads: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
+def import_folder(
+    dataset: str, cfg: dict, out_dir, classes: list[str], threads: int = 1
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The ``folder`` source: find the layout, then convert every image (see module docstring).
 
     cfg keys: path, csv, label_map, filter_dataset (str or list), max_side (optional, px).
@@ -93,17 +94,21 @@ def import_folder(dataset: str, cfg: dict, out_dir, classes: list[str],
         if root.is_file():
             cands, rejected = read_table(root, cfg.get("filter_dataset"))
         elif not root.is_dir():
-            raise DataSourceError(f"datasets.{dataset}.folder.path '{root}' does not exist: point it at a "
-                                  "folder of class subfolders, a metadata.csv folder, or a CSV")
+            raise DataSourceError(
+                f"datasets.{dataset}.folder.path '{root}' does not exist: point it at a "
+                "folder of class subfolders, a metadata.csv folder, or a CSV"
+            )
         elif found := next((root / n for n in METADATA_NAMES if (root / n).is_file()), None):
             cands, rejected = read_table(found, cfg.get("filter_dataset"))
         else:
             cands, rejected = scan_class_folders(root)
     else:
-        raise ConfigError(f"datasets.{dataset}.folder needs 'path' (a folder or CSV) or 'csv' "
-                          "for source: folder")
-    return ingest(cands, dataset, out_dir, classes, label_map, rejected, threads=threads,
-                  max_side=cfg.get("max_side"))
+        raise ConfigError(
+            f"datasets.{dataset}.folder needs 'path' (a folder or CSV) or 'csv' for source: folder"
+        )
+    return ingest(
+        cands, dataset, out_dir, classes, label_map, rejected, threads=threads, max_side=cfg.get("max_side")
+    )
 
 
 def scan_class_folders(root: Path) -> tuple[list[Candidate], list[dict]]:
@@ -133,8 +138,9 @@ def read_table(path: Path, filter_dataset=None) -> tuple[list[Candidate], list[d
     if {"path", "label"} <= cols:
         if filter_dataset:
             if "dataset" not in cols:
-                raise DataSourceError(f"{path}: folder.filter_dataset is set but the CSV has no "
-                                      "'dataset' column")
+                raise DataSourceError(
+                    f"{path}: folder.filter_dataset is set but the CSV has no 'dataset' column"
+                )
             keep = [filter_dataset] if isinstance(filter_dataset, str) else list(filter_dataset)
             df = df[df["dataset"].isin(keep)]
         cands = []
@@ -145,8 +151,10 @@ def read_table(path: Path, filter_dataset=None) -> tuple[list[Candidate], list[d
             sid = r.get("source_id") or r.get("isic_id") or src.stem
             cands.append(Candidate(src, r["label"], sid, r.get("lesion_id", ""), r.get("patient_id", "")))
         return cands, []
-    raise DataSourceError(f"{path}: unknown CSV layout (columns {sorted(cols)}); expected path,label or "
-                          "HAM10000 image_id,lesion_id,dx or isic-cli isic_id,diagnosis_1")
+    raise DataSourceError(
+        f"{path}: unknown CSV layout (columns {sorted(cols)}); expected path,label or "
+        "HAM10000 image_id,lesion_id,dx or isic-cli isic_id,diagnosis_1"
+    )
 
 
 def _index_images(dirs: list[Path]) -> dict[str, Path]:
@@ -161,14 +169,26 @@ def _index_images(dirs: list[Path]) -> dict[str, Path]:
 
 def ham_candidates(df: pd.DataFrame, root: Path) -> tuple[list[Candidate], list[dict]]:
     """HAM10000 metadata rows; images in ``images/`` (or the part_1/part_2 folders, or beside)."""
-    index = _index_images([root / "images", root / "HAM10000_images_part_1",
-                           root / "HAM10000_images_part_2", root / "HAM10000_images", root])
+    index = _index_images(
+        [
+            root / "images",
+            root / "HAM10000_images_part_1",
+            root / "HAM10000_images_part_2",
+            root / "HAM10000_images",
+            root,
+        ]
+    )
     cands, rejected = [], []
     for r in df.to_dict("records"):
         src = index.get(r["image_id"])
         if src is None:
-            rejected.append(reject(root / "images" / f"{r['image_id']}.jpg", "missing_file",
-                                   "listed in metadata, no image file found"))
+            rejected.append(
+                reject(
+                    root / "images" / f"{r['image_id']}.jpg",
+                    "missing_file",
+                    "listed in metadata, no image file found",
+                )
+            )
             continue
         cands.append(Candidate(src, r["dx"], r["image_id"], r.get("lesion_id", ""), r.get("patient_id", "")))
     return cands, rejected
@@ -182,16 +202,22 @@ def metadata_label(row: dict) -> str:
     return ""
 
 
-def isic_candidates(df: pd.DataFrame, root: Path,
-                    label: str | None = None) -> tuple[list[Candidate], list[dict]]:
+def isic_candidates(
+    df: pd.DataFrame, root: Path, label: str | None = None
+) -> tuple[list[Candidate], list[dict]]:
     """isic-cli layout. With ``label`` the class is known from the query; metadata must not contradict it."""
     index = _index_images([root, root / "images"])
     cands, rejected = [], []
     for r in df.to_dict("records"):
         src = index.get(r["isic_id"])
         if src is None:
-            rejected.append(reject(root / f"{r['isic_id']}.jpg", "missing_file",
-                                   "listed in metadata.csv, no image file (interrupted download?)"))
+            rejected.append(
+                reject(
+                    root / f"{r['isic_id']}.jpg",
+                    "missing_file",
+                    "listed in metadata.csv, no image file (interrupted download?)",
+                )
+            )
             continue
         meta = metadata_label(r)
         note = ""
@@ -199,13 +225,15 @@ def isic_candidates(df: pd.DataFrame, root: Path,
         if label is not None:
             raw = label
             note = f"metadata label {meta}" if meta else "no metadata label"
-        cands.append(Candidate(src, raw, r["isic_id"], r.get("lesion_id", ""), r.get("patient_id", ""),
-                               note, meta))
+        cands.append(
+            Candidate(src, raw, r["isic_id"], r.get("lesion_id", ""), r.get("patient_id", ""), note, meta)
+        )
     listed = set(df["isic_id"]) if len(df) else set()
     for stem, f in index.items():
         if stem not in listed:
-            rejected.append(reject(f, "not_in_metadata",
-                                   "image without a metadata.csv row (earlier download?)"))
+            rejected.append(
+                reject(f, "not_in_metadata", "image without a metadata.csv row (earlier download?)")
+            )
     return cands, rejected
 
 
@@ -276,13 +304,25 @@ def _convert(src: Path, dst: Path, max_side: int | None) -> dict:
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
         note = "; ".join(n for n in (note, f"downscaled from {w}x{h}") if n)
-    return {"pixels": psha, "sha256": io.save_png(dst, rgb), "note": note,
-            "width": rgb.shape[1], "height": rgb.shape[0]}
+    return {
+        "pixels": psha,
+        "sha256": io.save_png(dst, rgb),
+        "note": note,
+        "width": rgb.shape[1],
+        "height": rgb.shape[0],
+    }
 
 
-def ingest(cands: list[Candidate], dataset: str, out_dir, classes: list[str], label_map: dict | None,
-           rejected: list[dict] | None = None, threads: int = 1,
-           max_side: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def ingest(
+    cands: list[Candidate],
+    dataset: str,
+    out_dir,
+    classes: list[str],
+    label_map: dict | None,
+    rejected: list[dict] | None = None,
+    threads: int = 1,
+    max_side: int | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Convert candidates to PNG in ``out_dir/images``; return (manifest, rejected).
 
     Cheap checks (label, missing, empty, same file) run first and in order; decoding and PNG writing
@@ -295,13 +335,15 @@ def ingest(cands: list[Candidate], dataset: str, out_dir, classes: list[str], la
     for c in sorted(cands, key=lambda c: str(c.src)):
         label = resolve_label(c.raw_label, classes, label_map)
         if label is None:
-            rejected.append(reject(c.src, "unknown_label",
-                                   f"'{c.raw_label}' is not a class or a label_map key"))
+            rejected.append(
+                reject(c.src, "unknown_label", f"'{c.raw_label}' is not a class or a label_map key")
+            )
             continue
         meta_class = resolve_label(c.meta_label, classes, label_map) if c.meta_label else None
         if meta_class is not None and meta_class != label:
-            rejected.append(reject(c.src, "label_mismatch",
-                                   f"labelled {label}, metadata says {c.meta_label}"))
+            rejected.append(
+                reject(c.src, "label_mismatch", f"labelled {label}, metadata says {c.meta_label}")
+            )
             continue
         if not c.src.is_file():
             rejected.append(reject(c.src, "missing_file", "file does not exist"))
@@ -325,8 +367,9 @@ def ingest(cands: list[Candidate], dataset: str, out_dir, classes: list[str], la
     with ThreadPoolExecutor(max(1, int(threads))) as pool:
         results = pool.map(lambda t: _convert(t[0].src, t[3], max_side), todo)
         rows, pixel_seen = [], {}
-        for (c, label, stem, dst), res in tqdm(zip(todo, results, strict=True), total=len(todo),
-                                               desc=f"import {dataset}", disable=None):
+        for (c, label, stem, dst), res in tqdm(
+            zip(todo, results, strict=True), total=len(todo), desc=f"import {dataset}", disable=None
+        ):
             if "error" in res:
                 rejected.append(reject(c.src, *res["error"]))
                 continue
@@ -335,9 +378,18 @@ def ingest(cands: list[Candidate], dataset: str, out_dir, classes: list[str], la
                 rejected.append(reject(c.src, "duplicate", f"same pixels as {pixel_seen[res['pixels']]}"))
                 continue
             pixel_seen[res["pixels"]] = c.src
-            rows.append({"path": io.rel(dst), "label": label, "dataset": dataset,
-                         "source_id": c.source_id if stem == safe_stem(c.source_id) else stem,
-                         "sha256": res["sha256"], "lesion_id": c.lesion_id or "",
-                         "patient_id": c.patient_id or "", "width": res["width"], "height": res["height"],
-                         "note": "; ".join(n for n in (res["note"], c.note) if n)})
+            rows.append(
+                {
+                    "path": io.rel(dst),
+                    "label": label,
+                    "dataset": dataset,
+                    "source_id": c.source_id if stem == safe_stem(c.source_id) else stem,
+                    "sha256": res["sha256"],
+                    "lesion_id": c.lesion_id or "",
+                    "patient_id": c.patient_id or "",
+                    "width": res["width"],
+                    "height": res["height"],
+                    "note": "; ".join(n for n in (res["note"], c.note) if n),
+                }
+            )
     return pd.DataFrame(rows), pd.DataFrame(rejected, columns=["path", "reason", "detail"])

@@ -60,8 +60,14 @@ def isic_executable() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "isic_cli.cli"]
 
 
-def build_command(class_query: str, search: str | None, limit: int | None, collections, outdir,
-                  executable: list[str] | None = None) -> list[str]:
+def build_command(
+    class_query: str,
+    search: str | None,
+    limit: int | None,
+    collections,
+    outdir,
+    executable: list[str] | None = None,
+) -> list[str]:
     """The isic-cli command line for one class (``isic image download -s Q -l N [-c IDS] OUTDIR``)."""
     cmd = list(executable or isic_executable())
     # the version check calls PyPI: skip it, compute nodes are often offline
@@ -90,22 +96,33 @@ def run_isic(cmd: list[str], timeout_s: float, log_path: Path, what: str) -> Non
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-            raise DataSourceError(f"isic-cli did not finish {what} within {timeout_s:g} s: rerun to resume "
-                                  "(downloaded files are kept) or raise isic.timeout_s") from None
+            raise DataSourceError(
+                f"isic-cli did not finish {what} within {timeout_s:g} s: rerun to resume "
+                "(downloaded files are kept) or raise isic.timeout_s"
+            ) from None
     if rc != 0:
         lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
         last = lines[-1] if lines else "no output"
         raise DataSourceError(f"isic-cli failed {what} (exit {rc}): {last} (full output: {log_path})")
 
 
-def download(dataset: str, cfg: dict, out_dir, classes: list[str], label_map: dict | None = None,
-             host: str = API_HOST, threads: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
+def download(
+    dataset: str,
+    cfg: dict,
+    out_dir,
+    classes: list[str],
+    label_map: dict | None = None,
+    host: str = API_HOST,
+    threads: int = 1,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The ``isic`` source: probe, download each class, convert like the folder source."""
     queries = cfg.get("class_queries") or {}
     missing = [c for c in classes if not queries.get(c)]
     if missing:
-        raise ConfigError(f"datasets.{dataset}.isic.class_queries has no query for {', '.join(missing)}; "
-                          "give one per class, e.g. benign: 'diagnosis_1:\"Benign\"'")
+        raise ConfigError(
+            f"datasets.{dataset}.isic.class_queries has no query for {', '.join(missing)}; "
+            "give one per class, e.g. benign: 'diagnosis_1:\"Benign\"'"
+        )
     err = probe(host)
     if err:
         raise DataSourceError(
@@ -114,15 +131,23 @@ def download(dataset: str, cfg: dict, out_dir, classes: list[str], label_map: di
         )
     raw = Path(out_dir) / "isic_raw"
     for label in classes:
-        cmd = build_command(queries[label], cfg.get("search"), cfg.get("per_class"), cfg.get("collections"),
-                            raw / label)
+        cmd = build_command(
+            queries[label], cfg.get("search"), cfg.get("per_class"), cfg.get("collections"), raw / label
+        )
         log.info("isic %s/%s: %s", dataset, label, " ".join(cmd))
         run_isic(cmd, float(cfg.get("timeout_s") or 3600), raw / f"{label}.log", f"for {dataset}/{label}")
     return collect(raw, dataset, out_dir, classes, label_map, threads=threads, max_side=cfg.get("max_side"))
 
 
-def collect(raw, dataset: str, out_dir, classes: list[str], label_map: dict | None = None,
-            threads: int = 1, max_side: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def collect(
+    raw,
+    dataset: str,
+    out_dir,
+    classes: list[str],
+    label_map: dict | None = None,
+    threads: int = 1,
+    max_side: int | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Post-process ``raw/<label>/`` isic-cli downloads into PNGs + manifest (label from the query)."""
     raw = Path(raw)
     cands, rejected = [], []
@@ -135,13 +160,17 @@ def collect(raw, dataset: str, out_dir, classes: list[str], label_map: dict | No
                 raise DataSourceError(f"{meta} has no isic_id column: not an isic-cli metadata file")
             c, r = folder.isic_candidates(df, d, label=label)
         elif d.is_dir():
-            files = [f for f in sorted(d.iterdir()) if f.suffix.lower() in folder.IMAGE_SUFFIXES
-                     and not f.name.startswith(".")]
+            files = [
+                f
+                for f in sorted(d.iterdir())
+                if f.suffix.lower() in folder.IMAGE_SUFFIXES and not f.name.startswith(".")
+            ]
             c = [folder.Candidate(f, label, f.stem, note="no metadata.csv") for f in files]
             r = []
         else:
             c, r = [], []
         cands += c
         rejected += r
-    return folder.ingest(cands, dataset, out_dir, classes, label_map, rejected, threads=threads,
-                         max_side=max_side)
+    return folder.ingest(
+        cands, dataset, out_dir, classes, label_map, rejected, threads=threads, max_side=max_side
+    )
