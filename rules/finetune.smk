@@ -1,3 +1,12 @@
+if config["finetune"].get("lora_mode", "shared") != "shared":
+    # per-class LoRAs are trained by dermsynth.diffusion.train (lora_mode: per_class), but the
+    # generate stage reads one LoRA per run: stop before any job starts instead of failing later
+    raise ValueError(
+        "finetune.lora_mode 'per_class' is not wired into the generate stage yet: "
+        "use lora_mode 'shared' (the paper), or call dermsynth.diffusion.train.train_lora directly"
+    )
+
+
 rule finetune:
     """DreamBooth-LoRA fine-tuning of Stable Diffusion on the fine-tune split (resumable)."""
     input:
@@ -12,6 +21,11 @@ rule finetune:
         ),
         loss_csv="results/lora/{run}/loss.csv",
         summary="results/lora/{run}/train_summary.json",
+        validation=report(
+            "results/lora/{run}/validation_grid.png",
+            caption="../workflow/report/validation.rst",
+            category="Fine-tune",
+        ),
     log:
         "results/logs/finetune/{run}.log",
     benchmark:
@@ -26,6 +40,8 @@ rule finetune:
         cfg=config["finetune"],
         # undeclared on purpose: Snakemake deletes a failed job's outputs, not this folder
         checkpoint_dir="results/lora/{run}.ckpt",
+        # more than one GPU: the script re-launches the training through `accelerate launch`
+        gpus=finetune_gpus,
     script:
         "../workflow/scripts/finetune.py"
 

@@ -35,6 +35,10 @@ FINETUNE = {
     "center_crop": True,
     "random_flip": True,
     "seed": 7,
+    # validation kept small: one image per class, 2 sampler steps, at the end only (added keys)
+    "validation_epochs": 0,
+    "num_validation_images": 1,
+    "validation_inference_steps": 2,
 }
 
 GENERATE = {

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from dermsynth.diffusion.pipeline import load_pipeline
@@ -33,8 +34,13 @@ def trained(tmp_path_factory):
 
 def _images(pipe, n=2, seed=3, **kw):
     gens = [torch.Generator().manual_seed(seed + i) for i in range(n)]
-    return pipe(["a dermoscopic image of a malignant skin lesion"] * n, num_inference_steps=4, generator=gens,
-                output_type="np", **kw).images
+    return pipe(
+        ["a dermoscopic image of a malignant skin lesion"] * n,
+        num_inference_steps=4,
+        generator=gens,
+        output_type="np",
+        **kw,
+    ).images
 
 
 def test_training_writes_all_outputs(trained, tmp_path_factory):
@@ -82,8 +88,14 @@ def test_lora_changes_output_and_scale_zero_is_the_base(trained, tiny_sd):
 
 
 def test_resume_ends_at_the_same_lora(tiny_sd, images, tmp_path):
-    cfg = {**fx.FINETUNE, "max_train_steps": 6, "checkpointing_steps": 2, "gradient_accumulation_steps": 2,
-           "optimizer": "adamw8bit", "mixed_precision": "no"}
+    cfg = {
+        **fx.FINETUNE,
+        "max_train_steps": 6,
+        "checkpointing_steps": 2,
+        "gradient_accumulation_steps": 2,
+        "optimizer": "adamw8bit",
+        "mixed_precision": "no",
+    }
     train_lora(str(tiny_sd), images, tmp_path / "full", cfg, tmp_path / "full.ckpt", threads=1, device="cpu")
 
     class Killed(Exception):
@@ -95,8 +107,9 @@ def test_resume_ends_at_the_same_lora(tiny_sd, images, tmp_path):
 
     ckpt = tmp_path / "part.ckpt"
     with pytest.raises(Killed):
-        train_lora(str(tiny_sd), images, tmp_path / "part", cfg, ckpt, threads=1, device="cpu",
-                   on_step=kill_at_5)
+        train_lora(
+            str(tiny_sd), images, tmp_path / "part", cfg, ckpt, threads=1, device="cpu", on_step=kill_at_5
+        )
     assert sorted(p.name for p in ckpt.iterdir()) == ["checkpoint-2", "checkpoint-4"]
     assert not (tmp_path / "part" / LORA).exists()
     summary = train_lora(str(tiny_sd), images, tmp_path / "part", cfg, ckpt, threads=1, device="cpu")
@@ -128,16 +141,24 @@ def test_checkpoint_from_other_settings_is_ignored(tiny_sd, images, tmp_path, ca
 
 
 def test_nan_loss_raises_training_error_naming_the_step(tiny_sd, images, tmp_path):
-    cfg = {**fx.FINETUNE, "max_train_steps": 5, "lr_warmup_steps": 0, "lora_learning_rate": 1e30,
-           "max_grad_norm": 1e30, "mixed_precision": "no"}
+    cfg = {
+        **fx.FINETUNE,
+        "max_train_steps": 5,
+        "lr_warmup_steps": 0,
+        "lora_learning_rate": 1e30,
+        "max_grad_norm": 1e30,
+        "mixed_precision": "no",
+    }
     with pytest.raises(TrainingError, match=r"loss became (nan|inf) at step \d+") as err:
         train_lora(str(tiny_sd), images, tmp_path / "o", cfg, tmp_path / "c", device="cpu")
     assert "\n" not in str(err.value)
     assert not (tmp_path / "o" / LORA).exists()
 
 
-@pytest.mark.parametrize("key,value", [("optimizer", "sgd"), ("lr_scheduler", "step"),
-                                       ("mixed_precision", "fp8"), ("train_batch_size", 0)])
+@pytest.mark.parametrize(
+    "key,value",
+    [("optimizer", "sgd"), ("lr_scheduler", "step"), ("mixed_precision", "fp8"), ("train_batch_size", 0)],
+)
 def test_bad_config_is_a_config_error(tiny_sd, images, tmp_path, key, value):
     with pytest.raises(ConfigError, match=key):
         train_lora(str(tiny_sd), images, tmp_path / "o", {**fx.FINETUNE, key: value}, tmp_path / "c")
@@ -145,8 +166,9 @@ def test_bad_config_is_a_config_error(tiny_sd, images, tmp_path, key, value):
 
 def test_missing_model_is_one_line(images, tmp_path):
     with pytest.raises(ModelNotFoundError) as err:
-        train_lora(str(tmp_path / "no-model"), images, tmp_path / "o", fx.FINETUNE, tmp_path / "c",
-                   device="cpu")
+        train_lora(
+            str(tmp_path / "no-model"), images, tmp_path / "o", fx.FINETUNE, tmp_path / "c", device="cpu"
+        )
     assert "\n" not in str(err.value) and "no-model" in str(err.value)
 
 
@@ -154,8 +176,14 @@ def test_missing_model_is_one_line(images, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_fp16_adamw8bit_training_on_gpu(tiny_sd, images, tmp_path):
     # the paper's precision/optimizer: fp16 frozen weights, fp32 LoRA master weights, GradScaler, 8-bit AdamW
-    cfg = {**fx.FINETUNE, "max_train_steps": 12, "checkpointing_steps": 4, "optimizer": "adamw8bit",
-           "mixed_precision": "fp16", "lora_learning_rate": 1e-4}
+    cfg = {
+        **fx.FINETUNE,
+        "max_train_steps": 12,
+        "checkpointing_steps": 4,
+        "optimizer": "adamw8bit",
+        "mixed_precision": "fp16",
+        "lora_learning_rate": 1e-4,
+    }
     summary = train_lora(str(tiny_sd), images, tmp_path / "o", cfg, tmp_path / "c", device="cuda")
     assert summary["device"] == "cuda" and summary["mixed_precision"] == "fp16"
     assert summary["optimizer"] == "AdamW8bit" and summary["peak_mem_gb"] > 0
@@ -165,3 +193,274 @@ def test_fp16_adamw8bit_training_on_gpu(tiny_sd, images, tmp_path):
     pipe = load_pipeline(str(tiny_sd), str(tmp_path / "o"), device="cuda")
     assert pipe.unet.dtype == torch.float16
     assert np.isfinite(_images(pipe)).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# options users of diffusers' script expect
+
+
+def _train(tiny_sd, images, tmp_path, name, **over):
+    cfg = {**fx.FINETUNE, "max_train_steps": 6, "checkpointing_steps": 100, "mixed_precision": "no", **over}
+    summary = train_lora(
+        str(tiny_sd), images, tmp_path / name, cfg, tmp_path / f"{name}.ckpt", threads=1, device="cpu"
+    )
+    return load_file(tmp_path / name / LORA), summary
+
+
+def _max_diff(a, b):
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def test_cached_latents_train_the_same_lora_as_encoding_every_step(tiny_sd, images, tmp_path):
+    # the cache holds both flips; the step draws mean + std * eps from it with the same generator
+    cached, s1 = _train(tiny_sd, images, tmp_path, "cached", cache_latents=True, random_flip=True)
+    encoded, s2 = _train(tiny_sd, images, tmp_path, "encoded", cache_latents=False, random_flip=True)
+    assert s1["cache_latents"] and not s2["cache_latents"]
+    assert _max_diff(cached, encoded) < 1e-5
+
+
+def test_checkpointing_and_attention_kernels_do_not_change_the_lora(tiny_sd, images, tmp_path):
+    ref, s1 = _train(tiny_sd, images, tmp_path, "ref")
+    other, s2 = _train(tiny_sd, images, tmp_path, "gc", gradient_checkpointing=True, attention="eager")
+    assert s1["attention"] == "sdpa" and not s1["gradient_checkpointing"]
+    assert s2["attention"] == "eager" and s2["gradient_checkpointing"]
+    # same maths, other kernels: float rounding only (Adam steps of lr 1e-3 bound any drift)
+    assert _max_diff(ref, other) < 1e-4
+
+
+def test_min_snr_weighting_and_noise_offset(tiny_sd, images, tmp_path):
+    _train(tiny_sd, images, tmp_path, "plain", max_train_steps=2)
+    # gamma below every timestep's SNR (min 0.0047 at t=999): every sample's weight gamma/SNR < 1
+    _train(tiny_sd, images, tmp_path, "snr", max_train_steps=2, snr_gamma=1e-3)
+    _train(tiny_sd, images, tmp_path, "offset", max_train_steps=2, noise_offset=0.1)
+    plain, snr, offset = (pd.read_csv(tmp_path / n / "loss.csv")["loss"] for n in ("plain", "snr", "offset"))
+    # step 1: same weights and draws, so only the weighting differs
+    assert snr[0] < 0.5 * plain[0]
+    assert abs(offset[0] - plain[0]) > 1e-6
+
+
+def test_validation_images_every_n_epochs_and_grid(tiny_sd, images, tmp_path):
+    # 6 images, batch 2: 3 steps per epoch; 9 steps = 3 epochs, validation after each
+    _, summary = _train(
+        tiny_sd, images, tmp_path, "val", max_train_steps=9, validation_epochs=1, num_validation_images=2
+    )
+    val = tmp_path / "val" / "validation"
+    assert sorted(p.name for p in val.iterdir()) == ["step-0000003", "step-0000006", "step-0000009"]
+    first = np.asarray(Image.open(val / "step-0000003" / "benign_0.png"), dtype=float)
+    last = np.asarray(Image.open(val / "step-0000009" / "benign_0.png"), dtype=float)
+    assert first.shape == (64, 64, 3) and np.abs(first - last).mean() > 0.1  # same seed, trained further
+    assert len(list((val / "step-0000009").glob("*.png"))) == 4  # 2 per class
+    grid = Image.open(tmp_path / "val" / "validation_grid.png")
+    assert grid.size == (110 + 4 * 64, 14 + 3 * 64)
+    assert summary["it_s"] > 0
+
+
+def test_per_class_mode_trains_one_lora_per_class(tiny_sd, images, tmp_path):
+    summary = train_lora(
+        str(tiny_sd),
+        images,
+        tmp_path / "pc",
+        {**fx.FINETUNE, "max_train_steps": 3, "mixed_precision": "no", "lora_mode": "per_class"},
+        tmp_path / "pc.ckpt",
+        device="cpu",
+    )
+    assert sorted(summary["runs"]) == ["benign", "malignant"]
+    for label, run in summary["runs"].items():
+        assert run["labels"] == [label] and run["n_images"] == 3
+        pipe = load_pipeline(str(tiny_sd), str(tmp_path / "pc" / label), device="cpu")
+        assert np.isfinite(_images(pipe, n=1)).all()
+    loss = pd.read_csv(tmp_path / "pc" / "loss.csv")
+    assert sorted(loss["lora"].unique()) == ["benign", "malignant"] and len(loss) == 6
+    assert (tmp_path / "pc" / "validation_grid.png").exists() and not (tmp_path / "pc.ckpt").exists()
+
+
+def test_multi_gpu_runs_through_accelerate_launch(tmp_path, monkeypatch):
+    from accelerate.commands.launch import launch_command_parser
+
+    from dermsynth.diffusion import train
+
+    cfg = {**fx.FINETUNE, "mixed_precision": "bf16"}
+    cmd = train.launch_command(
+        4, "models/sd", "ft.csv", "out/lora", cfg, "out/lora.ckpt", threads=3, python="py"
+    )
+    assert cmd[:3] == ["py", "-m", "accelerate.commands.launch"]
+    launch = launch_command_parser().parse_args(cmd[3:])  # accelerate's own parser accepts it
+    assert launch.num_processes == 4 and launch.multi_gpu and launch.module
+    assert launch.mixed_precision == "bf16" and launch.training_script == "dermsynth.diffusion.train"
+    ours = train.parse_args(launch.training_script_args)
+    assert ours.pretrained_model_name_or_path == "models/sd" and ours.instance_data_csv == "ft.csv"
+    assert ours.output_dir == "out/lora" and ours.checkpoint_dir == "out/lora.ckpt" and ours.threads == 3
+    assert json.loads(ours.config_json) == cfg
+    with pytest.raises(ConfigError):
+        train.launch_command(1, "m", "x.csv", "o", cfg, "c")
+
+    calls = []
+
+    class Done:
+        returncode = 0
+
+    def fake_run(cmd, env):
+        calls.append(cmd)
+        (tmp_path / "o").mkdir()
+        (tmp_path / "o" / "train_summary.json").write_text('{"num_processes": 2}')
+        return Done()
+
+    monkeypatch.setattr("subprocess.run", fake_run)
+    monkeypatch.setattr(train, "train_lora", lambda *a, **k: pytest.fail("2 GPUs must not train in-process"))
+    assert train.run_finetune("m", "x.csv", tmp_path / "o", cfg, tmp_path / "c", gpus=2) == {
+        "num_processes": 2
+    }
+    assert calls[0][calls[0].index("--num_processes") + 1] == "2"
+
+
+def test_module_entry_point_trains(tiny_sd, images, tmp_path):
+    from dermsynth.diffusion.train import main
+
+    csv = tmp_path / "ft.csv"
+    images.to_csv(csv, index=False)
+    cfg = {**fx.FINETUNE, "max_train_steps": 2, "mixed_precision": "no"}
+    assert (
+        main(
+            [
+                "--pretrained_model_name_or_path",
+                str(tiny_sd),
+                "--instance_data_csv",
+                str(csv),
+                "--output_dir",
+                str(tmp_path / "o"),
+                "--checkpoint_dir",
+                str(tmp_path / "c"),
+                "--config_json",
+                json.dumps(cfg),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert json.loads((tmp_path / "o" / "train_summary.json").read_text())["steps"] == 2
+    assert load_file(tmp_path / "o" / LORA)
+
+
+# ---------------------------------------------------------------------------------------------
+# LoRA files of diffusers' own DreamBooth-LoRA script load in our generate stage
+
+
+def _peft_keys(sd):
+    """PEFT's native naming (lora_A/lora_B), as get_peft_model_state_dict writes before conversion."""
+    return {
+        k.replace(".lora.down.weight", ".lora_A.weight").replace(".lora.up.weight", ".lora_B.weight"): v
+        for k, v in sd.items()
+    }
+
+
+# (diffusers <= 0.20's attn-processor files, keys "...attn1.processor.to_q_lora.down.weight", load in no
+# current diffusers: load_lora_weights leaves no adapter; a conversion would belong in pipeline.py)
+@pytest.mark.parametrize("fmt", ["diffusers", "peft"])
+def test_diffusers_script_lora_formats_load_in_generate(trained, tiny_sd, tmp_path, fmt):
+    from safetensors.torch import save_file
+
+    out, _ = trained
+    ours = load_file(out / LORA)
+    # train_dreambooth_lora.py saves convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)) with
+    # StableDiffusionLoraLoaderMixin.save_lora_weights: unet.<module>.lora.{down,up}.weight
+    keys = {"diffusers": dict, "peft": _peft_keys}[fmt](ours)
+    if fmt == "diffusers":
+        assert any(
+            k.startswith("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora.down")
+            for k in keys
+        )
+    save_file({k: v.clone() for k, v in keys.items()}, tmp_path / LORA)
+    ref = _images(load_pipeline(str(tiny_sd), str(out), device="cpu"))
+    theirs = _images(load_pipeline(str(tiny_sd), str(tmp_path), device="cpu"))
+    np.testing.assert_allclose(theirs, ref, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# killed through Snakemake, rerun, same LoRA
+
+
+def _smk(wd, *args, **kw):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [
+        str(Path(sys.executable).with_name("snakemake")),
+        *args,  # targets first: --resources takes every word after it
+        "-s",
+        str(root / "Snakefile"),
+        "-d",
+        str(wd),
+        "--configfile",
+        str(wd.parent / "kill.yaml"),
+        "--cores",
+        "1",  # one thread per job: 2 OpenMP threads on a busy 2-core machine are ~40x slower
+        "--resources",
+        "gpu=1",
+    ]
+    if kw.pop("background", False):
+        return subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kw)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+def test_finetune_killed_through_snakemake_resumes_to_the_same_lora(tmp_path):
+    import os
+    import shutil
+    import signal
+    import time
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((root / "config" / "demo.yaml").read_text())
+    cfg["datasets"]["isic"]["demo"].update(n_per_class=8, size=64)
+    cfg["datasets"]["ham10000"]["demo"].update(n_per_class=4, size=64)
+    cfg["preprocess"]["dullrazor"]["activate"] = False
+    cfg["finetune"].update(
+        train_batch_size=2,
+        max_train_steps=60,
+        checkpointing_steps=10,
+        num_validation_images=1,
+        validation_inference_steps=2,
+        validation_epochs=0,
+    )
+    (tmp_path / "kill.yaml").write_text(yaml.safe_dump(cfg))
+    lora = Path("results/lora/demo/pytorch_lora_weights.safetensors")
+
+    # uninterrupted run (it also builds the data and the tiny SD that both runs share)
+    full = tmp_path / "full"
+    _smk(full, "finetune_all")
+    killed = tmp_path / "killed"
+    shutil.copytree(full, killed, symlinks=True)
+    shutil.rmtree(killed / "results" / "lora")  # only the fine-tune is left to run
+
+    proc = _smk(killed, "finetune_all", background=True)
+    ckpt = killed / "results" / "lora" / "demo.ckpt"
+    deadline = time.monotonic() + 120
+    while not list(ckpt.glob("checkpoint-*")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # snakemake and its job, as a preempted node or OOM kill would
+    proc.wait()
+    assert list(ckpt.glob("checkpoint-*")), "no checkpoint appeared before the kill"
+    assert not (killed / lora).exists()
+
+    _smk(killed, "--unlock")
+    _smk(killed, "finetune_all", "--rerun-incomplete")
+    summary = json.loads((killed / lora.parent / "train_summary.json").read_text())
+    assert summary["resumed_from"] is not None and 10 <= summary["resumed_from"] < 60
+    assert summary["steps_this_run"] == 60 - summary["resumed_from"]
+    assert "resuming from" in (killed / "results/logs/finetune/demo.log").read_text()
+    assert not ckpt.exists()  # removed once the final LoRA is written
+    a, b = load_file(full / lora), load_file(killed / lora)
+    # same seed, same thread count: float rounding only (stated tolerance 1e-5)
+    assert _max_diff(a, b) < 1e-5
+    la, lb = pd.read_csv(full / lora.parent / "loss.csv"), pd.read_csv(killed / lora.parent / "loss.csv")
+    np.testing.assert_allclose(la["loss"], lb["loss"], rtol=1e-5)

@@ -19,7 +19,7 @@ from .errors import ConfigError, ModelNotFoundError
 
 log = logging.getLogger("dermsynth")
 
-KINDS = ("sd", "vit", "mobilenet_v2")
+KINDS = ("sd", "vit", "mobilenet_v2", "sd15", "sam")
 
 #: CLIP's special tokens; SD 1.x pads with the end token.
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -31,7 +31,8 @@ def build(kind: str, out_dir, seed: int = 0, **kw) -> Path:
     The directory is written to a temporary sibling and renamed, so a killed build never leaves a
     directory that ``from_pretrained`` half-loads.
     """
-    builders = {"sd": _build_sd, "vit": _build_vit, "mobilenet_v2": _build_mobilenet_v2}
+    builders = {"sd": _build_sd, "vit": _build_vit, "mobilenet_v2": _build_mobilenet_v2, "sd15": _build_sd15,
+                "sam": _build_sam}
     if kind not in builders:
         raise ConfigError(f"tiny model kind '{kind}' is unknown: use one of {', '.join(KINDS)}")
     out = Path(out_dir)
@@ -154,6 +155,58 @@ def _build_sd(out: Path, seed: int = 0, image_size: int = 64) -> None:
     _clean_tokenizer_config(out / "tokenizer" / "tokenizer_config.json")
 
 
+def _build_sd15(out: Path, seed: int = 0, image_size: int = 512, half: bool = True) -> None:
+    """Stable Diffusion 1.5's architecture at full size with random weights (kind ``sd15``).
+
+    The UNet (860 M params), VAE (84 M) and CLIP ViT-L/14 text encoder (123 M) have SD 1.5's
+    configs, so FLOPs and memory equal the real model's: GPU benchmarks use it without a download.
+    Saved in fp16 (1.1 GB instead of 2.1 GB on disk) unless ``half`` is false; loading with
+    ``dtype=torch.float32`` upcasts.
+    """
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=image_size // 8, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32,
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=image_size,
+        block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    )
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+        num_attention_heads=12,
+        max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu", bos_token_id=49406,
+        eos_token_id=49407, pad_token_id=1,
+    ))
+    scheduler = PNDMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
+    )
+    tok_dir = build_clip_tokenizer(out / ".tokenizer-src")
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir, model_max_length=77)
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    if half:
+        pipe.to(torch.float16)
+    pipe.save_pretrained(out, safe_serialization=True)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(tok_dir / name, out / "tokenizer" / name)
+    shutil.rmtree(tok_dir)
+    _clean_tokenizer_config(out / "tokenizer" / "tokenizer_config.json")
+
+
 def _clean_tokenizer_config(path: Path) -> None:
     cfg = json.loads(path.read_text())
     for key in ("is_local", "local_files_only"):  # facts about one load, not about the tokenizer
@@ -199,3 +252,38 @@ def _build_mobilenet_v2(out: Path, seed: int = 0, image_size: int = 64, num_labe
     # resize straight to the model size: the 256 -> 224 crop of the real processor has no tiny analogue
     MobileNetV2ImageProcessor(size={"shortest_edge": image_size},
                               crop_size={"height": image_size, "width": image_size}).save_pretrained(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Segment Anything
+
+
+def _build_sam(out: Path, seed: int = 0, image_size: int = 64) -> None:
+    """A tiny random-weight SAM (77 k params) saved like facebook/sam-vit-base: SamModel + SamProcessor.
+
+    Its masks are meaningless; it exercises the SAM code path of the segment stage offline.
+    """
+    import torch
+    from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
+    from transformers.models.sam.configuration_sam import (
+        SamMaskDecoderConfig,
+        SamPromptEncoderConfig,
+        SamVisionConfig,
+    )
+
+    torch.manual_seed(seed)
+    vision = SamVisionConfig(hidden_size=32, output_channels=32, num_hidden_layers=2, num_attention_heads=2,
+                             image_size=image_size, patch_size=8, mlp_dim=64, global_attn_indexes=[1],
+                             window_size=2, num_pos_feats=16)
+    prompt = SamPromptEncoderConfig(hidden_size=32, image_size=image_size, patch_size=8,
+                                    mask_input_channels=4)
+    decoder = SamMaskDecoderConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_dim=64,
+                                   iou_head_hidden_dim=32)
+    cfg = SamConfig(vision_config=vision.to_dict(), prompt_encoder_config=prompt.to_dict(),
+                    mask_decoder_config=decoder.to_dict())
+    SamModel(cfg).save_pretrained(out, safe_serialization=True)
+    low = image_size // 4  # SAM's masks come out at a quarter of the input side, as 256 for 1024
+    SamProcessor(SamImageProcessor(
+        size={"longest_edge": image_size}, pad_size={"height": image_size, "width": image_size},
+        mask_size={"longest_edge": low}, mask_pad_size={"height": low, "width": low},
+    )).save_pretrained(out)

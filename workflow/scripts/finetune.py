@@ -6,16 +6,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importable in any env (conda too)
 
 from dermsynth import logs
-from dermsynth.diffusion.train import train_lora
-from dermsynth.io import read_csv
+from dermsynth.diffusion.train import run_finetune
 
 logs.setup(snakemake.log[0])
 with logs.stage("finetune"):
-    train_lora(
+    run_finetune(
         snakemake.params.pretrained,
-        read_csv(snakemake.input.images),
+        snakemake.input.images,
         Path(snakemake.output.lora).parent,
         snakemake.params.cfg,
         checkpoint_dir=snakemake.params.checkpoint_dir,
         threads=snakemake.threads,
+        gpus=snakemake.params.gpus,
     )

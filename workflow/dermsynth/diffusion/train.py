@@ -1,9 +1,14 @@
 """DreamBooth-LoRA fine-tuning of a Stable Diffusion UNet (the loop of diffusers' train_dreambooth_lora.py).
 
-One LoRA is trained on all classes, each image captioned with its class prompt (the paper's setup).
+One LoRA is trained on all classes, each image captioned with its class prompt (the paper's setup,
+``lora_mode: shared``), or one LoRA per class (``lora_mode: per_class``).
 Differences from the diffusers example, and why:
 
 * the text encoder is frozen, so each distinct prompt is encoded once;
+* with ``cache_latents`` the VAE encodes every image once (both flips when flipping is on): the
+  step then draws ``mean + std * eps`` from the cached distribution, as the uncached step does;
+* the loss is synced to the host only every ``logging_steps`` steps (and before a checkpoint), not
+  every step; a NaN/inf found then still names its step and stops before anything is saved;
 * the data order and flips depend only on (seed, epoch) and each step's noise/timesteps only on
   (seed, step, micro-batch), so a run resumed from a checkpoint ends at the same LoRA as an
   uninterrupted one;
@@ -65,25 +70,72 @@ DEFAULTS = {
     "center_crop": True,
     "random_flip": True,
     "seed": 42,
+    "lora_mode": "shared",
+    "gradient_checkpointing": False,
+    "attention": "sdpa",
+    "cache_latents": True,
+    "snr_gamma": None,
+    "noise_offset": 0.0,
+    "allow_tf32": True,
+    "logging_steps": 10,
+    "validation_epochs": 20,
+    "num_validation_images": 4,
+    "validation_inference_steps": 20,
+    "validation_guidance_scale": 7.0,
+    "validation_sampler": "euler",
+    "tensorboard": True,
 }
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 OPTIMIZERS = ("adamw8bit", "adamw")
 PRECISIONS = ("no", "fp16", "bf16")
+LORA_MODES = ("shared", "per_class")
+ATTENTIONS = ("sdpa", "eager")
 #: keys that may change between a checkpoint and its resume without changing the result
-_RESUME_NEUTRAL = ("checkpointing_steps", "checkpoints_total_limit")
+_RESUME_NEUTRAL = (
+    "checkpointing_steps",
+    "checkpoints_total_limit",
+    "logging_steps",
+    "validation_epochs",
+    "num_validation_images",
+    "validation_inference_steps",
+    "validation_guidance_scale",
+    "validation_sampler",
+    "tensorboard",
+)
 
 
 def settings(cfg: dict) -> dict:
     """``cfg`` over DEFAULTS, with the enumerated values checked."""
-    s = {**DEFAULTS, **{k: v for k, v in cfg.items() if v is not None or k == "max_train_steps"}}
-    for key, allowed in (("lr_scheduler", LR_SCHEDULERS), ("optimizer", OPTIMIZERS),
-                         ("mixed_precision", PRECISIONS)):
+    s = {
+        **DEFAULTS,
+        **{k: v for k, v in cfg.items() if v is not None or k in ("max_train_steps", "snr_gamma")},
+    }
+    s.pop("run", None)  # the run's name is the output folder, not a training setting
+    for key, allowed in (
+        ("lr_scheduler", LR_SCHEDULERS),
+        ("optimizer", OPTIMIZERS),
+        ("mixed_precision", PRECISIONS),
+        ("lora_mode", LORA_MODES),
+        ("attention", ATTENTIONS),
+    ):
         if s[key] not in allowed:
             raise ConfigError(f"finetune.{key} = '{s[key]}' is not allowed: use one of {', '.join(allowed)}")
-    for key in ("train_batch_size", "gradient_accumulation_steps", "rank", "checkpointing_steps",
-                "resolution"):
+    for key in (
+        "train_batch_size",
+        "gradient_accumulation_steps",
+        "rank",
+        "checkpointing_steps",
+        "resolution",
+        "logging_steps",
+    ):
         if int(s[key]) < 1:
             raise ConfigError(f"finetune.{key} must be >= 1, got {s[key]}")
+    if s["snr_gamma"] is not None and float(s["snr_gamma"]) <= 0:
+        raise ConfigError(f"finetune.snr_gamma must be > 0 or null, got {s['snr_gamma']}")
+    if s["cache_latents"] and not s["center_crop"]:
+        # a random crop changes every epoch: a cache would freeze the first one
+        log.warning("cache_latents is off: center_crop is false, so crops change every epoch")
+        s["cache_latents"] = False
     return s
 
 
@@ -132,15 +184,22 @@ class _Data:
     def epoch_of(self, m: int) -> int:
         return m // self.nb
 
-    def batch(self, m: int):
-        import torch
-
+    def indices(self, m: int):
+        """(image indices, flip flags, crop fractions) of micro-batch ``m``."""
         epoch, b = divmod(m, self.nb)
         perm, flips, crops = self._plan(epoch)
         idx = perm[b * self.bs : (b + 1) * self.bs]
-        arrays = [self._load(i, bool(flips[i]) and self.random_flip, crops[i]) for i in idx]
-        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-        return pixels, [self.labels[i] for i in idx]
+        return idx, (flips[idx] & self.random_flip), crops[idx]
+
+    def pixels(self, idx, flips, crops):
+        import torch
+
+        arrays = [self._load(i, bool(f), c) for i, f, c in zip(idx, flips, crops, strict=True)]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+    def batch(self, m: int):
+        idx, flips, crops = self.indices(m)
+        return self.pixels(idx, flips, crops), [self.labels[i] for i in idx]
 
     def _load(self, i: int, flip: bool, crop_frac) -> np.ndarray:
         from PIL import Image
@@ -149,8 +208,9 @@ class _Data:
         w, h = im.size
         scale = self.res / min(w, h)
         if (w, h) != (self.res, self.res):
-            im = im.resize((max(self.res, round(w * scale)), max(self.res, round(h * scale))),
-                           Image.Resampling.BILINEAR)
+            im = im.resize(
+                (max(self.res, round(w * scale)), max(self.res, round(h * scale))), Image.Resampling.BILINEAR
+            )
         w, h = im.size
         if self.center_crop:
             left, top = (w - self.res) // 2, (h - self.res) // 2
@@ -185,8 +245,11 @@ class _Prefetcher:
 
 def _fingerprint(pretrained: str, images: pd.DataFrame, s: dict) -> str:
     key = {k: v for k, v in s.items() if k not in _RESUME_NEUTRAL}
-    key.update(pretrained=str(pretrained), paths=[str(p) for p in images["path"]],
-               labels=[str(v) for v in images["label"]])
+    key.update(
+        pretrained=str(pretrained),
+        paths=[str(p) for p in images["path"]],
+        labels=[str(v) for v in images["label"]],
+    )
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -200,10 +263,14 @@ def _save_rng(d: Path) -> None:
     torch.save(tensors, d / "rng.pt")
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     version, pstate, pgauss = random.getstate()
-    (d / "rng.json").write_text(json.dumps({
-        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
-        "python": [version, list(pstate), pgauss],
-    }))
+    (d / "rng.json").write_text(
+        json.dumps(
+            {
+                "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+                "python": [version, list(pstate), pgauss],
+            }
+        )
+    )
 
 
 def _load_rng(d: Path) -> None:
@@ -220,8 +287,17 @@ def _load_rng(d: Path) -> None:
     random.setstate((version, tuple(pstate), pgauss))
 
 
-def _save_checkpoint(ckpt_dir: Path, step: int, params: dict, optimizer, lr_scheduler, scaler,
-                     history: list, fingerprint: str, keep: int) -> Path:
+def _save_checkpoint(
+    ckpt_dir: Path,
+    step: int,
+    params: dict,
+    optimizer,
+    lr_scheduler,
+    scaler,
+    history: list,
+    fingerprint: str,
+    keep: int,
+) -> Path:
     import torch
     from safetensors.torch import save_file
 
@@ -290,11 +366,15 @@ def _find_resume(ckpt_dir: Path, fingerprint: str) -> Path | None:
 # model parts
 
 
-def _optimizer(s: dict, params: list):
+def _optimizer(s: dict, params: list, device: str = "cpu"):
     import torch
 
-    kw = dict(lr=float(s["lora_learning_rate"]), betas=(float(s["adam_beta1"]), float(s["adam_beta2"])),
-              weight_decay=float(s["adam_weight_decay"]), eps=float(s["adam_epsilon"]))
+    kw = dict(
+        lr=float(s["lora_learning_rate"]),
+        betas=(float(s["adam_beta1"]), float(s["adam_beta2"])),
+        weight_decay=float(s["adam_weight_decay"]),
+        eps=float(s["adam_epsilon"]),
+    )
     if s["optimizer"] == "adamw8bit":
         try:
             import bitsandbytes as bnb
@@ -302,6 +382,8 @@ def _optimizer(s: dict, params: list):
             return bnb.optim.AdamW8bit(params, **kw)
         except (ImportError, RuntimeError) as e:
             log.warning("bitsandbytes unavailable (%s); using torch AdamW", e)
+    if device.startswith("cuda"):
+        kw["fused"] = True  # one kernel for all parameters instead of a loop of small ones
     return torch.optim.AdamW(params, **kw)
 
 
@@ -323,8 +405,9 @@ def _new_accelerator(mixed_precision: str, accum: int, device: str):
     # the state is a process-wide singleton: a second run in one process (tests, notebooks) with
     # another precision or device would otherwise be refused
     AcceleratorState._reset_state(reset_partial_state=True)
-    return Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=accum,
-                       cpu=not device.startswith("cuda"))
+    return Accelerator(
+        mixed_precision=mixed_precision, gradient_accumulation_steps=accum, cpu=not device.startswith("cuda")
+    )
 
 
 def _weight_dtype(mixed_precision: str):
@@ -345,8 +428,9 @@ def _save_lora(unet, output_dir: Path) -> Path:
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
     tmp = output_dir / f".tmp-lora-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=layers, safe_serialization=True,
-                                              weight_name=LORA_WEIGHT_NAME)
+    StableDiffusionPipeline.save_lora_weights(
+        tmp, unet_lora_layers=layers, safe_serialization=True, weight_name=LORA_WEIGHT_NAME
+    )
     final = output_dir / LORA_WEIGHT_NAME
     os.replace(tmp / LORA_WEIGHT_NAME, final)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -363,8 +447,12 @@ def plot_loss(history: pd.DataFrame, path) -> None:
     window = max(1, min(50, len(history) // 10))
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
     ax.plot(history["step"], history["loss"], lw=0.8, alpha=0.4, label="loss")
-    ax.plot(history["step"], history["loss"].rolling(window, min_periods=1).mean(), lw=1.8,
-            label=f"moving average ({window} steps)")
+    ax.plot(
+        history["step"],
+        history["loss"].rolling(window, min_periods=1).mean(),
+        lw=1.8,
+        label=f"moving average ({window} steps)",
+    )
     ax.set_xlabel("step")
     ax.set_ylabel("MSE loss")
     ax.set_title("DreamBooth-LoRA training loss")
@@ -384,40 +472,257 @@ def _peak_mem_gb(device: str) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
+# speed options, latent cache, validation
+
+
+def _apply_speed_options(unet, s: dict, device: str) -> str:
+    """Attention kernel, gradient checkpointing and TF32; returns the attention kernel's name for the log."""
+    import torch
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    if s["attention"] == "sdpa":
+        # torch 2's fused scaled_dot_product_attention (flash / memory-efficient kernels on CUDA)
+        unet.set_attn_processor(AttnProcessor2_0())
+        attention = "sdpa (torch.nn.functional.scaled_dot_product_attention)"
+    else:
+        unet.set_attn_processor(AttnProcessor())
+        attention = "eager (softmax(QK^T)V in separate kernels)"
+    if s["gradient_checkpointing"]:
+        unet.enable_gradient_checkpointing()
+    if device.startswith("cuda") and s["allow_tf32"]:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return attention
+
+
+class _LatentCache:
+    """The VAE's latent distribution (mean, std) of every image, and of its mirror when flipping is on."""
+
+    def __init__(self, vae, data: _Data, dev, dtype, batch: int = 8):
+        import torch
+
+        flips = (False, True) if data.random_flip else (False,)
+        means, stds = {}, {}
+        with torch.no_grad():
+            for flip in flips:
+                mu, sd = [], []
+                for lo in range(0, data.n, batch):
+                    idx = np.arange(lo, min(lo + batch, data.n))
+                    pixels = data.pixels(idx, np.full(len(idx), flip), np.zeros((len(idx), 2)))
+                    dist = vae.encode(pixels.to(dev, dtype=dtype)).latent_dist
+                    mu.append(dist.mean)
+                    sd.append(dist.std)
+                means[flip], stds[flip] = torch.cat(mu), torch.cat(sd)
+        self.means, self.stds = means, stds
+        self.nbytes = sum(t.numel() * t.element_size() for t in (*means.values(), *stds.values()))
+
+    def get(self, idx, flips):
+        import torch
+
+        idx_t = torch.as_tensor(np.asarray(idx), device=self.means[False].device)
+        flip_t = torch.as_tensor(np.asarray(flips, dtype=bool), device=idx_t.device)
+        if True not in self.means:
+            return self.means[False][idx_t], self.stds[False][idx_t]
+        f = flip_t.view(-1, 1, 1, 1)
+        mean = torch.where(f, self.means[True][idx_t], self.means[False][idx_t])
+        std = torch.where(f, self.stds[True][idx_t], self.stds[False][idx_t])
+        return mean, std
+
+
+def _validate(
+    unet, vae, scheduler_config, embeds: dict, uncond, s: dict, out: Path, step: int, epoch: int, autocast
+) -> Path:
+    """``num_validation_images`` per class into ``out/validation/step-N/`` (one image at a time).
+
+    Runs under no_grad with the UNet in eval mode and decodes one image at a time, so validation
+    never needs more memory than a training step; the text encoder is not needed (embeddings are cached).
+    """
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from .pipeline import make_scheduler
+
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=None,
+        tokenizer=None,
+        unet=unet,
+        scheduler=make_scheduler(s["validation_sampler"], scheduler_config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    d = out / "validation" / f"step-{step:07d}"
+    was_training = unet.training
+    unet.eval()
+    try:
+        with torch.no_grad(), autocast():
+            for label in sorted(embeds):
+                for i in range(int(s["num_validation_images"])):
+                    # the same seeds at every validation: rows of the grid differ only by training
+                    g = torch.Generator().manual_seed(_seed_int(s["seed"], "validation", label, i))
+                    image = pipe(
+                        prompt_embeds=embeds[label],
+                        negative_prompt_embeds=uncond,
+                        num_inference_steps=int(s["validation_inference_steps"]),
+                        guidance_scale=float(s["validation_guidance_scale"]),
+                        height=int(s["resolution"]),
+                        width=int(s["resolution"]),
+                        generator=g,
+                        output_type="pil",
+                    ).images[0]
+                    io.save_png(d / f"{label}_{i}.png", image)
+    finally:
+        unet.train(was_training)
+    io.write_json(d / "info.json", {"step": step, "epoch": epoch})
+    return d
+
+
+def validation_grid(out: Path, path: Path) -> Path:
+    """One row per validation (oldest on top), one column per image (class by class): the paper's Fig. 4."""
+    from PIL import Image, ImageDraw
+
+    rows = sorted((out / "validation").glob("step-*/info.json"))
+    grid_rows = []
+    for info_path in rows:
+        info = json.loads(info_path.read_text())
+        files = sorted(info_path.parent.glob("*.png"))
+        if files:
+            grid_rows.append((info, [Image.open(f).convert("RGB") for f in files], [f.stem for f in files]))
+    if not grid_rows:
+        raise TrainingError(
+            f"no validation images under {out / 'validation'}: set finetune.num_validation_images"
+        )
+    size = grid_rows[0][1][0].size[0]
+    cols = max(len(r[1]) for r in grid_rows)
+    label_w, head_h = 110, 14
+    grid = Image.new("RGB", (label_w + cols * size, head_h + len(grid_rows) * size), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for c, name in enumerate(grid_rows[-1][2]):
+        draw.text((label_w + c * size + 2, 1), name, fill=(0, 0, 0))
+    for r, (info, images, _) in enumerate(grid_rows):
+        y = head_h + r * size
+        draw.text((4, y + size // 2 - 6), f"epoch {info['epoch']}\nstep {info['step']}", fill=(0, 0, 0))
+        for c, im in enumerate(images):
+            grid.paste(im.resize((size, size)), (label_w + c * size, y))
+    with io.atomic_path(path) as tmp:
+        grid.save(tmp, format="PNG")
+    return path
+
+
+def _tensorboard(s: dict, log_dir: Path, is_main: bool):
+    """A SummaryWriter when ``tensorboard`` is installed and wanted; None otherwise (never required)."""
+    if not (s["tensorboard"] and is_main):
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.info("tensorboard not installed: no TensorBoard logs (loss.csv has the same numbers)")
+        return None
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+# ---------------------------------------------------------------------------------------------
 # the loop
 
 
-def train_lora(pretrained: str, images: pd.DataFrame, output_dir, cfg: dict, checkpoint_dir,
-               threads: int = 1, device: str = "auto", on_step=None) -> dict:
-    """Train one DreamBooth LoRA on ``images`` (columns path,label); return the training summary.
+def train_lora(
+    pretrained: str,
+    images: pd.DataFrame,
+    output_dir,
+    cfg: dict,
+    checkpoint_dir,
+    threads: int = 1,
+    device: str = "auto",
+    on_step=None,
+) -> dict:
+    """Train DreamBooth LoRA(s) on ``images`` (columns path,label); return the training summary.
 
-    Writes ``pytorch_lora_weights.safetensors``, ``loss.csv``, ``loss.png`` and ``train_summary.json``
-    into ``output_dir``. Resumes from the newest complete checkpoint in ``checkpoint_dir`` and
-    deletes that folder at the end. ``on_step(step, loss)`` is called after every optimizer step.
+    Writes ``pytorch_lora_weights.safetensors``, ``loss.csv``, ``loss.png``, ``train_summary.json``,
+    ``validation/`` and ``validation_grid.png`` into ``output_dir``. With ``lora_mode: per_class`` each
+    class gets its own LoRA in ``output_dir/<label>/`` and the top-level files gather them. Resumes from
+    the newest complete checkpoint in ``checkpoint_dir`` and deletes that folder at the end.
+    ``on_step(step, loss)`` is called after every optimizer step (``loss`` is a float on logging steps).
     """
+    s = settings(cfg)
+    if len(images) == 0:
+        raise TrainingError("no training images: the fine-tune split is empty, check the split stage")
+    if s["lora_mode"] == "shared":
+        return _train_one(
+            pretrained, images, Path(output_dir), s, Path(checkpoint_dir), threads, device, on_step
+        )
+    out, ckpt = Path(output_dir), Path(checkpoint_dir)
+    runs = {}
+    for label in sorted(images["label"].astype(str).unique()):
+        part = images[images["label"].astype(str) == label].reset_index(drop=True)
+        runs[label] = _train_one(pretrained, part, out / label, s, ckpt / label, threads, device, on_step)
+    hist = pd.concat([pd.read_csv(out / lb / "loss.csv").assign(lora=lb) for lb in runs], ignore_index=True)
+    io.write_csv(out / "loss.csv", hist)
+    plot_loss(hist, out / "loss.png")
+    grids = [out / lb / "validation_grid.png" for lb in runs]
+    _stack_images(grids, out / "validation_grid.png")
+    summary = {
+        "lora_mode": "per_class",
+        "loras": {lb: str(out / lb / LORA_WEIGHT_NAME) for lb in runs},
+        "runs": runs,
+        "wall_s": round(sum(r["wall_s"] for r in runs.values()), 3),
+        "peak_mem_gb": max(r["peak_mem_gb"] for r in runs.values()),
+    }
+    io.write_json(out / "train_summary.json", summary)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return summary
+
+
+def _stack_images(paths, dest: Path) -> None:
+    from PIL import Image
+
+    ims = [Image.open(p).convert("RGB") for p in paths]
+    canvas = Image.new("RGB", (max(i.width for i in ims), sum(i.height for i in ims)), (255, 255, 255))
+    y = 0
+    for im in ims:
+        canvas.paste(im, (0, y))
+        y += im.height
+    with io.atomic_path(dest) as tmp:
+        canvas.save(tmp, format="PNG")
+
+
+def _train_one(
+    pretrained: str,
+    images: pd.DataFrame,
+    out: Path,
+    s: dict,
+    ckpt_dir: Path,
+    threads: int,
+    device: str,
+    on_step,
+) -> dict:
     import torch
     import torch.nn.functional as F
     from accelerate.utils import set_seed
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from diffusers.training_utils import cast_training_params
+    from diffusers.training_utils import cast_training_params, compute_snr
     from peft import LoraConfig
     from tqdm.auto import tqdm
     from transformers import CLIPTextModel, CLIPTokenizer
 
     t_start = time.perf_counter()
-    s = settings(cfg)
-    if len(images) == 0:
-        raise TrainingError("no training images: the fine-tune split is empty, check the split stage")
     torch.set_num_threads(threads)
     device = resolve_device(device)
     mp = effective_precision(s["mixed_precision"], device)
     accum = int(s["gradient_accumulation_steps"])
     accelerator = _new_accelerator(mp, accum, device)
     dev = accelerator.device
+    n_proc, rank = accelerator.num_processes, accelerator.process_index
+    is_main = accelerator.is_main_process
     set_seed(int(s["seed"]))
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
 
     data = _Data(images, s)
-    steps_per_epoch = math.ceil(data.nb / accum)
+    # each process takes every n_proc-th micro-batch of one stream: the union over processes is the
+    # single-GPU stream, so the data seen per optimizer step does not depend on the GPU count
+    steps_per_epoch = math.ceil(data.nb / (accum * n_proc))
     total_steps = int(s["max_train_steps"] or int(s["num_train_epochs"]) * steps_per_epoch)
 
     # -- models: frozen VAE and text encoder, LoRA on the UNet's attention projections.
@@ -433,31 +738,56 @@ def train_lora(pretrained: str, images: pd.DataFrame, output_dir, cfg: dict, che
     for m in (vae, text_encoder, unet):
         m.requires_grad_(False)
         m.to(dev)
-    unet.add_adapter(LoraConfig(r=int(s["rank"]), lora_alpha=float(s["alpha"]), init_lora_weights="gaussian",
-                                target_modules=list(s["target_modules"])))
+    attention = _apply_speed_options(unet, s, device)
+    unet.add_adapter(
+        LoraConfig(
+            r=int(s["rank"]),
+            lora_alpha=float(s["alpha"]),
+            init_lora_weights="gaussian",
+            target_modules=list(s["target_modules"]),
+        )
+    )
     if weight_dtype != torch.float32:
         # fp32 master weights: the fp16 scaler refuses fp16 grads, and bf16 rounds away small Adam updates
         cast_training_params(unet, dtype=torch.float32)
     params = {n: p for n, p in unet.named_parameters() if p.requires_grad}
     n_trainable = sum(p.numel() for p in params.values())
 
-    # -- the frozen text encoder gives each class prompt one embedding, computed once
+    # -- the frozen text encoder gives each class prompt one embedding, computed once (and "" for CFG)
     embeds = {}
     with torch.no_grad():
+
+        def encode(text):
+            ids = tokenizer(
+                text,
+                padding="max_length",
+                truncation=True,
+                max_length=tokenizer.model_max_length,
+                return_tensors="pt",
+            ).input_ids
+            return text_encoder(ids.to(dev))[0]
+
         for label in sorted(set(data.labels)):
-            ids = tokenizer(s["instance_prompt"].format(label=label), padding="max_length", truncation=True,
-                            max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
-            embeds[label] = text_encoder(ids.to(dev))[0]
-    del text_encoder
+            embeds[label] = encode(s["instance_prompt"].format(label=label))
+        uncond = encode("")
+    text_encoder = None  # frees it (the closure above holds the name, not the model)
+    cache = None
+    if s["cache_latents"]:
+        cache = _LatentCache(vae, data, dev, weight_dtype)
+        log.info(
+            "cached VAE latents of %d images%s (%.1f MB)",
+            data.n,
+            " and their mirrors" if data.random_flip else "",
+            cache.nbytes / 1e6,
+        )
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
 
-    optimizer = _optimizer(s, list(params.values()))
-    lr_scheduler = _lr_scheduler(s, optimizer, total_steps, accelerator.num_processes)
+    optimizer = _optimizer(s, list(params.values()), device)
+    lr_scheduler = _lr_scheduler(s, optimizer, total_steps, n_proc)
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
 
     # -- resume
-    ckpt_dir = Path(checkpoint_dir)
     fingerprint = _fingerprint(pretrained, images, s)
     start, history, resumed_from = 0, [], None
     resume = _find_resume(ckpt_dir, fingerprint)
@@ -465,79 +795,213 @@ def train_lora(pretrained: str, images: pd.DataFrame, output_dir, cfg: dict, che
         start, history = _load_checkpoint(resume, params, optimizer, lr_scheduler, accelerator.scaler)
         resumed_from = start
         log.info("resuming from %s (step %d of %d)", resume, start, total_steps)
-    log.info("training LoRA r=%s on %d images (%d labels), %d steps, batch %d x accum %d, %s, "
-             "mixed precision %s, %d trainable params", s["rank"], data.n, len(embeds), total_steps, data.bs,
-             accum, device, mp, n_trainable)
+    elif is_main:
+        shutil.rmtree(out / "validation", ignore_errors=True)  # images of an earlier, different run
+    log.info(
+        "training LoRA r=%s alpha=%s on %d images (%d labels), %d steps, batch %d x accum %d x %d "
+        "process(es), %s, mixed precision %s, attention %s, gradient checkpointing %s, cached latents %s, "
+        "snr_gamma %s, noise_offset %s, %d trainable params",
+        s["rank"],
+        s["alpha"],
+        data.n,
+        len(embeds),
+        total_steps,
+        data.bs,
+        accum,
+        n_proc,
+        device,
+        mp,
+        attention,
+        s["gradient_checkpointing"],
+        cache is not None,
+        s["snr_gamma"],
+        s["noise_offset"],
+        n_trainable,
+    )
 
     prediction_type = noise_scheduler.config.prediction_type
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ConfigError(f"scheduler prediction_type '{prediction_type}' is not supported")
     scaling = vae.config.scaling_factor
     n_train_t = noise_scheduler.config.num_train_timesteps
-    loader = _Prefetcher(data)
-    bar = tqdm(total=total_steps, initial=start, desc="finetune", disable=None, dynamic_ncols=True)
+    snr_gamma = None if s["snr_gamma"] is None else float(s["snr_gamma"])
+    noise_offset = float(s["noise_offset"])
+    logging_steps = int(s["logging_steps"])
+    val_every = int(s["validation_epochs"])
+    writer = _tensorboard(s, out / "tensorboard", is_main)
+    loader = _Prefetcher(data) if cache is None else None
+    bar = tqdm(
+        total=total_steps,
+        initial=start,
+        desc="finetune",
+        disable=None if is_main else True,
+        dynamic_ncols=True,
+    )
+    pending: list = []  # (step, epoch, lr, loss tensor) not yet synced to the host
+    train_peak = 0.0
+
+    def flush():
+        """Sync the pending losses to the host (one transfer), check them, append them to the history."""
+        if not pending:
+            return
+        values = accelerator.reduce(torch.stack([p[3] for p in pending]), reduction="mean").float().cpu()
+        for (step_, epoch_, lr_, _), v in zip(pending, values.tolist(), strict=True):
+            if not math.isfinite(v):
+                hint = " or use mixed_precision 'bf16'/'no'" if mp == "fp16" else ""
+                raise TrainingError(
+                    f"loss became {v} at step {step_} (epoch {epoch_}): lower finetune.lora_learning_rate "
+                    f"(now {s['lora_learning_rate']}){hint}; no LoRA was written"
+                )
+            history.append([step_, epoch_, v, lr_])
+            if writer is not None:
+                writer.add_scalar("loss", v, step_)
+                writer.add_scalar("lr", lr_, step_)
+        bar.set_postfix(loss=f"{history[-1][2]:.4f}", refresh=False)
+        pending.clear()
+
+    def validate(step_, epoch_):
+        nonlocal train_peak, val_s
+        t0 = time.perf_counter()
+        if device.startswith("cuda"):
+            train_peak = max(train_peak, torch.cuda.max_memory_allocated() / 1e9)
+        if is_main:
+            d = _validate(
+                accelerator.unwrap_model(unet),
+                vae,
+                noise_scheduler.config,
+                embeds,
+                uncond,
+                s,
+                out,
+                step_,
+                epoch_,
+                accelerator.autocast,
+            )
+            if writer is not None:
+                for f in sorted(d.glob("*.png")):
+                    from PIL import Image
+
+                    writer.add_image(
+                        f"validation/{f.stem}",
+                        np.asarray(Image.open(f).convert("RGB")),
+                        step_,
+                        dataformats="HWC",
+                    )
+        accelerator.wait_for_everyone()
+        val_s += time.perf_counter() - t0
+
+    val_s = 0.0
     t_loop = time.perf_counter()
     unet.train()
     try:
         for step in range(start, total_steps):
-            micro_losses = []
+            step_loss = None
             for a in range(accum):
-                m = step * accum + a
-                pixels, labels = loader.get(m)
+                m = (step * accum + a) * n_proc + rank
                 # randomness depends on (seed, micro-batch index) only: a resumed run draws the same noise
                 g = torch.Generator().manual_seed(_seed_int(s["seed"], "noise", m))
                 with accelerator.accumulate(unet):
-                    with torch.no_grad():
-                        dist = vae.encode(pixels.to(dev, dtype=weight_dtype)).latent_dist
-                        eps = torch.randn(dist.mean.shape, generator=g).to(dist.mean)
-                        latents = (dist.mean + dist.std * eps) * scaling
+                    idx, flips, crops = data.indices(m)
+                    labels = [data.labels[i] for i in idx]
+                    if cache is not None:
+                        mean, std = cache.get(idx, flips)
+                    else:
+                        pixels, _ = loader.get(m)
+                        with torch.no_grad():
+                            dist = vae.encode(pixels.to(dev, dtype=weight_dtype)).latent_dist
+                            mean, std = dist.mean, dist.std
+                    eps = torch.randn(mean.shape, generator=g).to(mean)
+                    latents = (mean + std * eps) * scaling
                     noise = torch.randn(latents.shape, generator=g).to(latents)
                     t = torch.randint(0, n_train_t, (latents.shape[0],), generator=g).to(dev)
+                    if noise_offset:
+                        # https://www.crosslabs.org/blog/diffusion-with-offset-noise
+                        offset = torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=g)
+                        noise = noise + noise_offset * offset.to(latents)
                     noisy = noise_scheduler.add_noise(latents, noise, t)
                     cond = torch.cat([embeds[lb] for lb in labels])
                     pred = unet(noisy, t, cond, return_dict=False)[0]
                     if prediction_type == "epsilon":
                         target = noise
-                    elif prediction_type == "v_prediction":
-                        target = noise_scheduler.get_velocity(latents, noise, t)
                     else:
-                        raise ConfigError(f"scheduler prediction_type '{prediction_type}' is not supported")
-                    loss = F.mse_loss(pred.float(), target.float(), reduction="mean")
-                    value = loss.item()
-                    if not math.isfinite(value):
-                        hint = " or use mixed_precision 'bf16'/'no'" if mp == "fp16" else ""
-                        raise TrainingError(
-                            f"loss became {value} at step {step + 1} (epoch {data.epoch_of(m)}): lower "
-                            f"finetune.lora_learning_rate (now {s['lora_learning_rate']}){hint}; no LoRA was "
-                            "written"
-                        )
+                        target = noise_scheduler.get_velocity(latents, noise, t)
+                    if snr_gamma is None:
+                        loss = F.mse_loss(pred.float(), target.float(), reduction="mean")
+                    else:
+                        # min-SNR weighting (Hang et al. 2023), as diffusers' --snr_gamma
+                        snr = compute_snr(noise_scheduler, t)
+                        w = torch.clamp(snr, max=snr_gamma)
+                        w = w / (snr + 1) if prediction_type == "v_prediction" else w / snr
+                        loss = F.mse_loss(pred.float(), target.float(), reduction="none")
+                        loss = (loss.mean(dim=list(range(1, loss.ndim))) * w).mean()
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(list(params.values()), float(s["max_grad_norm"]))
                     optimizer.step()
                     lr_scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
-                micro_losses.append(value)
+                d_loss = loss.detach() / accum
+                step_loss = d_loss if step_loss is None else step_loss + d_loss
             global_step = step + 1
-            loss_value = float(np.mean(micro_losses))
-            lr_now = lr_scheduler.get_last_lr()[0]
-            history.append([global_step, data.epoch_of(step * accum), loss_value, lr_now])
+            last_m = (global_step * accum) * n_proc - 1
+            epoch = data.epoch_of(step * accum * n_proc)
+            pending.append((global_step, epoch, lr_scheduler.get_last_lr()[0], step_loss))
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
-            if global_step % int(s["checkpointing_steps"]) == 0 and global_step < total_steps:
-                d = _save_checkpoint(ckpt_dir, global_step, params, optimizer, lr_scheduler,
-                                     accelerator.scaler, history, fingerprint,
-                                     keep=int(s["checkpoints_total_limit"]))
-                log.info("saved checkpoint %s", d)
+            ckpt_now = global_step % int(s["checkpointing_steps"]) == 0 and global_step < total_steps
+            epoch_done = data.epoch_of(last_m + 1) > data.epoch_of(last_m)
+            val_now = (
+                val_every > 0
+                and epoch_done
+                and (data.epoch_of(last_m) + 1) % val_every == 0
+                and global_step < total_steps
+            )
+            if (
+                global_step % logging_steps == 0
+                or ckpt_now
+                or val_now
+                or global_step == total_steps
+                or not device.startswith("cuda")
+            ):
+                flush()  # on CPU a sync costs nothing; on CUDA only every logging_steps
+            if ckpt_now:
+                if is_main:
+                    d = _save_checkpoint(
+                        ckpt_dir,
+                        global_step,
+                        params,
+                        optimizer,
+                        lr_scheduler,
+                        accelerator.scaler,
+                        history,
+                        fingerprint,
+                        keep=int(s["checkpoints_total_limit"]),
+                    )
+                    log.info("saved checkpoint %s", d)
+                accelerator.wait_for_everyone()
+            if val_now:
+                validate(global_step, data.epoch_of(last_m) + 1)
             if on_step is not None:
-                on_step(global_step, loss_value)
+                on_step(global_step, history[-1][2] if history and history[-1][0] == global_step else None)
     finally:
         bar.close()
-        loader.close()
-    loop_s = time.perf_counter() - t_loop
+        if loader is not None:
+            loader.close()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        train_peak = max(train_peak, torch.cuda.max_memory_allocated() / 1e9)
+    loop_s = time.perf_counter() - t_loop - val_s  # it/s of training, not of validation
 
-    # -- outputs
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    # -- outputs (main process only; every process passes the same barriers)
     unet = accelerator.unwrap_model(unet)
+    epochs = data.epoch_of(total_steps * accum * n_proc - 1) + 1
+    if int(s["num_validation_images"]) > 0:
+        validate(total_steps, epochs)
+    if not is_main:
+        accelerator.wait_for_everyone()
+        return {}
+    out.mkdir(parents=True, exist_ok=True)
+    if int(s["num_validation_images"]) > 0:
+        validation_grid(out, out / "validation_grid.png")
     lora_path = _save_lora(unet, out)
     hist = pd.DataFrame(history, columns=["step", "epoch", "loss", "lr"])
     io.write_csv(out / "loss.csv", hist)
@@ -545,14 +1009,19 @@ def train_lora(pretrained: str, images: pd.DataFrame, output_dir, cfg: dict, che
     ran = total_steps - start
     summary = {
         "steps": total_steps,
-        "epochs": data.epoch_of(total_steps * accum - 1) + 1,
+        "epochs": epochs,
         "steps_this_run": ran,
         "wall_s": round(time.perf_counter() - t_start, 3),
         "it_s": round(ran / loop_s, 3) if loop_s > 0 else None,
-        "peak_mem_gb": round(_peak_mem_gb(device), 3),
+        "peak_mem_gb": round(train_peak if device.startswith("cuda") else _peak_mem_gb(device), 3),
+        "peak_mem_with_validation_gb": round(_peak_mem_gb(device), 3),
         "device": device,
+        "num_processes": n_proc,
         "mixed_precision": mp,
         "mixed_precision_requested": s["mixed_precision"],
+        "attention": s["attention"],
+        "gradient_checkpointing": bool(s["gradient_checkpointing"]),
+        "cache_latents": cache is not None,
         "n_images": data.n,
         "labels": sorted(embeds),
         "resumed_from": resumed_from,
@@ -565,7 +1034,122 @@ def train_lora(pretrained: str, images: pd.DataFrame, output_dir, cfg: dict, che
         "lora_sha256": io.sha256_file(lora_path),
     }
     io.write_json(out / "train_summary.json", summary)
+    if writer is not None:
+        writer.close()
     shutil.rmtree(ckpt_dir, ignore_errors=True)
-    log.info("LoRA written to %s (%d steps, %.2f it/s, final loss %.4f)", lora_path, total_steps,
-             summary["it_s"] or 0.0, summary["final_loss"])
+    accelerator.wait_for_everyone()
+    log.info(
+        "LoRA written to %s (%d steps, %.2f it/s, peak memory %.2f GB training / %.2f GB with validation, "
+        "%.0f s)",
+        lora_path,
+        total_steps,
+        summary["it_s"] or 0.0,
+        summary["peak_mem_gb"],
+        summary["peak_mem_with_validation_gb"],
+        summary["wall_s"],
+    )
     return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# entry points: in-process on one GPU/CPU, `accelerate launch` on several
+
+
+def launch_command(
+    num_gpus: int,
+    pretrained: str,
+    images_csv,
+    output_dir,
+    cfg: dict,
+    checkpoint_dir,
+    threads: int = 1,
+    python: str | None = None,
+) -> list[str]:
+    """The ``accelerate launch`` command line that runs this module's ``main`` on ``num_gpus`` GPUs."""
+    import sys
+
+    if int(num_gpus) < 2:
+        raise ConfigError(f"accelerate launch is for 2 or more GPUs, got {num_gpus}")
+    return [
+        python or sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(int(num_gpus)),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        str(settings(cfg)["mixed_precision"]),
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "dermsynth.diffusion.train",
+        "--pretrained_model_name_or_path",
+        str(pretrained),
+        "--instance_data_csv",
+        str(images_csv),
+        "--output_dir",
+        str(output_dir),
+        "--checkpoint_dir",
+        str(checkpoint_dir),
+        "--config_json",
+        json.dumps(cfg, sort_keys=True, default=str),
+        "--threads",
+        str(int(threads)),
+    ]
+
+
+def run_finetune(
+    pretrained: str, images_csv, output_dir, cfg: dict, checkpoint_dir, threads: int = 1, gpus: int = 1
+) -> dict | None:
+    """The finetune stage: in this process on one GPU (or CPU), through ``accelerate launch`` on several."""
+    import subprocess
+
+    if int(gpus or 0) > 1:
+        cmd = launch_command(gpus, pretrained, images_csv, output_dir, cfg, checkpoint_dir, threads)
+        log.info("launching on %d GPUs: %s", gpus, " ".join(cmd[:8]) + " ...")
+        rc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": str(threads)}).returncode
+        if rc != 0:
+            raise TrainingError(
+                f"accelerate launch on {gpus} GPUs exited with status {rc}: see the log above"
+            )
+        return json.loads((Path(output_dir) / "train_summary.json").read_text())
+    return train_lora(pretrained, io.read_csv(images_csv), output_dir, cfg, checkpoint_dir, threads=threads)
+
+
+def parse_args(argv=None):
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m dermsynth.diffusion.train", description=__doc__.splitlines()[0]
+    )
+    p.add_argument("--pretrained_model_name_or_path", required=True)
+    p.add_argument("--instance_data_csv", required=True, help="manifest CSV with columns path,label")
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--checkpoint_dir", required=True)
+    p.add_argument("--config_json", default="{}", help="the finetune config section as JSON")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="auto")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    from .. import logs
+
+    args = parse_args(argv)
+    logs.setup(None)
+    train_lora(
+        args.pretrained_model_name_or_path,
+        io.read_csv(args.instance_data_csv),
+        args.output_dir,
+        json.loads(args.config_json),
+        args.checkpoint_dir,
+        threads=args.threads,
+        device=args.device,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

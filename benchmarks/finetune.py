@@ -1,0 +1,356 @@
+"""Fine-tune speed and memory: our DreamBooth-LoRA step against diffusers' own train_dreambooth_lora.py.
+
+Both trainers run in their own process, at identical settings (model, images, resolution, batch, rank,
+alpha = rank, lr, constant schedule, precision, optimizer, gradient checkpointing, TF32, seed, same
+prompt for every image), and are timed the same way: the wall-clock time between optimizer steps,
+after ``--warmup`` steps (model loading, latent caching and the first CUDA kernels are excluded on
+both sides). Peak memory is taken at the last step (CUDA: max_memory_allocated; CPU: max RSS).
+
+    bash benchmarks/setup_peer.sh /path/to/diffusers-mirror      # once: .peer-venv/ + the script
+    python benchmarks/finetune.py --quick                        # CPU, tiny SD, 64 px, < 2 min
+    python benchmarks/finetune.py --device cuda                  # SD1.5-size random weights, 512 px
+
+The last line printed is one JSON object: ours_it_s, peer_it_s, speed_ratio, ours_peak_mem_gb,
+peer_peak_mem_gb, device, resolution, batch (and the settings and the extrapolated paper fine-tune).
+The peer fields are null, with ``peer_error``, when the peer venv or script is missing or fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "a dermoscopic image of a benign skin lesion"
+PAPER_STEPS = 2800 * 120 // 2  # the paper's fine-tune: 2800 images x 120 epochs at batch 2
+
+
+# ---------------------------------------------------------------------------------------------
+# workers: each runs one trainer in its own process and prints {"times": [...], "peak_mem_gb": x}
+
+
+def _peak_mem_gb() -> float:
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def _worker_ours(a) -> dict:
+    import pandas as pd
+
+    from dermsynth.diffusion.train import train_lora
+
+    images = pd.DataFrame({"path": sorted(str(p) for p in Path(a.images).glob("*.png"))})
+    images["label"] = "benign"  # one prompt for every image, as the peer's --instance_prompt
+    times, mem = [], []
+
+    def on_step(step, loss):
+        times.append(time.perf_counter())
+        mem.append(_peak_mem_gb())
+
+    cfg = {
+        "resolution": a.resolution,
+        "train_batch_size": a.batch,
+        "max_train_steps": a.steps,
+        "lora_learning_rate": 1e-4,
+        "lr_scheduler": "constant",
+        "lr_warmup_steps": 0,
+        "rank": a.rank,
+        "alpha": a.rank,
+        "optimizer": "adamw8bit" if a.adam8bit else "adamw",
+        "mixed_precision": a.precision,
+        "gradient_checkpointing": a.gradient_checkpointing,
+        "allow_tf32": True,
+        "center_crop": True,
+        "random_flip": False,
+        "checkpointing_steps": 10**9,
+        "seed": 0,
+        "validation_epochs": 0,
+        "num_validation_images": 1,
+        "validation_inference_steps": 1,
+        "tensorboard": False,
+        "instance_prompt": "a dermoscopic image of a {label} skin lesion",
+    }
+    out = Path(a.out)
+    summary = train_lora(
+        a.model,
+        images,
+        out / "lora",
+        cfg,
+        out / "lora.ckpt",
+        threads=a.threads,
+        device=a.device,
+        on_step=on_step,
+    )
+    return {"times": times, "peak_mem_gb": mem[-1], "summary": summary}
+
+
+def _worker_peer(a) -> dict:
+    """Runs diffusers' script unchanged (runpy), with tqdm patched to timestamp each optimizer step."""
+    import runpy
+
+    import tqdm.auto
+
+    times, mem = [], []
+
+    class TimedTqdm(tqdm.auto.tqdm):
+        def update(self, n=1):
+            r = super().update(n)
+            times.append(time.perf_counter())
+            mem.append(_peak_mem_gb())
+            return r
+
+    tqdm.auto.tqdm = TimedTqdm  # the script does `from tqdm.auto import tqdm` when it runs
+    args = [
+        "--pretrained_model_name_or_path",
+        a.model,
+        "--instance_data_dir",
+        a.images,
+        "--instance_prompt",
+        PROMPT,
+        "--output_dir",
+        str(Path(a.out) / "lora"),
+        "--resolution",
+        str(a.resolution),
+        "--train_batch_size",
+        str(a.batch),
+        "--max_train_steps",
+        str(a.steps),
+        "--learning_rate",
+        "1e-4",
+        "--lr_scheduler",
+        "constant",
+        "--lr_warmup_steps",
+        "0",
+        "--rank",
+        str(a.rank),
+        "--seed",
+        "0",
+        "--checkpointing_steps",
+        str(10**9),
+        "--mixed_precision",
+        a.precision,
+        "--center_crop",
+        "--allow_tf32",
+        "--report_to",
+        "tensorboard",
+    ]
+    if a.adam8bit:
+        args.append("--use_8bit_adam")
+    if a.gradient_checkpointing:
+        args.append("--gradient_checkpointing")
+    sys.argv = [a.script, *args]
+    import torch
+
+    torch.set_num_threads(a.threads)
+    runpy.run_path(a.script, run_name="__main__")
+    return {"times": times, "peak_mem_gb": mem[-1] if mem else None}
+
+
+# ---------------------------------------------------------------------------------------------
+# driver
+
+
+def _it_s(times: list, warmup: int) -> float:
+    t = times[warmup:]
+    return (len(t) - 1) / (t[-1] - t[0])
+
+
+def _run_worker(python: str, kind: str, a, out: Path, script: str | None = None) -> dict:
+    result = out / f"{kind}.json"
+    cmd = [
+        python,
+        str(Path(__file__).resolve()),
+        "--_worker",
+        kind,
+        "--_result",
+        str(result),
+        "--_model",
+        a.model,
+        "--_images",
+        a.images,
+        "--_out",
+        str(out / kind),
+        "--resolution",
+        str(a.resolution),
+        "--batch",
+        str(a.batch),
+        "--steps",
+        str(a.steps),
+        "--rank",
+        str(a.rank),
+        "--threads",
+        str(a.threads),
+        "--device",
+        a.device,
+        "--_precision",
+        a.precision,
+    ]
+    if script:
+        cmd += ["--peer-script", script]
+    if a.adam8bit:
+        cmd.append("--_adam8bit")
+    if a.gradient_checkpointing:
+        cmd.append("--_gradient_checkpointing")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "workflow"),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": str(a.threads),
+    }
+    if a.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=a.timeout)
+    if proc.returncode != 0 or not result.exists():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(f"{kind} exited with {proc.returncode}: {' | '.join(tail)}")
+    r = json.loads(result.read_text())
+    r["process_s"] = time.perf_counter() - t0
+    return r
+
+
+def _write_images(d: Path, n: int, size: int) -> None:
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        im = Image.new("RGB", (size, size), (228, 196, 178))
+        c, r = size / 2 + rng.uniform(-size / 16, size / 16, 2), rng.uniform(size / 6, size / 3)
+        ImageDraw.Draw(im).ellipse([c[0] - r, c[1] - r, c[0] + r, c[1] + r], fill=(120, 80, 60))
+        im.save(d / f"img_{i:03d}.png")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="CPU, tiny SD at 64 px, fp32, torch AdamW (< 2 min)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--peer-python", default=str(ROOT / ".peer-venv" / "bin" / "python"))
+    p.add_argument("--peer-script", default=str(ROOT / ".peer-venv" / "train_dreambooth_lora.py"))
+    p.add_argument(
+        "--model", default=None, help="SD directory (default: built: tiny for --quick, sd15 on GPU)"
+    )
+    p.add_argument("--resolution", type=int, default=None)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--rank", type=int, default=4)
+    p.add_argument("--threads", type=int, default=1, help="torch threads of each trainer (same for both)")
+    p.add_argument("--n-images", type=int, default=8, help="fine-tune images written for both trainers")
+    p.add_argument("--timeout", type=int, default=900)
+    for hidden in ("--_worker", "--_result", "--_model", "--_images", "--_out", "--_precision"):
+        p.add_argument(hidden, help=argparse.SUPPRESS)
+    for flag in ("--_adam8bit", "--_gradient_checkpointing"):
+        p.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+
+    if a._worker:
+        w = argparse.Namespace(
+            model=a._model,
+            images=a._images,
+            out=a._out,
+            resolution=a.resolution,
+            batch=a.batch,
+            steps=a.steps,
+            rank=a.rank,
+            threads=a.threads,
+            device=a.device,
+            script=a.peer_script,
+            precision=a._precision,
+            adam8bit=a._adam8bit,
+            gradient_checkpointing=a._gradient_checkpointing,
+        )
+        r = _worker_ours(w) if a._worker == "ours" else _worker_peer(w)
+        Path(a._result).write_text(json.dumps(r, default=str))
+        return
+
+    import torch
+
+    if a.device == "auto":
+        a.device = "cpu" if a.quick or not torch.cuda.is_available() else "cuda"
+    gpu = a.device.startswith("cuda")
+    a.resolution = a.resolution or (512 if gpu else 64)
+    a.steps = a.steps or (60 if gpu else 30)
+    a.warmup = a.warmup if a.warmup is not None else (10 if gpu else 5)
+    # the issue's GPU settings (paper: fp16, 8-bit AdamW) + gradient checkpointing; CPU: fp32, torch AdamW
+    a.precision = "fp16" if gpu else "no"
+    a.adam8bit = gpu
+    a.gradient_checkpointing = gpu
+
+    work = Path(tempfile.mkdtemp(prefix="dermsynth-bench-finetune-"))
+    if a.model is None:
+        from dermsynth import tiny
+
+        kind = "sd15" if gpu and not a.quick else "sd"
+        kw = {} if kind == "sd15" else {"image_size": a.resolution}
+        a.model = str(tiny.build(kind, work / kind, seed=0, **kw))
+    a.images = str(work / "images")
+    _write_images(Path(a.images), a.n_images, a.resolution)
+    try:
+        result = _compare(a, work, gpu)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the sd15 model is 1 GB
+    print(json.dumps(result))
+
+
+def _compare(a, work: Path, gpu: bool) -> dict:
+    import torch
+
+    ours = _run_worker(sys.executable, "ours", a, work)
+    ours_it_s = _it_s(ours["times"], a.warmup)
+    peer_it_s = peer_mem = peer_error = None
+    peer_lora_loads = None
+    try:
+        if not Path(a.peer_python).exists() or not Path(a.peer_script).exists():
+            raise RuntimeError(
+                f"peer not set up ({a.peer_python}, {a.peer_script}): run benchmarks/setup_peer.sh"
+            )
+        peer = _run_worker(a.peer_python, "peer", a, work, script=a.peer_script)
+        peer_it_s, peer_mem = _it_s(peer["times"], a.warmup), peer["peak_mem_gb"]
+        # the peer's LoRA file loads in our generate stage
+        from dermsynth.diffusion.pipeline import load_pipeline
+
+        load_pipeline(a.model, str(work / "peer" / "lora"), device=a.device)
+        peer_lora_loads = True
+    except Exception as e:  # the benchmark still reports our figures
+        peer_error = str(e)[:500]
+        print(f"peer failed: {peer_error}", file=sys.stderr)
+
+    ref = Path(a.peer_python).parents[1] / "peer-ref.txt"  # written by setup_peer.sh
+    return {
+        "ours_it_s": round(ours_it_s, 3),
+        "peer_it_s": None if peer_it_s is None else round(peer_it_s, 3),
+        "speed_ratio": None if peer_it_s is None else round(ours_it_s / peer_it_s, 3),
+        "ours_peak_mem_gb": round(ours["peak_mem_gb"], 3),
+        "peer_peak_mem_gb": None if peer_mem is None else round(peer_mem, 3),
+        "device": torch.cuda.get_device_name(0) if gpu else "cpu",
+        "resolution": a.resolution,
+        "batch": a.batch,
+        "steps": a.steps,
+        "warmup_steps": a.warmup,
+        "precision": a.precision,
+        "optimizer": "adamw8bit" if a.adam8bit else "adamw",
+        "gradient_checkpointing": a.gradient_checkpointing,
+        "rank": a.rank,
+        "model": "sd15 (random weights)" if gpu and not a.quick else "tiny sd",
+        "peer_script_ref": ref.read_text().strip() if ref.exists() else None,
+        "peer_lora_loads_in_generate": peer_lora_loads,
+        "paper_finetune_h_extrapolated": round(PAPER_STEPS / ours_it_s / 3600, 2),
+        "peer_error": peer_error,
+    }
+
+
+if __name__ == "__main__":
+    main()
