@@ -1,14 +1,25 @@
+# Generation in shards: one GPU job per class x sampler x shard of generate.shard_size images, so a
+# cluster runs many at once, a killed job loses one shard at most, and a rerun makes only missing ones.
+
+
+localrules:
+    generate_merge,
+    generate_report,
+
+
 rule generate:
-    """One class with one sampler: seeded, batched Stable Diffusion + LoRA generation."""
+    """One shard of one class with one sampler: seeded, batched Stable Diffusion + LoRA generation."""
     input:
-        lora="results/lora/{run}/pytorch_lora_weights.safetensors",
-        model=model_input("sd"),
+        unpack(generation_model),
     output:
-        "results/synthetic/{run}/{label}/{sampler}/manifest.csv",
+        "results/synthetic/{run}/{label}/{sampler}/{shard}/manifest.csv",
     log:
-        "results/logs/generate/{run}/{label}_{sampler}.log",
+        "results/logs/generate/{run}/{label}_{sampler}_{shard}.log",
     benchmark:
-        "results/benchmarks/generate/{run}/{label}_{sampler}.tsv"
+        "results/benchmarks/generate/{run}/{label}_{sampler}_{shard}.tsv"
+    wildcard_constraints:
+        run=r"[^/]+",
+        shard=r"\d+",
     conda:
         "../envs/torch.yaml"
     threads: 2
@@ -17,9 +28,54 @@ rule generate:
     params:
         pretrained=model_ref("sd"),
         cfg=generation_params,
-        n_images=generation_count,
+        shard=generation_count,
     script:
         "../workflow/scripts/generate.py"
+
+
+rule generate_merge:
+    """One manifest per class x sampler from its shards (checks every image index is there once)."""
+    input:
+        generation_shard_manifests,
+    output:
+        "results/synthetic/{run}/{label}/{sampler}/manifest.csv",
+    log:
+        "results/logs/generate/{run}/{label}_{sampler}_merge.log",
+    wildcard_constraints:
+        run=r"[^/]+",
+    conda:
+        "../envs/data.yaml"
+    threads: 1
+    params:
+        block_size=generation_block_size,
+    script:
+        "../workflow/scripts/generate_merge.py"
+
+
+rule generate_report:
+    """The split (class x sampler x modifier counts) and contact sheets for the report (Figs. 5-6)."""
+    input:
+        generation_manifests(),
+    output:
+        md="results/report/sections/generate.md",
+        split=f"results/synthetic/{RUN}/split.csv",
+        sheets=report(
+            expand("results/report/sections/generate_{label}.png", label=CLASSES),
+            caption="../workflow/report/generate.rst",
+            category="Synthetic images",
+        ),
+    log:
+        "results/logs/generate/report.log",
+    conda:
+        "../envs/data.yaml"
+    threads: 1
+    params:
+        sheets=generation_sheets(),
+    script:
+        "../workflow/scripts/generate_report.py"
+
+
+REPORT_SECTIONS.append("results/report/sections/generate.md")
 
 
 rule generate_all:

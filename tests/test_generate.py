@@ -1,5 +1,7 @@
 """Generation: samplers, per-image seeds, manifest, PNG metadata, reproducibility, resume, errors."""
 
+from pathlib import Path
+
 import _diffusion_fixtures as fx
 import numpy as np
 import pandas as pd
@@ -13,9 +15,14 @@ from dermsynth.diffusion.sample import (
     MANIFEST_COLUMNS,
     a1111_parameters,
     generate,
+    generation_report,
     image_seed,
+    merge_shards,
+    modifier_plan,
     regenerate,
     run_batch,
+    shards,
+    split_counts,
     steps_for,
 )
 from dermsynth.errors import ConfigError, ModelNotFoundError
@@ -41,8 +48,18 @@ def pipe(tmp_path_factory):
 @pytest.fixture(scope="session")
 def generated(tiny_sd, lora, tmp_path_factory):
     d = tmp_path_factory.mktemp("gen")
-    manifest = generate(str(tiny_sd), str(lora), "malignant", "euler_a", 6, fx.GENERATE, d / "img",
-                        d / "manifest.csv", threads=1, device="cpu")
+    manifest = generate(
+        str(tiny_sd),
+        str(lora),
+        "malignant",
+        "euler_a",
+        6,
+        fx.GENERATE,
+        d / "img",
+        d / "manifest.csv",
+        threads=1,
+        device="cpu",
+    )
     return d, manifest
 
 
@@ -98,15 +115,20 @@ def test_png_carries_only_the_a1111_parameters_chunk(generated):
     im = Image.open(row["path"])
     im.load()
     assert set(im.info) == {"parameters"}  # no EXIF, no dpi, nothing else
-    assert im.text == {"parameters": (
-        f"a dermoscopic image of a malignant skin lesion\nSteps: 6, Sampler: Euler a, CFG scale: 7.0, "
-        f"Seed: {row['seed']}, Size: 64x64")}
+    assert im.text == {
+        "parameters": (
+            f"a dermoscopic image of a malignant skin lesion\nSteps: 6, Sampler: Euler a, CFG scale: 7.0, "
+            f"Seed: {row['seed']}, Size: 64x64"
+        )
+    }
 
 
 def test_a1111_text_with_negative_prompt():
     text = a1111_parameters("p", "blurry", 20, "dpmpp_2m_sde_karras", 7, 5, 512, 512)
-    assert text == "p\nNegative prompt: blurry\nSteps: 20, Sampler: DPM++ 2M SDE Karras, CFG scale: 7.0, " \
-                   "Seed: 5, Size: 512x512"
+    assert (
+        text == "p\nNegative prompt: blurry\nSteps: 20, Sampler: DPM++ 2M SDE Karras, CFG scale: 7.0, "
+        "Seed: 5, Size: 512x512"
+    )
 
 
 def test_manifest_row_regenerates_the_image(generated, tiny_sd, lora):
@@ -120,10 +142,29 @@ def test_manifest_row_regenerates_the_image(generated, tiny_sd, lora):
 
 def test_images_do_not_depend_on_the_batch(tiny_sd, tmp_path):
     cfg = {**fx.GENERATE, "samplers": {"euler_a": {"steps": 4}}}
-    one = generate(str(tiny_sd), None, "benign", "euler_a", 5, {**cfg, "batch_size": 1}, tmp_path / "a",
-                   tmp_path / "a.csv", device="cpu")
-    many = generate(str(tiny_sd), None, "benign", "euler_a", 3, {**cfg, "batch_size": 3}, tmp_path / "b",
-                    tmp_path / "b.csv", device="cpu", first_index=2)
+    one = generate(
+        str(tiny_sd),
+        None,
+        "benign",
+        "euler_a",
+        5,
+        {**cfg, "batch_size": 1},
+        tmp_path / "a",
+        tmp_path / "a.csv",
+        device="cpu",
+    )
+    many = generate(
+        str(tiny_sd),
+        None,
+        "benign",
+        "euler_a",
+        3,
+        {**cfg, "batch_size": 3},
+        tmp_path / "b",
+        tmp_path / "b.csv",
+        device="cpu",
+        first_index=2,
+    )
     assert one["lora_scale"].eq(0.0).all() and one["lora_sha256"].eq("").all()
     assert many["index"].tolist() == [2, 3, 4]
     assert many["seed"].tolist() == one["seed"].tolist()[2:]
@@ -135,15 +176,17 @@ def test_images_do_not_depend_on_the_batch(tiny_sd, tmp_path):
 
 def test_generate_resumes_and_rebuilds_rows(tiny_sd, tmp_path):
     cfg = {**fx.GENERATE, "samplers": {"plms": {"steps": [3, 6]}}}
-    first = generate(str(tiny_sd), None, "benign", "plms", 4, cfg, tmp_path / "i", tmp_path / "m.csv",
-                     device="cpu")
+    first = generate(
+        str(tiny_sd), None, "benign", "plms", 4, cfg, tmp_path / "i", tmp_path / "m.csv", device="cpu"
+    )
     assert set(first["steps"]) <= {3, 4, 5, 6}
     assert first["steps"].tolist() == [steps_for([3, 6], s) for s in first["seed"]]
     gone, kept = tmp_path / "i" / "benign_plms_000001.png", tmp_path / "i" / "benign_plms_000003.png"
     mtime = kept.stat().st_mtime_ns
     gone.unlink()
-    again = generate(str(tiny_sd), None, "benign", "plms", 4, cfg, tmp_path / "i", tmp_path / "m.csv",
-                     device="cpu")
+    again = generate(
+        str(tiny_sd), None, "benign", "plms", 4, cfg, tmp_path / "i", tmp_path / "m.csv", device="cpu"
+    )
     pd.testing.assert_frame_equal(first, again)  # the deleted image comes back identical
     assert kept.stat().st_mtime_ns == mtime  # an existing image is kept, not regenerated
 
@@ -163,8 +206,17 @@ def test_seeds_and_steps_are_stable():
 
 def test_missing_model_is_one_line(tmp_path):
     with pytest.raises(ModelNotFoundError) as err:
-        generate(str(tmp_path / "nope"), None, "benign", "euler", 1, fx.GENERATE, tmp_path / "o",
-                 tmp_path / "m.csv", device="cpu")
+        generate(
+            str(tmp_path / "nope"),
+            None,
+            "benign",
+            "euler",
+            1,
+            fx.GENERATE,
+            tmp_path / "o",
+            tmp_path / "m.csv",
+            device="cpu",
+        )
     assert "\n" not in str(err.value) and "nope" in str(err.value)
     with pytest.raises(ModelNotFoundError) as err:
         pl.load_pipeline("some-org/not-cached-model", device="cpu")
@@ -181,10 +233,272 @@ def test_sampler_missing_from_config(tiny_sd, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_fp16_generation_on_gpu_regenerates(tiny_sd, lora, tmp_path):
-    m = generate(str(tiny_sd), str(lora), "benign", "euler_a", 4, fx.GENERATE, tmp_path / "i",
-                 tmp_path / "m.csv", device="cuda")
+    m = generate(
+        str(tiny_sd),
+        str(lora),
+        "benign",
+        "euler_a",
+        4,
+        fx.GENERATE,
+        tmp_path / "i",
+        tmp_path / "m.csv",
+        device="cuda",
+    )
     for row in m.itertuples():
         assert np.asarray(Image.open(row.path)).std() > 0
     row = m.iloc[2]
     im = regenerate(row, str(tiny_sd), str(lora), device="cuda")
     assert np.abs(np.asarray(im, np.float64) - _arr(row["path"])).mean() <= 1.0
+
+
+MODS = {
+    "size": {
+        "typical": {"weight": 2, "text": ""},
+        "tiny": {"weight": 1, "text": "tiny mole"},
+        "large": {"weight": 1, "text": "large mole"},
+    },
+    "skin_tone": {"unspecified": {"weight": 1}, "VI": {"weight": 1, "text": "on Fitzpatrick type VI skin"}},
+}
+
+
+def test_split_counts_are_exact_largest_remainder():
+    assert split_counts(10, [0.6, 0.2, 0.2]) == [6, 2, 2]
+    assert split_counts(7, [1, 1, 1]) == [3, 2, 2]  # ties: the earlier option gets the extra image
+    assert split_counts(5, [0.5, 0.3, 0.2]) == [3, 1, 1]  # quotas 2.5, 1.5, 1.0: largest remainders
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        w, n = rng.random(rng.integers(1, 8)), int(rng.integers(0, 500))
+        c = split_counts(n, w)
+        assert sum(c) == n and all(abs(ci - n * wi / w.sum()) < 1 for ci, wi in zip(c, w, strict=True))
+    with pytest.raises(ConfigError):
+        split_counts(3, [0, 0])
+    assert shards(10, 4) == [(0, 4), (4, 4), (8, 2)] and shards(3, 250) == [(0, 3)]
+
+
+def test_modifier_plan_is_exact_and_independent_of_sharding():
+    plan = modifier_plan(MODS, 1000, 42, "benign", "euler")
+    sizes = pd.Series([p["size"] for p in plan]).value_counts()
+    assert sizes.to_dict() == {"typical": 500, "tiny": 250, "large": 250}
+    tones = pd.Series([p["skin_tone"] for p in plan]).value_counts()
+    assert tones.to_dict() == {"unspecified": 500, "VI": 500}
+    # groups are shuffled independently: tiny moles are spread over both skin tones
+    both = pd.crosstab(pd.Series([p["size"] for p in plan]), pd.Series([p["skin_tone"] for p in plan]))
+    assert (both.loc["tiny"] > 90).all()
+    assert plan == modifier_plan(MODS, 1000, 42, "benign", "euler")  # deterministic
+    assert plan != modifier_plan(MODS, 1000, 42, "malignant", "euler")
+    assert modifier_plan({}, 3, 42, "benign", "euler") == [{}, {}, {}]
+
+
+@pytest.fixture(scope="module")
+def sharded(tiny_sd, pipe, tmp_path_factory):
+    """One class x sampler block of 5 images made as shards (3 + 2) and merged."""
+    d = tmp_path_factory.mktemp("shards")
+    cfg = {**fx.GENERATE, "samplers": {"euler": {"steps": 3}}, "modifiers": MODS, "batch_size": 2}
+    parts = []
+    for k, (first, n) in enumerate(shards(5, 3)):
+        generate(
+            str(tiny_sd),
+            None,
+            "benign",
+            "euler",
+            n,
+            cfg,
+            d / f"{k:03d}",
+            d / f"{k:03d}" / "manifest.csv",
+            device="cpu",
+            first_index=first,
+            block_size=5,
+            shard=k,
+            pipe=pipe,  # the cached tiny pipeline: one model load for both shards
+        )
+        parts.append(d / f"{k:03d}" / "manifest.csv")
+    whole = generate(
+        str(tiny_sd), None, "benign", "euler", 5, cfg, d / "whole", d / "whole.csv", device="cpu"
+    )
+    return d, parts, merge_shards(parts, d / "manifest.csv", block_size=5), whole
+
+
+def test_shards_merge_into_the_unsharded_block(sharded):
+    d, parts, merged, whole = sharded
+    assert merged["index"].tolist() == list(range(5)) and merged["shard"].tolist() == [0, 0, 0, 1, 1]
+    for col in ("seed", "prompt", "modifiers", "steps"):
+        assert merged[col].tolist() == whole[col].tolist(), col
+    for a, b in zip(merged["path"], whole["path"], strict=True):
+        assert np.abs(_arr(a) - _arr(b)).mean() <= 0.25
+    counts = merged["modifiers"].str.extract(r"size=(\w+)")[0].value_counts().to_dict()
+    assert counts == dict(zip(["typical", "tiny", "large"], split_counts(5, [2, 1, 1]), strict=True))
+    for row in merged.itertuples():
+        chosen = dict(p.split("=") for p in row.modifiers.split(";"))
+        assert ("tiny mole" in row.prompt) == (chosen["size"] == "tiny")
+        assert ("type VI" in row.prompt) == (chosen["skin_tone"] == "VI")
+        assert Image.open(row.path).text["parameters"].startswith(row.prompt + "\n")
+    with pytest.raises(ConfigError, match="missing \\[3, 4\\]"):
+        merge_shards(parts[:1], d / "bad.csv", block_size=5)
+
+
+def test_generation_report_has_the_split_and_a_sheet_per_class(sharded, tmp_path):
+    d, _, merged, _ = sharded
+    sheet = tmp_path / "generate_benign.png"
+    table = generation_report(
+        [d / "manifest.csv"],
+        tmp_path / "generate.md",
+        {"benign": sheet},
+        split_csv=tmp_path / "split.csv",
+        per_row=4,
+        thumb=32,
+    )
+    size = table[table["group"] == "size"].set_index("option")["n"]
+    chosen = merged["modifiers"].str.extract(r"size=(\w+);skin_tone=(\w+)")
+    assert size.sum() == 5 and size.to_dict() == chosen[0].value_counts().to_dict()
+    assert table.query("group == 'all'")["n"].tolist() == [5]
+    # one row per sampler x modifier option present (sizes + tones), 4 cells of 32 px each
+    w, h = Image.open(sheet).size
+    n_rows = chosen[0].nunique() + chosen[1].nunique()
+    n_cols = min(4, max(chosen[0].value_counts().max(), chosen[1].value_counts().max()))
+    assert h == 18 + n_rows * 34 + 2 and w == 150 + n_cols * 34 + 2
+    md = (tmp_path / "generate.md").read_text()
+    assert "sections/generate_benign.png" in md and "| benign | euler | size |" in md
+
+
+KOHYA = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+LEGACY = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora"
+
+
+@pytest.mark.parametrize("fmt", ["kohya", "legacy_dreambooth"])
+def test_lora_files_of_other_trainers_load(tiny_sd, tmp_path, fmt):
+    """kohya / web-UI keys (with alpha) and the old DreamBooth script's attention-processor keys."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    r, alpha = 4, 2.0
+    down, up = torch.randn(r, 32, generator=g) * 0.1, torch.randn(32, r, generator=g) * 0.1
+    if fmt == "kohya":
+        sd = {
+            f"{KOHYA}.lora_down.weight": down,
+            f"{KOHYA}.lora_up.weight": up,
+            f"{KOHYA}.alpha": torch.tensor(alpha),
+        }
+        scale = alpha / r  # kohya scales by alpha / rank
+    else:
+        sd = {f"{LEGACY}.down.weight": down, f"{LEGACY}.up.weight": up}
+        scale = 1.0
+    f = tmp_path / f"{fmt}.safetensors"
+    save_file(sd, str(f))
+    pipe = pl.load_pipeline(str(tiny_sd), str(f), device="cpu", lora_scale=0.5)
+    layer = pipe.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q
+    x = torch.randn(3, 32, generator=g)
+    with torch.no_grad():
+        delta = layer(x) - layer.base_layer(x)
+    torch.testing.assert_close(delta, 0.5 * scale * x @ down.T @ up.T, atol=1e-5, rtol=1e-4)
+
+
+def _to_ldm_single_file(model_dir, out):
+    """A diffusers SD directory -> one original-layout (web-UI) .safetensors file, as merges are shared.
+
+    The inverse of diffusers' single-file conversion, for SD 1.x-style configs of any size.
+    """
+    import json
+    import re
+
+    from safetensors.torch import load_file, save_file
+
+    m = Path(model_dir)
+    ucfg = json.loads((m / "unet/config.json").read_text())
+    lpb = ucfg["layers_per_block"]
+    sd = {}
+    top = {
+        "time_embedding.linear_1": "time_embed.0",
+        "time_embedding.linear_2": "time_embed.2",
+        "conv_in": "input_blocks.0.0",
+        "conv_norm_out": "out.0",
+        "conv_out": "out.2",
+    }
+    res = [
+        ("norm1", "in_layers.0"),
+        ("conv1", "in_layers.2"),
+        ("norm2", "out_layers.0"),
+        ("conv2", "out_layers.3"),
+        ("time_emb_proj", "emb_layers.1"),
+        ("conv_shortcut", "skip_connection"),
+    ]
+    for k, v in load_file(m / "unet/diffusion_pytorch_model.safetensors").items():
+        head, _, tail = k.rpartition(".")  # tail: weight / bias
+        new = None
+        for a, b in top.items():
+            if head == a:
+                new = b
+        if mm := re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", head):
+            b, kind, j, rest = int(mm[1]), mm[2], int(mm[3]), mm[4]
+            new = f"input_blocks.{1 + b * (lpb + 1) + j}.{0 if kind == 'resnets' else 1}.{rest}"
+        elif mm := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv", head):
+            new = f"input_blocks.{(int(mm[1]) + 1) * (lpb + 1)}.0.op"
+        elif mm := re.match(r"mid_block\.(resnets|attentions)\.(\d+)\.(.*)", head):
+            idx = 1 if mm[1] == "attentions" else 2 * int(mm[2])
+            new = f"middle_block.{idx}.{mm[3]}"
+        elif mm := re.match(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", head):
+            b, kind, j, rest = int(mm[1]), mm[2], int(mm[3]), mm[4]
+            new = f"output_blocks.{b * (lpb + 1) + j}.{0 if kind == 'resnets' else 1}.{rest}"
+        elif mm := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv", head):
+            b = int(mm[1])
+            has_attn = "CrossAttn" in ucfg["up_block_types"][b]
+            new = f"output_blocks.{b * (lpb + 1) + lpb}.{2 if has_attn else 1}.conv"
+        assert new is not None, k
+        if new.split(".")[0] in ("input_blocks", "middle_block", "output_blocks"):
+            parts = new.split(".")
+            if parts[2] == "0" or (parts[0] == "middle_block" and parts[1] != "1"):
+                for a, b in res:
+                    new = new.replace(f".{a}", f".{b}") if f".{a}" in new else new
+        sd[f"model.diffusion_model.{new}.{tail}"] = v
+    vcfg = json.loads((m / "vae/config.json").read_text())
+    nv = len(vcfg["up_block_types"])
+    vattn = [("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out")]
+    for k, v in load_file(m / "vae/diffusion_pytorch_model.safetensors").items():
+        new = k.replace("conv_norm_out", "norm_out")
+        new = re.sub(r"encoder\.down_blocks\.(\d+)\.resnets\.", r"encoder.down.\1.block.", new)
+        new = re.sub(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample.", new)
+        new = re.sub(
+            r"decoder\.up_blocks\.(\d+)\.resnets\.",
+            lambda mm: f"decoder.up.{nv - 1 - int(mm[1])}.block.",
+            new,
+        )
+        new = re.sub(
+            r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.",
+            lambda mm: f"decoder.up.{nv - 1 - int(mm[1])}.upsample.",
+            new,
+        )
+        new = re.sub(r"mid_block\.resnets\.(\d+)\.", lambda mm: f"mid.block_{int(mm[1]) + 1}.", new)
+        if "mid_block.attentions.0." in new:
+            new = new.replace("mid_block.attentions.0.", "mid.attn_1.")
+            for a, b in vattn:
+                new = new.replace(f".{a}.", f".{b}.")
+            if v.ndim == 2:
+                v = v[:, :, None, None]  # ldm's attention projections are 1x1 convolutions
+        new = new.replace("conv_shortcut", "nin_shortcut")
+        sd[f"first_stage_model.{new}"] = v
+    for k, v in load_file(m / "text_encoder/model.safetensors").items():
+        k = k if k.startswith("text_model.") else f"text_model.{k}"  # transformers 5 drops the prefix
+        sd[f"cond_stage_model.transformer.{k}"] = v
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(out))
+    return out
+
+
+def test_merged_single_file_checkpoint_generates_like_the_directory(tiny_sd, pipe, tmp_path):
+    merged = _to_ldm_single_file(tiny_sd, tmp_path / "merged.safetensors")
+    single = pl.load_pipeline(str(tiny_sd), sampler="euler", device="cpu", checkpoint=str(merged))
+    for name in ("unet", "vae", "text_encoder"):
+        a, b = getattr(pipe, name).state_dict(), getattr(single, name).state_dict()
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k].reshape(a[k].shape)) for k in a), name
+    pl.set_sampler(pipe, "euler")
+    x, y = (run_batch(p, [5], 4, PROMPT, "", 7.0, 64)[0].astype(float) for p in (pipe, single))
+    assert np.abs(x - y).mean() <= 0.25
+    with pytest.raises(ConfigError, match="only .safetensors"):
+        pl.load_pipeline(str(tiny_sd), device="cpu", checkpoint=str(tmp_path / "merged.ckpt"))
+
+
+def test_swapping_samplers_does_not_carry_options_over(pipe):
+    pl.set_sampler(pipe, "dpmpp_2m_sde_karras")
+    assert pipe.scheduler.config.use_karras_sigmas
+    pl.set_sampler(pipe, "euler")  # Euler accepts use_karras_sigmas too: it must come from the model
+    assert not pipe.scheduler.config.use_karras_sigmas
+    assert pipe.scheduler.config.beta_schedule == "scaled_linear"

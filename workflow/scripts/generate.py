@@ -1,4 +1,4 @@
-"""Rule generate: one class x one sampler of synthetic images plus their manifest."""
+"""Rule generate: one shard of one class x one sampler of synthetic images plus its manifest."""
 
 import sys
 from pathlib import Path
@@ -12,12 +12,15 @@ logs.setup(snakemake.log[0])
 with logs.stage("generate"):
     generate(
         snakemake.params.pretrained,
-        snakemake.input.lora,
+        next(iter(snakemake.input.get("lora", [])), None),
         snakemake.wildcards.label,
         snakemake.wildcards.sampler,
-        snakemake.params.n_images,
-        snakemake.params.cfg,
+        snakemake.params.shard["n_images"],
+        {**snakemake.params.cfg, "checkpoint": next(iter(snakemake.input.get("merged", [])), None)},
         Path(snakemake.output[0]).parent,
         snakemake.output[0],
         threads=snakemake.threads,
+        first_index=snakemake.params.shard["first_index"],
+        block_size=snakemake.params.shard["block_size"],
+        shard=snakemake.wildcards.shard,
     )

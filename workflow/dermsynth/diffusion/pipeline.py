@@ -55,8 +55,15 @@ def make_scheduler(name: str, base_config):
 
 
 def set_sampler(pipe, name: str):
-    """Swap the pipeline's scheduler for sampler ``name``; returns the pipeline."""
-    pipe.scheduler = make_scheduler(name, pipe.scheduler.config)
+    """Swap the pipeline's scheduler for sampler ``name``; returns the pipeline.
+
+    Always built from the model's *own* scheduler config (kept on the first swap): building from
+    the current scheduler's config would carry one sampler's options into the next (e.g. DPM++
+    Karras sigmas into Euler, which accepts ``use_karras_sigmas`` too).
+    """
+    if not hasattr(pipe, "_dermsynth_base_scheduler_config"):
+        pipe._dermsynth_base_scheduler_config = pipe.scheduler.config
+    pipe.scheduler = make_scheduler(name, pipe._dermsynth_base_scheduler_config)
     return pipe
 
 
@@ -86,9 +93,23 @@ def lora_file(lora_path) -> Path:
     return f
 
 
-def load_pipeline(pretrained: str, lora_path: str | None = None, sampler: str | None = None,
-                  device: str = "auto", dtype=None, lora_scale: float = 1.0):
-    """A StableDiffusionPipeline on ``device`` with an optional LoRA (adapter ``derm`` at ``lora_scale``)."""
+def load_pipeline(
+    pretrained: str,
+    lora_path: str | None = None,
+    sampler: str | None = None,
+    device: str = "auto",
+    dtype=None,
+    lora_scale: float = 1.0,
+    checkpoint: str | None = None,
+):
+    """A StableDiffusionPipeline on ``device`` with an optional LoRA (adapter ``derm`` at ``lora_scale``).
+
+    ``checkpoint``: a merged full checkpoint in one ``.safetensors`` file (web-UI / original SD layout),
+    loaded with ``from_single_file``; ``pretrained`` (a local diffusers directory or a cached hub id)
+    then supplies the component configs and tokenizer, so nothing is fetched from the hub.
+    LoRA files in diffusers' (ours, the DreamBooth script's) and kohya/web-UI key formats all load
+    through ``load_lora_weights``, which converts the latter.
+    """
     from diffusers import StableDiffusionPipeline
 
     if sampler is not None:
@@ -96,8 +117,17 @@ def load_pipeline(pretrained: str, lora_path: str | None = None, sampler: str | 
     device = resolve_device(device)
     dtype = dtype or default_dtype(device)
     lora = lora_file(lora_path) if lora_path is not None else None  # fail before the slow model load
-    pipe = load_pretrained(StableDiffusionPipeline, str(pretrained), dtype=dtype, use_safetensors=True,
-                           safety_checker=None, requires_safety_checker=False)
+    if checkpoint:
+        pipe = load_single_file(checkpoint, pretrained, dtype)
+    else:
+        pipe = load_pretrained(
+            StableDiffusionPipeline,
+            str(pretrained),
+            dtype=dtype,
+            use_safetensors=True,
+            safety_checker=None,
+            requires_safety_checker=False,
+        )
     if lora is not None:
         pipe.load_lora_weights(str(lora.parent), weight_name=lora.name, adapter_name=ADAPTER)
         pipe.set_adapters([ADAPTER], adapter_weights=[float(lora_scale)])
@@ -106,3 +136,53 @@ def load_pipeline(pretrained: str, lora_path: str | None = None, sampler: str | 
         set_sampler(pipe, sampler)
     pipe.set_progress_bar_config(disable=True)  # callers show one bar over images, not one per batch
     return pipe.to(device)
+
+
+def load_single_file(checkpoint: str, config: str, dtype):
+    """``StableDiffusionPipeline.from_single_file`` offline: configs and tokenizer come from ``config``."""
+    from diffusers import StableDiffusionPipeline
+
+    path = Path(checkpoint)
+    if path.suffix != ".safetensors":
+        raise ConfigError(f"checkpoint '{checkpoint}': only .safetensors files are loaded (no pickles)")
+    if not path.is_file():
+        raise ModelNotFoundError(f"checkpoint '{checkpoint}' not found: fix generate.checkpoint")
+    try:
+        pipe = StableDiffusionPipeline.from_single_file(
+            str(path),
+            config=str(config),
+            torch_dtype=dtype,
+            safety_checker=None,
+            requires_safety_checker=False,
+            local_files_only=True,
+        )
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelNotFoundError(
+            f"checkpoint '{checkpoint}' did not load with the configs of '{config}' "
+            f"(models.sd must be that model's diffusers directory): {first}"
+        ) from None
+    log.info("loaded merged checkpoint %s (configs from %s)", checkpoint, config)
+    return pipe
+
+
+def speed_up(pipe, channels_last: bool = True, compile: bool = False):
+    """GPU throughput settings that leave the images unchanged (within fp rounding); no-ops on CPU.
+
+    SDPA attention is diffusers' default with torch 2 (flash / memory-efficient kernels on CUDA);
+    channels-last suits the UNet's and VAE's convolutions on tensor cores; ``torch.compile`` fuses
+    the UNet's kernels (a one-off compile per batch shape, worth it for thousands of images).
+    """
+    import torch
+
+    if pipe.device.type != "cuda" or getattr(pipe, "_dermsynth_fast", False):
+        return pipe
+    # every batch has the same shapes: let cuDNN pick its fastest convolution algorithms once
+    torch.backends.cudnn.benchmark = True
+    if channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if compile:
+        pipe.unet = torch.compile(pipe.unet, fullgraph=False)
+    pipe._dermsynth_fast = True
+    return pipe

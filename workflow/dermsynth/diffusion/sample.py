@@ -1,8 +1,12 @@
 """Generating synthetic dermoscopy images: seeded per image, batched, resumable, reproducible.
 
 Each image's seed is a stable hash of (config seed, label, sampler, index) and its noise comes from
-its own CPU ``torch.Generator``, so an image depends on its manifest row only, not on the batch it
-was generated in, the device's RNG or the images before it.
+its own CPU ``torch.Generator``, so an image depends on its manifest row only, not on the batch or
+shard it was generated in, the device's RNG or the images before it.
+
+A (class, sampler) block of images is cut into shards (one GPU job each, resumable); each image also
+gets one option of every prompt-modifier group (the paper's "smart transformations": tiny / large /
+multiple moles, skin tones), with exact counts per block, fixed by the image index alone.
 """
 
 from __future__ import annotations
@@ -18,13 +22,24 @@ import pandas as pd
 
 from .. import io
 from ..errors import ConfigError
-from .pipeline import display_name, load_pipeline, lora_file
+from .pipeline import display_name, load_pipeline, lora_file, set_sampler, speed_up
 
 log = logging.getLogger("dermsynth")
 
 MANIFEST_COLUMNS = io.MANIFEST_COLUMNS + [
-    "seed", "prompt", "negative_prompt", "sampler", "steps", "guidance_scale", "resolution", "lora_scale",
-    "lora_sha256", "base_model", "index",
+    "seed",
+    "prompt",
+    "negative_prompt",
+    "sampler",
+    "steps",
+    "guidance_scale",
+    "resolution",
+    "lora_scale",
+    "lora_sha256",
+    "base_model",
+    "index",
+    "modifiers",
+    "shard",
 ]
 DEFAULTS = {
     "prompt": "a dermoscopic image of a {label} skin lesion",
@@ -35,6 +50,12 @@ DEFAULTS = {
     "lora_scale": 1.0,
     "seed": 42,
     "writer_threads": 2,
+    "shard_size": 250,
+    "class_prompts": {},
+    "modifiers": {},
+    "channels_last": True,
+    "compile": False,
+    "checkpoint": None,
 }
 #: seeds below 2**48: a collision (two identical images) among 10^5 images has odds ~1e-5
 SEED_BITS = 48
@@ -67,14 +88,87 @@ def steps_for(spec, seed: int) -> int:
     raise ConfigError(f"sampler steps {spec!r}: give an int >= 1, [min, max] or a list of choices")
 
 
-def a1111_parameters(prompt: str, negative_prompt: str, steps: int, sampler: str, guidance_scale: float,
-                     seed: int, width: int, height: int) -> str:
+def split_counts(total: int, weights) -> list[int]:
+    """``total`` split exactly in proportion to ``weights`` (largest remainder; ties go to the earlier)."""
+    w = np.asarray(list(weights), dtype=np.float64)
+    if w.size == 0 or (w < 0).any() or w.sum() <= 0:
+        raise ConfigError(f"modifier weights {list(weights)} must be >= 0 with a positive sum")
+    quota = w / w.sum() * int(total)
+    counts = np.floor(quota).astype(int)
+    rest = int(total) - int(counts.sum())
+    # stable sort: equal remainders keep config order, so the split never depends on float noise order
+    order = np.argsort(-(quota - counts), kind="stable")
+    counts[order[:rest]] += 1
+    return counts.tolist()
+
+
+def shards(n_images: int, shard_size: int) -> list[tuple[int, int]]:
+    """(first index, count) of each shard of a block of ``n_images`` images."""
+    size = max(1, int(shard_size))
+    return [(i, min(size, int(n_images) - i)) for i in range(0, int(n_images), size)]
+
+
+def shard_name(k: int) -> str:
+    return f"{int(k):03d}"
+
+
+def _stable_int(*parts) -> int:
+    return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:8], "big")
+
+
+def modifier_plan(modifiers: dict, block_size: int, base_seed: int, label: str, sampler: str) -> list[dict]:
+    """For each image index of a (label, sampler) block: {group: option} with exact counts per option.
+
+    Each group's counts are the largest-remainder split of the block; the options are then shuffled
+    with a seed of their own per group, so groups are independent of each other (tiny moles are not
+    always on one skin tone) and an index's options never depend on how the block is sharded.
+    """
+    plan: list[dict] = [{} for _ in range(int(block_size))]
+    for group, options in (modifiers or {}).items():
+        names = list(options)
+        if not names:
+            raise ConfigError(f"generate.modifiers.{group} has no options")
+        weights = [float((options[o] or {}).get("weight", 1.0)) for o in names]
+        seq = np.repeat(np.arange(len(names)), split_counts(block_size, weights))
+        rng = np.random.default_rng(_stable_int(base_seed, label, sampler, group) >> 1)
+        for i, k in enumerate(rng.permutation(seq)):
+            plan[i][group] = names[int(k)]
+    return plan
+
+
+def compose_prompt(base: str, label: str, modifiers: dict, chosen: dict) -> str:
+    """The base prompt, then each chosen option's text (if any) after a comma, in group order."""
+    parts = [str(base).format(label=label)]
+    for group, option in chosen.items():
+        text = str((modifiers[group][option] or {}).get("text", "") or "").format(label=label)
+        if text:
+            parts.append(text)
+    return ", ".join(parts)
+
+
+def modifiers_text(chosen: dict) -> str:
+    """The manifest's ``modifiers`` cell: ``group=option;group=option`` in config order."""
+    return ";".join(f"{g}={o}" for g, o in chosen.items())
+
+
+def a1111_parameters(
+    prompt: str,
+    negative_prompt: str,
+    steps: int,
+    sampler: str,
+    guidance_scale: float,
+    seed: int,
+    width: int,
+    height: int,
+) -> str:
     """The ``parameters`` text the Stable Diffusion web UI writes (it omits an empty negative prompt)."""
     lines = [prompt]
     if negative_prompt:
         lines.append(f"Negative prompt: {negative_prompt}")
-    lines.append(f"Steps: {steps}, Sampler: {display_name(sampler)}, CFG scale: {float(guidance_scale)}, "
-                 f"Seed: {seed}, Size: {width}x{height}")
+    lines.append(
+        f"Steps: {steps}, Sampler: {display_name(sampler)}, CFG scale: {float(guidance_scale)}, "
+        f"Seed: {seed}, Size: {width}x{height}"
+    )
     return "\n".join(lines)
 
 
@@ -90,8 +184,10 @@ def _settings(cfg: dict, sampler: str) -> dict:
     s = {**DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
     samplers = s.get("samplers") or {}
     if sampler not in samplers:
-        raise ConfigError(f"generate.samplers has no entry for sampler '{sampler}': add "
-                          f"'{sampler}: {{steps: 20}}' or use one of {', '.join(samplers) or '(none)'}")
+        raise ConfigError(
+            f"generate.samplers has no entry for sampler '{sampler}': add "
+            f"'{sampler}: {{steps: 20}}' or use one of {', '.join(samplers) or '(none)'}"
+        )
     entry = samplers[sampler]
     # {steps: 20} as in the config; a bare value (20, [10, 30]) is accepted as the steps themselves
     s["steps"] = entry.get("steps", 20) if isinstance(entry, dict) else entry
@@ -100,34 +196,65 @@ def _settings(cfg: dict, sampler: str) -> dict:
     return s
 
 
-def _to_uint8(images: np.ndarray) -> np.ndarray:
-    # as diffusers' numpy_to_pil: round, not truncate
-    return (np.clip(images, 0.0, 1.0) * 255).round().astype(np.uint8)
+def run_batch(
+    pipe, seeds: list[int], steps: int, prompt, negative_prompt: str, guidance_scale: float, resolution: int
+) -> np.ndarray:
+    """One pipeline call; image i depends only on seeds[i] (its own CPU generator) and its prompt.
 
-
-def run_batch(pipe, seeds: list[int], steps: int, prompt: str, negative_prompt: str, guidance_scale: float,
-              resolution: int) -> np.ndarray:
-    """One pipeline call; image i depends only on seeds[i] (its own CPU generator). Returns uint8 NHWC."""
+    ``prompt`` is one string for all images or one per image. Returns uint8 NHWC.
+    """
     import torch
 
+    prompts = [prompt] * len(seeds) if isinstance(prompt, str) else list(prompt)
     gens = [torch.Generator("cpu").manual_seed(int(sd)) for sd in seeds]
-    out = pipe(prompt=[prompt] * len(seeds), negative_prompt=[negative_prompt] * len(seeds),
-               num_inference_steps=int(steps), guidance_scale=float(guidance_scale), height=int(resolution),
-               width=int(resolution), generator=gens, output_type="np")
-    bad = ~np.isfinite(out.images).all(axis=(1, 2, 3))
+    # the whole batch goes through the UNet (CFG doubles it inside the pipeline) and the VAE at once;
+    # the pixels are quantised on the device, so the only host sync is the copy of a uint8 batch
+    out = pipe(
+        prompt=prompts,
+        negative_prompt=[negative_prompt] * len(seeds),
+        num_inference_steps=int(steps),
+        guidance_scale=float(guidance_scale),
+        height=int(resolution),
+        width=int(resolution),
+        generator=gens,
+        output_type="pt",
+    )
+    images = out.images.float()  # NCHW in [0, 1]
+    bad = (~torch.isfinite(images).flatten(1).all(dim=1)).cpu().numpy()
     if bad.any():
         # kept, not dropped: the filter stage rejects such images with a reason the report counts
-        log.warning("non-finite pixels in %d image(s) with seeds %s", int(bad.sum()),
-                    [s for s, b in zip(seeds, bad, strict=True) if b])
-    return _to_uint8(np.nan_to_num(out.images, nan=0.0))
+        log.warning(
+            "non-finite pixels in %d image(s) with seeds %s",
+            int(bad.sum()),
+            [s for s, b in zip(seeds, bad, strict=True) if b],
+        )
+    # as diffusers' numpy_to_pil: round, not truncate
+    pixels = torch.nan_to_num(images, nan=0.0).clamp_(0.0, 1.0).mul_(255).round_().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def generate(pretrained: str, lora_path: str | None, label: str, sampler: str, n_images: int, cfg: dict,
-             out_dir, manifest_path, threads: int = 1, device: str = "auto",
-             first_index: int = 0) -> pd.DataFrame:
+def generate(
+    pretrained: str,
+    lora_path: str | None,
+    label: str,
+    sampler: str,
+    n_images: int,
+    cfg: dict,
+    out_dir,
+    manifest_path,
+    threads: int = 1,
+    device: str = "auto",
+    first_index: int = 0,
+    block_size: int | None = None,
+    shard: int | str = 0,
+    pipe=None,
+) -> pd.DataFrame:
     """Generate images ``first_index .. first_index+n_images-1`` of one (label, sampler); write the manifest.
 
-    Images already in ``out_dir`` (from an interrupted run) are kept and only their rows rebuilt.
+    ``block_size`` is the (label, sampler) block's total (default: up to the last index here): the
+    modifier split is exact over the block, whatever its sharding. Images already in ``out_dir`` (from
+    an interrupted run) are kept and only their rows rebuilt. ``pipe``: an already loaded pipeline
+    (benchmarks); by default it is loaded from ``pretrained`` (+ ``cfg['checkpoint']``) and the LoRA.
     """
     import torch
     from tqdm.auto import tqdm
@@ -138,55 +265,128 @@ def generate(pretrained: str, lora_path: str | None, label: str, sampler: str, n
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     res = int(s["resolution"])
-    prompt = str(s["prompt"]).format(label=label)
+    first, n = int(first_index), int(n_images)
+    block = int(block_size) if block_size is not None else first + n
+    if first < 0 or first + n > block:
+        raise ConfigError(f"images {first}..{first + n - 1} lie outside the block of {block} images")
+    base = (s["class_prompts"] or {}).get(label, s["prompt"])
+    mods = s["modifiers"] or {}
+    plan = modifier_plan(mods, block, s["seed"], label, sampler)
     negative = str(s["negative_prompt"] or "")
     lora_sha = io.sha256_file(lora_file(lora_path)) if lora_path else ""
     lora_scale = float(s["lora_scale"]) if lora_path else 0.0
+    base_model = str(s["checkpoint"] or pretrained)
 
     jobs = []
-    for index in range(int(first_index), int(first_index) + int(n_images)):
+    for index in range(first, first + n):
         seed = image_seed(s["seed"], label, sampler, index)
-        jobs.append({"index": index, "seed": seed, "steps": steps_for(s["steps"], seed),
-                     "path": out / f"{label}_{sampler}_{index:06d}.png"})
+        jobs.append(
+            {
+                "index": index,
+                "seed": seed,
+                "steps": steps_for(s["steps"], seed),
+                "prompt": compose_prompt(base, label, mods, plan[index]),
+                "modifiers": modifiers_text(plan[index]),
+                "path": out / f"{label}_{sampler}_{index:06d}.png",
+            }
+        )
     shas: dict[int, str] = {j["index"]: io.sha256_file(j["path"]) for j in jobs if j["path"].is_file()}
     todo = [j for j in jobs if j["index"] not in shas]
     if shas:
         log.info("%d of %d images already present in %s: kept", len(shas), len(jobs), out)
 
     if todo:
-        pipe = load_pipeline(pretrained, lora_path, sampler=sampler, device=device, lora_scale=lora_scale)
+        if pipe is None:
+            pipe = load_pipeline(
+                pretrained,
+                lora_path,
+                sampler=sampler,
+                device=device,
+                lora_scale=lora_scale,
+                checkpoint=s["checkpoint"],
+            )
+        else:
+            set_sampler(pipe, sampler)
+        pipe = speed_up(pipe, channels_last=bool(s["channels_last"]), compile=bool(s["compile"]))
         by_steps = defaultdict(list)
         for j in todo:
             by_steps[j["steps"]].append(j)
         bs = max(1, int(s["batch_size"]))
         batches = [g[i : i + bs] for _, g in sorted(by_steps.items()) for i in range(0, len(g), bs)]
-        bar = tqdm(total=len(jobs), initial=len(shas), desc=f"{label}/{sampler}", unit="img", disable=None)
-        # PNG encoding runs on writer threads so the accelerator never waits for zlib
+        bar = tqdm(
+            total=len(jobs), initial=len(shas), desc=f"{label}/{sampler}/{shard}", unit="img", disable=None
+        )
+        # PNG encoding (zlib) runs on writer threads while the accelerator computes the next batch
         with ThreadPoolExecutor(max_workers=max(1, int(s["writer_threads"]))) as writer:
             futures = {}
             for batch in batches:
-                arrays = run_batch(pipe, [j["seed"] for j in batch], batch[0]["steps"], prompt, negative,
-                                   s["guidance_scale"], res)
+                arrays = run_batch(
+                    pipe,
+                    [j["seed"] for j in batch],
+                    batch[0]["steps"],
+                    [j["prompt"] for j in batch],
+                    negative,
+                    s["guidance_scale"],
+                    res,
+                )
                 for j, arr in zip(batch, arrays, strict=True):
-                    text = a1111_parameters(prompt, negative, j["steps"], sampler, s["guidance_scale"],
-                                            j["seed"], res, res)
+                    text = a1111_parameters(
+                        j["prompt"], negative, j["steps"], sampler, s["guidance_scale"], j["seed"], res, res
+                    )
                     futures[j["index"]] = writer.submit(io.save_png, j["path"], arr, _pnginfo(text))
                 bar.update(len(batch))
             shas.update({i: f.result() for i, f in futures.items()})
         bar.close()
 
-    rows = [{
-        "path": io.rel(j["path"]), "label": label, "dataset": "synthetic", "source_id": j["path"].stem,
-        "sha256": shas[j["index"]], "seed": j["seed"], "prompt": prompt, "negative_prompt": negative,
-        "sampler": sampler, "steps": j["steps"], "guidance_scale": float(s["guidance_scale"]),
-        "resolution": res, "lora_scale": lora_scale, "lora_sha256": lora_sha, "base_model": str(pretrained),
-        "index": j["index"],
-    } for j in jobs]
+    rows = [
+        {
+            "path": io.rel(j["path"]),
+            "label": label,
+            "dataset": "synthetic",
+            "source_id": j["path"].stem,
+            "sha256": shas[j["index"]],
+            "seed": j["seed"],
+            "prompt": j["prompt"],
+            "negative_prompt": negative,
+            "sampler": sampler,
+            "steps": j["steps"],
+            "guidance_scale": float(s["guidance_scale"]),
+            "resolution": res,
+            "lora_scale": lora_scale,
+            "lora_sha256": lora_sha,
+            "base_model": base_model,
+            "index": j["index"],
+            "modifiers": j["modifiers"],
+            "shard": int(shard),
+        }
+        for j in jobs
+    ]
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     io.write_csv(manifest_path, manifest)
-    log.info("generated %d %s images with %s (%d new) -> %s", len(jobs), label, sampler, len(todo),
-             manifest_path)
+    log.info(
+        "generated %d %s images with %s (%d new) -> %s", len(jobs), label, sampler, len(todo), manifest_path
+    )
     return manifest
+
+
+def merge_shards(shard_manifests, out_manifest, block_size: int | None = None) -> pd.DataFrame:
+    """One (label, sampler) manifest from its shards, checked: every index once, none missing."""
+    frames = [io.read_csv(m) for m in shard_manifests]
+    if not frames:
+        raise ConfigError("merge_shards needs at least one shard manifest")
+    df = pd.concat(frames, ignore_index=True).sort_values("index", kind="stable").reset_index(drop=True)
+    expected = int(block_size) if block_size is not None else len(df)
+    if df["index"].tolist() != list(range(expected)):
+        missing = sorted(set(range(expected)) - set(df["index"]))[:5]
+        dup = df["index"][df["index"].duplicated()].tolist()[:5]
+        raise ConfigError(
+            f"shard manifests do not cover images 0..{expected - 1} exactly once "
+            f"(missing {missing}, duplicated {dup}): rerun the generate jobs"
+        )
+    df["modifiers"] = df["modifiers"].map(_text)
+    io.write_csv(out_manifest, df)
+    log.info("merged %d shard(s), %d images -> %s", len(frames), len(df), out_manifest)
+    return df
 
 
 def _text(value) -> str:
@@ -204,13 +404,139 @@ def regenerate(row, pretrained: str, lora_path: str | None, device: str = "cpu",
     expected = _text(row.get("lora_sha256"))
     scale = float(row.get("lora_scale", 0.0) or 0.0)
     if expected and lora_path is None:
-        raise ConfigError(f"{row.get('path')}: the image was generated with a LoRA (sha256 {expected[:12]}); "
-                          "pass its lora_path")
+        raise ConfigError(
+            f"{row.get('path')}: the image was generated with a LoRA (sha256 {expected[:12]}); "
+            "pass its lora_path"
+        )
     if expected and io.sha256_file(lora_file(lora_path)) != expected:
-        raise ConfigError(f"{row.get('path')}: LoRA {lora_path} is not the one that generated it "
-                          f"(manifest lora_sha256 {expected[:12]}); pass the LoRA of that run")
-    pipe = load_pipeline(pretrained, lora_path if expected else None, sampler=str(row["sampler"]),
-                         device=device, lora_scale=scale)
-    arr = run_batch(pipe, [int(row["seed"])], int(row["steps"]), str(row["prompt"]),
-                    _text(row.get("negative_prompt")), float(row["guidance_scale"]), int(row["resolution"]))
+        raise ConfigError(
+            f"{row.get('path')}: LoRA {lora_path} is not the one that generated it "
+            f"(manifest lora_sha256 {expected[:12]}); pass the LoRA of that run"
+        )
+    base = str(row.get("base_model") or pretrained)
+    # a merged single-file checkpoint is named in base_model; ``pretrained`` then gives its configs
+    checkpoint = base if base.endswith(".safetensors") else None
+    pipe = load_pipeline(
+        pretrained,
+        lora_path if expected else None,
+        sampler=str(row["sampler"]),
+        device=device,
+        lora_scale=scale,
+        checkpoint=checkpoint,
+    )
+    arr = run_batch(
+        pipe,
+        [int(row["seed"])],
+        int(row["steps"]),
+        str(row["prompt"]),
+        _text(row.get("negative_prompt")),
+        float(row["guidance_scale"]),
+        int(row["resolution"]),
+    )
     return Image.fromarray(arr[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Report: the split and contact sheets per class x sampler x modifier (the paper's Figs. 5-6)
+
+
+def split_table(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Image counts per label, sampler, modifier group and option (``group`` 'all' = the block total)."""
+    rows = []
+    for (label, sampler), g in manifest.groupby(["label", "sampler"], sort=False):
+        rows.append({"label": label, "sampler": sampler, "group": "all", "option": "all", "n": len(g)})
+        parsed = g["modifiers"].map(_text).map(_parse_modifiers)
+        groups = list(dict.fromkeys(k for d in parsed for k in d))
+        for group in groups:
+            for option, n in parsed.map(lambda d, gr=group: d.get(gr, "")).value_counts(sort=False).items():
+                rows.append(
+                    {"label": label, "sampler": sampler, "group": group, "option": option, "n": int(n)}
+                )
+    return pd.DataFrame(rows, columns=["label", "sampler", "group", "option", "n"])
+
+
+def _parse_modifiers(text: str) -> dict:
+    return dict(part.split("=", 1) for part in text.split(";") if "=" in part)
+
+
+def _sheet(
+    rows: list[tuple[str, list[str]]], out_png, thumb: int = 96, label_w: int = 150, title: str = ""
+) -> Path:
+    """A grid: one row per (caption, image paths), captions on the left, blank cells where short."""
+    from PIL import Image, ImageDraw
+
+    ncols = max([len(p) for _, p in rows] + [1])
+    pad, title_h = 2, 18 if title else 0
+    sheet = Image.new(
+        "RGB",
+        (label_w + ncols * (thumb + pad) + pad, title_h + max(1, len(rows)) * (thumb + pad) + pad),
+        (255, 255, 255),
+    )
+    draw = ImageDraw.Draw(sheet)
+    if title:
+        draw.text((4, 3), title, fill=(0, 0, 0))
+    for r, (caption, paths) in enumerate(rows):
+        y = title_h + pad + r * (thumb + pad)
+        for line, text in enumerate(caption.split("\n")):
+            draw.text((4, y + thumb // 2 - 12 + 12 * line), text[: label_w // 6], fill=(0, 0, 0))
+        for c, p in enumerate(paths):
+            im = io.load_rgb(p)
+            # enlarge small demo images and shrink 512 px ones to the same cell
+            im = im.resize((thumb, thumb), Image.Resampling.LANCZOS)
+            sheet.paste(im, (label_w + pad + c * (thumb + pad), y))
+    io.save_png(out_png, sheet)
+    return Path(out_png)
+
+
+def generation_report(
+    manifests, out_md, figures: dict, split_csv=None, per_row: int = 6, thumb: int = 96
+) -> pd.DataFrame:
+    """Markdown fragment for the report: the split table and one contact sheet per class.
+
+    ``figures``: label -> PNG path (written beside the fragment and linked as ``sections/<name>``).
+    Each sheet has one row per sampler x modifier option with its first ``per_row`` images.
+    """
+    df = pd.concat([io.read_csv(m) for m in manifests], ignore_index=True)
+    df["modifiers"] = df["modifiers"].map(_text) if "modifiers" in df.columns else ""
+    table = split_table(df)
+    if split_csv is not None:
+        io.write_csv(split_csv, table)
+    lines = ["## Synthetic images", ""]
+    first = df.iloc[0] if len(df) else None
+    if first is not None:
+        steps = df.groupby("sampler")["steps"].agg(["min", "max"])
+        steps_txt = ", ".join(f"{s} {a}" if a == b else f"{s} {a}-{b}" for s, (a, b) in steps.iterrows())
+        lines += [
+            f"{len(df)} images ({df['resolution'].iloc[0]} px, CFG {float(first['guidance_scale']):g}, "
+            f"steps per sampler: {steps_txt}) from `{first['base_model']}`"
+            + (f" with LoRA `{_text(first['lora_sha256'])[:12]}`" if _text(first["lora_sha256"]) else "")
+            + f", in {df.groupby(['label', 'sampler'])['shard'].nunique().sum()} shard(s). "
+            "Every image is reproducible from its manifest row (seed, prompt, sampler, steps).",
+            "",
+        ]
+    lines += ["| class | sampler | group | option | images |", "|---|---|---|---|---:|"]
+    lines += [f"| {r.label} | {r.sampler} | {r.group} | {r.option} | {r.n} |" for r in table.itertuples()]
+    lines.append("")
+    out_md = Path(out_md)
+    for label, png in figures.items():
+        rows = []
+        for sampler, g in df[df["label"] == label].groupby("sampler", sort=False):
+            parsed = g["modifiers"].map(_parse_modifiers)
+            groups = list(dict.fromkeys(k for d in parsed for k in d))
+            if not groups:
+                rows.append((f"{sampler}", g["path"].head(per_row).tolist()))
+            for group in groups:
+                option_of = parsed.map(lambda d, gr=group: d.get(gr, ""))
+                for option in dict.fromkeys(option_of):
+                    paths = g["path"][option_of == option].head(per_row).tolist()
+                    rows.append((f"{sampler}\n{group}={option}", paths))
+        _sheet(rows, png, thumb=thumb, title=f"{label}: sampler x modifier")
+        lines += [
+            f"![{label} contact sheet](sections/{Path(png).name})",
+            "",
+            f"*{label}: first {per_row} images of each sampler x modifier option.*",
+            "",
+        ]
+    io.write_text(out_md, "\n".join(lines))
+    log.info("generation report: %d images, %d sheet(s) -> %s", len(df), len(figures), out_md)
+    return table

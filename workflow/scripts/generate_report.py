@@ -1,0 +1,15 @@
+"""Rule generate_report: the generation split table and contact sheets as a report fragment."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importable in any env (conda too)
+
+from dermsynth import logs
+from dermsynth.diffusion.sample import generation_report
+
+logs.setup(snakemake.log[0])
+with logs.stage("generate_report"):
+    generation_report(
+        list(snakemake.input), snakemake.output.md, snakemake.params.sheets, split_csv=snakemake.output.split
+    )
