@@ -1,16 +1,41 @@
+from dermsynth.quality import REASONS as FILTER_REASONS
+
+
 rule filter:
-    """Artifact filter: unreadable, black, white, flat, duplicate images go to rejected.csv."""
+    """Artifact filter and memorization audit: rejected images go to rejected.csv with a reason."""
     input:
-        generation_manifests(),
+        manifests=generation_manifests(),
+        finetune="results/splits/finetune.csv",
     output:
         kept="results/synthetic/{run}/filtered.csv",
         rejected="results/synthetic/{run}/rejected.csv",
+        nearest="results/synthetic/{run}/nearest.csv",
+        section="results/report/sections/filter_{run}.md",
+        hist=report(
+            "results/report/sections/filter_{run}_nn_hist.png",
+            caption="../workflow/report/filter_nn.rst",
+            category="Synthetic images",
+        ),
+        pairs=report(
+            "results/report/sections/filter_{run}_pairs.png",
+            caption="../workflow/report/filter_pairs.rst",
+            category="Synthetic images",
+        ),
+        sheets=expand(
+            "results/report/sections/filter_{{run}}_{reason}.png",
+            reason=FILTER_REASONS,
+        ),
     log:
         "results/logs/filter/{run}.log",
+    benchmark:
+        "results/benchmarks/filter/{run}.tsv"
     conda:
         "../envs/data.yaml"
-    threads: 1
+    threads: 2
     params:
         cfg=config["filter"],
     script:
         "../workflow/scripts/filter.py"
+
+
+REPORT_SECTIONS.append(f"results/report/sections/filter_{RUN}.md")

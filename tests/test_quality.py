@@ -1,16 +1,27 @@
+import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from dermsynth import io
+from dermsynth import audit, io, quality
+from dermsynth.config import load_schema
+from dermsynth.data import demo
 from dermsynth.errors import ConfigError
 from dermsynth.quality import contact_sheet, filter_synthetic
 
 DATA = Path("/work/shared/data")
-CFG = {"min_std": 4.0, "max_black_fraction": 0.9, "max_white_fraction": 0.9, "max_nonfinite_fraction": 0.0}
+# the blank / sha / exact-duplicate checks alone: the planted images below are noisy 64 px blobs
+OFF = {"activate": False}
+CFG = {
+    "min_std": 4.0,
+    "max_black_fraction": 0.9,
+    "max_white_fraction": 0.9,
+    **{k: OFF for k in ("clipped", "cast", "noise", "tiling", "blur", "lesion", "memorization")},
+}
 
 
 def _lesion(seed: int, size: int = 64) -> np.ndarray:
@@ -121,12 +132,18 @@ def test_filter_threads_same_result(tmp_path, planted):
 
 def test_filter_thresholds_from_config(tmp_path, planted):
     manifests, _ = planted
-    loose = dict(CFG, max_black_fraction=1.0, max_white_fraction=1.0, min_std=0.0)
+    loose = dict(CFG, max_black_fraction=1.0, max_white_fraction=1.0, min_std=0.0, duplicates=OFF)
     _, rej = filter_synthetic(manifests, tmp_path / "k.csv", tmp_path / "r.csv", loose)
     # with the artifact thresholds off, black/white/flat images are kept; the other checks still reject
     assert set(rej["reason"]) == {"unreadable", "sha_mismatch", "duplicate"}
-    with pytest.raises(ConfigError):
-        filter_synthetic(manifests, tmp_path / "k.csv", tmp_path / "r.csv", dict(CFG, max_black_fraction=2))
+    for bad in (
+        {"max_black_fraction": 2},
+        {"lesion": {"min_area": 1.5}},
+        {"cast": {"min_hue": 90, "max_hue": 10}},
+        {"memorization": {"transforms": "affine"}},
+    ):
+        with pytest.raises(ConfigError):
+            filter_synthetic(manifests, tmp_path / "k.csv", tmp_path / "r.csv", dict(CFG, **bad))
 
 
 def test_filter_empty_rejected_has_header(tmp_path):
@@ -153,3 +170,207 @@ def test_contact_sheet(tmp_path, planted):
     assert im.width == 3 * 34 + 2 and im.height == 2 * (32 + 14 + 2) + 2
     empty = contact_sheet([], tmp_path / "empty.png")
     assert Image.open(empty).width > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# the measured checks, on the project's generator at 128 px (the size the defaults were tuned at)
+
+C = ["benign", "malignant"]
+SIZE = 128
+
+
+def _demo(i: int, ds: str = "synthetic", hair: bool = False) -> np.ndarray:
+    dom = "ham10000" if i % 3 == 0 else "isic"
+    return demo.make_image(3, ds, C[i % 2], i, 0, SIZE, dom, C, hair)[0]
+
+
+def _skin(i: int) -> np.ndarray:
+    rng = demo._rng(5, "skin", i)
+    les = demo.lesion_params(rng, "benign")
+    les["radius"] = 0.0
+    return demo._to8(demo.render(les, rng, SIZE, "isic"))
+
+
+def _jpeg(a: np.ndarray, q: int, path: Path) -> np.ndarray:
+    Image.fromarray(a).save(path, "JPEG", quality=q)
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def _gain(a, g):
+    return np.clip(a * np.asarray(g, np.float32), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
+    """Clean demo lesions, one planted example per artifact, and fine-tune copies; filter run once."""
+    tmp = tmp_path_factory.mktemp("measured")
+    rng = np.random.default_rng(0)
+    train = [_demo(i, "train", hair=i % 3 == 0) for i in range(12)]
+    trows = []
+    for i, a in enumerate(train):
+        p = tmp / "train" / f"t{i}.png"
+        trows.append({"path": str(p), "label": C[i % 2], "sha256": io.save_png(p, a)})
+    pd.DataFrame(trows).to_csv(tmp / "finetune.csv", index=False)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    clean = [_demo(i, hair=i % 4 == 1) for i in range(10)]
+    base = _demo(50)
+    planted = {
+        "noise": np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8),
+        "cast": _gain(base, (0.55, 1.0, 0.55)),
+        "clipped": _gain(base, (2.2, 2.2, 2.2)),
+        "tiling": np.tile(base[20:52, 30:62], (4, 4, 1)),
+        "checker": np.clip(base + 10.0 * np.where((yy + xx) % 2, 1, -1)[..., None], 0, 255).astype(np.uint8),
+        "blurry": cv2.GaussianBlur(base, (0, 0), 2.0),
+        "no_lesion": _skin(1),
+        "duplicate": _jpeg(clean[2], 85, tmp / "d.jpg"),
+        "mem_flip": np.ascontiguousarray(train[1][:, ::-1]),
+        "mem_rot90": np.ascontiguousarray(np.rot90(train[2])),
+        "mem_jpeg": _jpeg(train[3], 60, tmp / "m.jpg"),
+        "mem_recolour": _gain(train[4], (1.08, 0.95, 0.92)),
+        "mem_flip_rot_jpeg": _jpeg(np.ascontiguousarray(np.rot90(train[5][::-1], 3)), 75, tmp / "m2.jpg"),
+    }
+    rows = []
+    for i, a in enumerate(clean):
+        p = tmp / "syn" / f"clean_{i}.png"
+        io.save_png(p, a)
+        rows.append(_row(p, C[i % 2], "euler"))
+    for name, a in planted.items():
+        p = tmp / "syn" / f"{name}.png"
+        io.save_png(p, a)
+        rows.append(_row(p, "benign", "plms"))
+    m = tmp / "m.csv"
+    pd.DataFrame(rows).to_csv(m, index=False)
+    out = tmp / "out"
+    kept, rej = filter_synthetic(
+        [str(m)],
+        out / "k.csv",
+        out / "r.csv",
+        {},
+        threads=2,
+        finetune=tmp / "finetune.csv",
+        nearest_path=out / "nn.csv",
+    )
+    return {"kept": kept, "rej": rej, "nearest": io.read_csv(out / "nn.csv"), "tmp": tmp, "manifest": m}
+
+
+EXPECTED = {
+    "noise": "noise",
+    "cast": "cast",
+    "clipped": "clipped",
+    "tiling": "tiling",
+    "checker": "tiling",
+    "blurry": "blurry",
+    "no_lesion": "no_lesion",
+    "duplicate": "duplicate",
+    "mem_flip": "memorized",
+    "mem_rot90": "memorized",
+    "mem_jpeg": "memorized",
+    "mem_recolour": "memorized",
+    "mem_flip_rot_jpeg": "memorized",
+}
+
+
+def test_each_reason_caught_and_clean_kept(measured):
+    reasons = {
+        Path(p).stem: r for p, r in zip(measured["rej"]["path"], measured["rej"]["reason"], strict=True)
+    }
+    assert {k: reasons.get(k) for k in EXPECTED} == EXPECTED
+    # demo-like clean lesions (with and without hairs, both domains) all survive
+    assert sorted(Path(p).stem for p in measured["kept"]["path"]) == [f"clean_{i}" for i in range(10)]
+    rej = measured["rej"].set_index(measured["rej"]["path"].map(lambda p: Path(p).stem))
+    assert rej.loc["noise", "score"] > quality.FILTER_DEFAULTS["noise"]["max_sigma"]
+    assert rej.loc["mem_rot90", "score"] >= quality.FILTER_DEFAULTS["memorization"]["min_similarity"]
+    assert "t2.png" in rej.loc["mem_rot90", "detail"] and "rot" in rej.loc["mem_rot90", "detail"]
+    assert "clean_2.png" in rej.loc["duplicate", "detail"]
+
+
+def test_nearest_csv(measured):
+    nn = measured["nearest"]
+    assert list(nn.columns) == audit.NEAREST_COLUMNS
+    assert len(nn) == 10 + len(EXPECTED)
+    nn = nn.set_index(nn["path"].map(lambda p: Path(p).stem))
+    assert Path(nn.loc["mem_flip", "nearest"]).name == "t1.png" and nn.loc["mem_flip", "transform"] == "flip"
+    assert nn.loc["mem_flip", "phash_distance"] <= 2
+    thr = quality.FILTER_DEFAULTS["memorization"]["min_similarity"]
+    clean = nn.loc[[f"clean_{i}" for i in range(10)]]
+    assert (clean["similarity"] < thr).all() and not clean["memorized"].any()
+
+
+def test_checks_switch_off(measured, tmp_path):
+    off = {
+        k: OFF for k in ("clipped", "cast", "noise", "tiling", "blur", "lesion", "duplicates", "memorization")
+    }
+    tmp = measured["tmp"]
+    kept, rej = filter_synthetic(
+        [str(measured["manifest"])],
+        tmp_path / "k.csv",
+        tmp_path / "r.csv",
+        off,
+        finetune=tmp / "finetune.csv",
+    )
+    assert len(rej) == 0 and len(kept) == 10 + len(EXPECTED)
+
+
+def test_audit_matches_brute_force_and_is_vectorised():
+    rng = np.random.default_rng(1)
+    syn = rng.uniform(0, 255, (40, 32, 32)).astype(np.float32)
+    train = rng.uniform(0, 255, (30, 32, 32)).astype(np.float32)
+    syn[5] = np.rot90(train[7], 3)  # a turned copy
+    syn[6] = train[9][::-1, :] * 0.8 + 20  # flipped upside down, contrast changed
+    idx, tf, sim, dist = audit.nearest_neighbours(syn, train, "dihedral", block=16)
+    e_s, e_t = audit.embed(syn), audit.embed(audit.dihedral(train).reshape(-1, 32, 32))
+    brute = np.array([[float(a @ b) for b in e_t] for a in e_s])
+    np.testing.assert_allclose(sim, brute.max(axis=1), atol=1e-5)
+    assert (idx == brute.argmax(axis=1) // 8).all()
+    assert idx[5] == 7 and audit.TRANSFORMS[tf[5]] == "rot270" and sim[5] > 0.9999 and dist[5] == 0
+    assert idx[6] == 9 and sim[6] > 0.9999
+    # without symmetries the turned copy is not found
+    _, _, sim1, _ = audit.nearest_neighbours(syn, train, "none")
+    assert sim1[5] < 0.5
+    # scales: 2,000 x 700 images x 8 symmetries (11 M comparisons) in about a CPU second, blocked
+    big_s = rng.uniform(0, 255, (2000, 32, 32)).astype(np.float32)
+    big_t = rng.uniform(0, 255, (700, 32, 32)).astype(np.float32)
+    t = time.process_time()
+    _, _, s, _ = audit.nearest_neighbours(big_s, big_t, block=1024)
+    assert s.shape == (2000,) and time.process_time() - t < 15
+
+
+def test_filter_stage_writes_report_fragment(measured, tmp_path):
+    tmp = measured["tmp"]
+    sec = tmp_path / "report" / "sections"
+    sheets = [str(sec / f"filter_demo_{r}.png") for r in quality.REASONS]
+    kept, rej = quality.filter_stage(
+        [str(measured["manifest"])],
+        tmp / "finetune.csv",
+        tmp_path / "k.csv",
+        tmp_path / "r.csv",
+        tmp_path / "nn.csv",
+        sec / "filter_demo.md",
+        sec / "filter_demo_nn_hist.png",
+        sec / "filter_demo_pairs.png",
+        sheets,
+        {},
+    )
+    md = (sec / "filter_demo.md").read_text()
+    assert "| memorized | 5 |" in md and "| noise | 1 |" in md
+    for ref in (
+        "sections/filter_demo_nn_hist.png",
+        "sections/filter_demo_pairs.png",
+        "sections/filter_demo_noise.png",
+    ):
+        assert f"]({ref})" in md
+    assert "sections/filter_demo_white.png" not in md  # empty reasons get no figure in the text
+    pairs = Image.open(sec / "filter_demo_pairs.png")
+    assert pairs.width > 4 * 96  # two pairs side by side per row
+    assert all(Path(s).stat().st_size > 0 for s in sheets)
+
+
+def test_schema_defaults_are_the_tuned_defaults():
+    """config/schema.yaml documents the same defaults the library falls back on (FILTER_DEFAULTS)."""
+    schema = load_schema(Path(__file__).resolve().parents[1] / "config" / "schema.yaml")
+    props = schema["properties"]["filter"]["properties"]
+    for key, value in quality.FILTER_DEFAULTS.items():
+        if isinstance(value, dict):
+            assert {k: props[key]["properties"][k]["default"] for k in value} == value, key
+        else:
+            assert props[key]["default"] == value, key

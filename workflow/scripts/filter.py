@@ -1,4 +1,4 @@
-"""Rule filter: drop degenerate synthetic images, record why."""
+"""Rule filter: drop artifacts and near copies of fine-tune images, record why, write the report fragment."""
 
 import sys
 from pathlib import Path
@@ -6,10 +6,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importable in any env (conda too)
 
 from dermsynth import logs
-from dermsynth.quality import filter_synthetic
+from dermsynth.quality import filter_stage
 
 logs.setup(snakemake.log[0])
 with logs.stage("filter"):
-    filter_synthetic(
-        list(snakemake.input), snakemake.output.kept, snakemake.output.rejected, snakemake.params.cfg
+    out = snakemake.output
+    filter_stage(
+        manifests=list(snakemake.input.manifests),
+        finetune=snakemake.input.finetune,
+        kept_path=out.kept,
+        rejected_path=out.rejected,
+        nearest_path=out.nearest,
+        section_md=out.section,
+        hist_png=out.hist,
+        pairs_png=out.pairs,
+        sheets=list(out.sheets),
+        cfg=snakemake.params.cfg,
+        threads=snakemake.threads,
     )
