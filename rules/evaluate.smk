@@ -14,5 +14,27 @@ rule evaluate:
     params:
         cfg=config["evaluate"],
         classes=CLASSES,
+        mixed_precision=config["classify"]["mixed_precision"],
     script:
         "../workflow/scripts/evaluate.py"
+
+
+rule realism:
+    """The paper's realism check: the real-only classifier's accuracy on the kept synthetic images."""
+    input:
+        model="results/classifiers/{model}/real/{seed}/model",
+        synthetic=f"results/synthetic/{RUN}/filtered.csv",
+    output:
+        metrics="results/realism/{model}/{seed}.json",
+        predictions="results/realism/{model}/{seed}_predictions.csv",
+    log:
+        "results/logs/realism/{model}_{seed}.log",
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    params:
+        cfg=config["evaluate"],
+        classes=CLASSES,
+        mixed_precision=config["classify"]["mixed_precision"],
+    script:
+        "../workflow/scripts/realism.py"

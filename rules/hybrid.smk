@@ -14,7 +14,7 @@ rule hybrid:
         "../envs/data.yaml"
     threads: 1
     params:
-        synthetic_fraction=config["hybrid"]["synthetic_fraction"],
+        synthetic_fraction=regime_fraction_param,
         seed=config["seed"],
         classes=CLASSES,
     script:

@@ -1,8 +1,36 @@
+# Optional report outputs exist only when their stage runs (a declared output must always be written).
+SWEEP = sweep_points(config["hybrid"])
+SWEEP_OUTPUTS = (
+    {
+        "sweep": report(
+            "results/report/sweep.png",
+            caption="../workflow/report/sweep.rst",
+            category="Ratio sweep",
+        ),
+        "sweep_csv": "results/report/sweep.csv",
+    }
+    if SWEEP
+    else {}
+)
+REALISM_OUTPUTS = (
+    {
+        "realism": report(
+            "results/report/realism.csv",
+            caption="../workflow/report/realism.rst",
+            category="Synthetic images",
+        )
+    }
+    if realism_jsons()
+    else {}
+)
+
+
 rule report:
     """Table IV beside the paper's numbers, figures, and a Markdown summary."""
     input:
         evals=eval_jsons(),
         histories=histories(),
+        realism=realism_jsons(),
         rejected=f"results/synthetic/{RUN}/rejected.csv",
         samples=f"results/synthetic/{RUN}/filtered.csv",
         dullrazor=expand("results/data/{dataset}/clean/manifest.csv", dataset=DATASETS),
@@ -10,6 +38,8 @@ rule report:
         finetune=f"results/lora/{RUN}/train_summary.json",
         sections=REPORT_SECTIONS,
     output:
+        **SWEEP_OUTPUTS,
+        **REALISM_OUTPUTS,
         summary="results/report/summary.md",
         table=report(
             "results/report/table4.csv",
@@ -17,7 +47,11 @@ rule report:
             category="Table IV",
         ),
         table_md="results/report/table4.md",
-        paired="results/report/paired.csv",
+        paired=report(
+            "results/report/paired.csv",
+            caption="../workflow/report/paired.rst",
+            category="Table IV",
+        ),
         accuracy=report(
             "results/report/accuracy.png",
             caption="../workflow/report/accuracy.rst",
@@ -43,6 +77,16 @@ rule report:
             caption="../workflow/report/samples.rst",
             category="Synthetic images",
         ),
+        config=report(
+            "results/report/config.yaml",
+            caption="../workflow/report/config.rst",
+            category="Provenance",
+        ),
+        wall_times=report(
+            "results/report/wall_times.csv",
+            caption="../workflow/report/wall_times.rst",
+            category="Provenance",
+        ),
     log:
         "results/logs/report/report.log",
     conda:
@@ -51,5 +95,10 @@ rule report:
     params:
         paper_table=config["report"]["paper_table"],
         config=config,
+        sweep=SWEEP,
+        # Read at run time, not declared as inputs: the report already depends on the outputs of every
+        # benchmarked job, so their timings are fresh whenever it runs, and deleting a timing file must
+        # not force a GPU job (fine-tuning, training) to run again.
+        benchmarks="results/benchmarks",
     script:
         "../workflow/scripts/report.py"

@@ -118,7 +118,9 @@ def test_train_learns_separable_problem(arch, data, tiny_models, tmp_path):
         "val_auroc",
         "lr",
         "seconds",
+        "train_seconds",
     ]
+    assert (hist["train_seconds"] <= hist["seconds"]).all()  # the steps alone, without validation
     assert hist["val_accuracy"].max() >= 0.9, hist
     assert s["best_epoch"] == int(hist.loc[hist["val_loss"].idxmin(), "epoch"])
     assert s["n_train"] == 64 and s["n_val"] == 24 and s["n_synthetic"] == 16 and s["device"] == "cpu"
@@ -278,3 +280,48 @@ def test_train_gpu_mixed_precision(data, tiny_models, tmp_path):
     assert s["device"].startswith("cuda") and s["mixed_precision"] == "fp16"
     hist = pd.read_csv(tmp_path / "g" / "history.csv")
     assert hist["val_accuracy"].max() >= 0.9
+
+
+def test_realism_check_groups_by_sampler(data, tiny_models, tmp_path):
+    _, _, test = data
+    syn = test.assign(sampler=np.where(np.arange(len(test)) % 4 == 0, "plms", "euler"))
+    manifest = tmp_path / "filtered.csv"
+    io.write_csv(manifest, syn)
+    res = classify.realism_check(
+        tiny_models["vit"], manifest, CLASSES, tmp_path / "r.json", tmp_path / "r.csv", n_boot=30, seed=0
+    )
+    pred = pd.read_csv(tmp_path / "r.csv")
+    assert res["testset"] == "synthetic" and set(res["groups"]) == {"euler", "plms"}
+    for name, g in pred.groupby("sampler"):
+        grp = res["groups"][name]
+        assert grp["n"] == len(g)
+        assert grp["accuracy"]["value"] == pytest.approx((g["y"] == g["pred"]).mean())
+        assert grp["accuracy"]["lo"] <= grp["accuracy"]["value"] <= grp["accuracy"]["hi"]
+    assert res["metrics"]["accuracy"]["value"] == pytest.approx((pred["y"] == pred["pred"]).mean())
+    # mixed precision is a CUDA option: on the CPU predictions stay fp32 and identical
+    a = classify.predict(tiny_models["vit"], test.head(8), CLASSES, device="cpu")
+    b = classify.predict(tiny_models["vit"], test.head(8), CLASSES, device="cpu", mixed_precision="bf16")
+    assert np.array_equal(a, b)
+
+
+def test_regime_names_fractions_and_sweep_sets():
+    from dermsynth import regimes, splits
+    from dermsynth.errors import ConfigError
+
+    h = {"synthetic_fraction": 0.75, "regimes": ["real", "hybrid"], "sweep": [0, 0.25, 0.5, 0.75, 0.9]}
+    assert regimes.regime_names(h) == ["real", "hybrid", "sweep25", "sweep50", "sweep90"]
+    assert [regimes.regime_fraction(r, h) for r in regimes.regime_names(h)] == [0, 0.75, 0.25, 0.5, 0.9]
+    assert regimes.regime_names({"regimes": ["real"], "sweep": []}) == ["real"]
+    assert regimes.base_regime("sweep25") == "hybrid" and regimes.base_regime("real") == "real"
+    with pytest.raises(ConfigError):
+        regimes.regime_names({"sweep": [0.5, 0.501]})  # both round to sweep50
+    with pytest.raises(ConfigError):
+        regimes.regime_fraction("sweep30", h)
+    # a sweep point keeps every real image and adds synthetic ones up to its share
+    real = pd.DataFrame({"path": [f"r{i}" for i in range(20)], "label": CLASSES * 10})
+    syn = pd.DataFrame({"path": [f"s{i}" for i in range(400)], "label": CLASSES * 200})
+    for name in ("sweep25", "sweep50", "sweep90"):
+        f = regimes.regime_fraction(name, h)
+        out = splits.make_regime(real, syn, regimes.base_regime(name), f, 0, CLASSES)
+        assert (out["origin"] == "real").sum() == 20
+        assert (out["origin"] == "synthetic").mean() == pytest.approx(f, abs=0.02)

@@ -127,3 +127,65 @@ def test_mean_sd():
     m, sd = M.mean_sd([0.7])
     assert m == 0.7 and math.isnan(sd)
     assert all(math.isnan(v) for v in M.mean_sd([]))
+
+
+def test_roc_curve_points_match_sklearn_with_ties():
+    y = np.array([0, 1, 1, 0, 1, 0, 0, 1])
+    s = np.array([0.1, 0.4, 0.4, 0.4, 0.9, 0.2, 0.9, 0.6])  # ties across classes
+    fpr, tpr, thr = M.roc_curve(y, s)
+    sf, st, sthr = skm.roc_curve(y, s, drop_intermediate=False)
+    assert np.allclose(fpr, sf) and np.allclose(tpr, st) and np.allclose(thr[1:], sthr[1:])
+    # by hand: at threshold 0.4 the positives 0.9, 0.6, 0.4, 0.4 (all 4) and negatives 0.9, 0.4 (2 of 4)
+    k = int(np.flatnonzero(thr == 0.4)[0])
+    assert (tpr[k], fpr[k]) == (1.0, 0.5)
+
+
+def test_one_class_and_degenerate_cases_agree_with_sklearn():
+    import warnings
+
+    y, yhat = np.array([1, 1, 1, 1]), np.array([1, 0, 1, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn warns about the class missing from y
+        assert M.balanced_accuracy(y, yhat) == pytest.approx(skm.balanced_accuracy_score(y, yhat))
+        assert math.isnan(skm.f1_score([0, 0], [0, 0], zero_division=np.nan))
+    assert math.isnan(M.f1([0, 0], [0, 0]))
+    assert M.f1([0, 1], [0, 0]) == pytest.approx(skm.f1_score([0, 1], [0, 0], zero_division=0.0)) == 0.0
+    # every score tied: AUROC 0.5 exactly, as sklearn
+    assert M.auroc([0, 1, 0, 1], [0.3] * 4) == skm.roc_auc_score([0, 1, 0, 1], [0.3] * 4) == 0.5
+    # threshold: a score equal to it counts as malignant
+    assert M.predictions([0.5, 0.4999]).tolist() == [1, 0]
+
+
+def test_bootstrap_ci_is_the_percentile_of_the_resampled_metric():
+    y, s = _noisy(60, 8)
+    acc = M.metric_from_score("accuracy")
+    idx = M.resample_indices(len(y), 300, seed=5)
+    by_hand = np.array([np.mean(y[i] == (s[i] >= 0.5)) for i in idx])
+    assert np.allclose(M.bootstrap_values(y, s, acc, n=300, seed=5), by_hand)
+    lo, hi = M.bootstrap_ci(y, s, acc, n=300, ci=0.9, seed=5)
+    assert (lo, hi) == pytest.approx(tuple(np.quantile(by_hand, [0.05, 0.95])))
+    summ = M.summarize(y, s, n_boot=300, ci=0.9, seed=5)["accuracy"]
+    assert (summ["lo"], summ["hi"]) == pytest.approx((lo, hi))  # same resamples for every metric
+
+
+def test_paired_bootstrap_hand_cases():
+    y = np.array([0, 1, 0, 1, 0, 1, 0, 1])
+    right = np.where(y == 1, 0.9, 0.1)
+    wrong = 1 - right
+    acc = M.metric_from_score("accuracy")
+    r = M.paired_bootstrap_diff(y, right, wrong, acc, n=99, seed=0)
+    # a always right, b always wrong: every resample differs by exactly +1; p = 2 * (0 + 1) / (99 + 1)
+    assert (r["diff"], r["lo"], r["hi"]) == (1.0, 1.0, 1.0) and r["p"] == pytest.approx(0.02)
+    # ties: identical predictions on every resample -> difference 0 everywhere, p = 1
+    tie = M.paired_bootstrap_diff(y, right, right.copy(), acc, n=50, seed=0)
+    assert (tie["diff"], tie["lo"], tie["hi"], tie["p"]) == (0.0, 0.0, 0.0, 1.0)
+    # one class only: AUROC undefined on every resample -> no interval, no p, no crash
+    one = M.paired_bootstrap_diff(np.zeros(6, int), right[:6], wrong[:6], M.auroc, n=30)
+    assert one["n_boot"] == 0 and math.isnan(one["p"]) and math.isnan(one["diff"])
+    # swapping the models negates the difference and mirrors the interval
+    y2, a = _noisy(200, 3)
+    b = np.clip(a + np.random.default_rng(1).normal(0, 0.3, 200), 0, 1)
+    ab = M.paired_bootstrap_diff(y2, a, b, acc, n=300, seed=2)
+    ba = M.paired_bootstrap_diff(y2, b, a, acc, n=300, seed=2)
+    assert ab["diff"] == pytest.approx(-ba["diff"]) and ab["lo"] == pytest.approx(-ba["hi"])
+    assert ab["p"] == pytest.approx(ba["p"])

@@ -302,3 +302,79 @@ def test_fmt_cell():
     assert report.fmt_cell(80.123, 1.5, 77.0, 83.25) == "80.12 ± 1.50 [77.00, 83.25]"
     assert report.fmt_cell(80.0, float("nan")) == "80.00"
     assert report.fmt_cell(float("nan"), 1.0) == "—"
+
+
+def test_sweep_realism_and_provenance_sections(fabricated, tmp_path):
+    jsons, truth, _, root = fabricated
+    vit = [j for j in jsons if "/vit/" in j]
+    # realism JSONs as classify.realism_check writes them (groups = samplers)
+    realism = []
+    for seed, acc in ((0, 0.9), (1, 0.8)):
+        doc = {
+            "model": "vit",
+            "seed": seed,
+            "testset": "synthetic",
+            "n": 40,
+            "metrics": {
+                "accuracy": {"value": acc, "lo": acc - 0.1, "hi": acc + 0.05},
+                "sensitivity": {"value": 1.0, "lo": 1.0, "hi": 1.0},
+                "specificity": {"value": None, "lo": None, "hi": None},
+            },
+            "groups": {"euler": {"n": 20, "accuracy": {"value": 1.0, "lo": 1.0, "hi": 1.0}}},
+        }
+        io.write_json(tmp_path / f"realism{seed}.json", doc)
+        realism.append(str(tmp_path / f"realism{seed}.json"))
+    out = report.build(
+        vit,
+        tmp_path / "r",
+        PAPER,
+        extras={"sweep": [(0.0, "real"), (0.75, "hybrid")], "realism": realism},
+        n_boot=50,
+    )
+    sw = pd.read_csv(out["sweep_csv"])
+    assert len(sw) == 2 * len(TESTSETS) and set(sw["fraction"]) == {0.0, 0.75}
+    t4 = pd.read_csv(out["table4_csv"]).set_index(["model", "regime", "testset"])
+    r = sw[(sw["testset"] == "isic") & (sw["fraction"] == 0.75)].iloc[0]
+    assert r["accuracy_mean"] == pytest.approx(t4.loc[("vit", "hybrid", "isic"), "accuracy_mean"])
+    assert Image.open(out["sweep_png"]).width > 100
+    rl = pd.read_csv(out["realism_csv"], keep_default_na=False)
+    whole = rl[rl["group"] == ""]
+    assert sorted(whole["accuracy"].astype(float)) == pytest.approx([80.0, 90.0])
+    summary = (tmp_path / "r" / "summary.md").read_text()
+    assert "## Ratio sweep" in summary and "(sweep.png)" in summary
+    assert "## Realism check" in summary and "85.00 ± 7.07 [80.00, 95.00]" in summary  # seed 0's CI
+
+    # provenance: config snapshot round-trips, wall times summed per rule from benchmark TSVs
+    bench = tmp_path / "bench"
+    for rel, s in (("train_classifier/vit_real_0.tsv", 12.5), ("train_classifier/vit_hybrid_0.tsv", 7.5)):
+        (bench / rel).parent.mkdir(parents=True, exist_ok=True)
+        (bench / rel).write_text(f"s\th:m:s\tmax_rss\tcpu_time\n{s}\t0:00:12\t512.0\t3.0\n")
+    (bench / "finetune.tsv").write_text("")  # empty: skipped, not fatal
+    cfg = {"classes": ["benign", "malignant"], "evaluate": {"bootstrap": 20, "ci": 0.95}, "seed": 7}
+    written = {}
+    text = report._section_provenance(cfg, bench, tmp_path / "cfg.yaml", tmp_path / "wt.csv", written)
+    import yaml
+
+    assert yaml.safe_load((tmp_path / "cfg.yaml").read_text()) == cfg
+    wt = pd.read_csv(tmp_path / "wt.csv")
+    assert len(wt) == 2 and wt["s"].sum() == pytest.approx(20.0)
+    assert "| train_classifier | 2 | 20.0 | 10.0 | 12.5 | 512 |" in text
+
+
+def test_leakage_counts_table(tmp_path):
+    p = tmp_path / "leak.csv"
+    pd.DataFrame(
+        {
+            "dataset_a": ["isic"] * 3,
+            "source_id_a": ["a", "b", "c"],
+            "dataset_b": ["ham10000"] * 3,
+            "source_id_b": ["x", "y", "z"],
+            "kind": ["sha256", "phash", "phash"],
+            "action": ["grouped", "grouped", "dropped"],
+            "hamming": [0, 3, 5],
+        }
+    ).to_csv(p, index=False)
+    text = report._section_leakage(str(p))
+    assert "3 near-duplicate" in text and "| phash | 1 | 1 | 2 |" in text
+    pd.DataFrame(columns=["kind", "action"]).to_csv(p, index=False)
+    assert "0 near-duplicate" in report._section_leakage(str(p))

@@ -22,12 +22,16 @@ from .quality import contact_sheet
 log = logging.getLogger("dermsynth.report")
 
 MODEL_NAMES = {"vit": "ViT-B/16", "mobilenet_v2": "MobileNetV2"}
-REGIME_NAMES = {"real": "Baseline (real)", "hybrid": "Hybrid (synthetic + real)"}
+REGIME_NAMES = {
+    "real": "Baseline (real)",
+    "hybrid": "Hybrid (synthetic + real)",
+    "synthetic": "Synthetic only",
+}
 TESTSET_NAMES = {"isic": "ISIC Archive", "ham10000": "HAM10000"}
 PERCENT_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1")
 TABLE_METRICS = ("accuracy", "balanced_accuracy", "auroc", "sensitivity", "specificity", "f1")
 PAIRED_METRICS = ("accuracy", "balanced_accuracy", "auroc")
-REGIME_COLORS = {"real": "#4c72b0", "hybrid": "#dd8452"}
+REGIME_COLORS = {"real": "#4c72b0", "hybrid": "#dd8452", "synthetic": "#55a868"}
 
 
 # ---------------------------------------------------------------- small helpers
@@ -833,9 +837,13 @@ def _section_leakage(path: str) -> str:
         )
     if p.suffix == ".csv":
         df = pd.read_csv(p)
-        out += f"{len(df)} rows.\n\n"
+        out += f"{len(df)} near-duplicate or shared-lesion pairs found across splits and datasets.\n\n"
+        if len(df) and {"kind", "action"} <= set(df.columns):
+            out += "Counts (kind of match × what the split did about it):\n\n"
+            out += _counts_table(df, "kind", "action") + "\n"
         if len(df):
-            out += md_table(list(df.columns), df.head(20).astype(str).to_numpy().tolist())
+            head = df.head(10).astype(str).to_numpy().tolist()
+            out += "First pairs:\n\n" + md_table(list(df.columns), head)
         return out
     return out + "```\n" + p.read_text()[:4000] + "\n```\n"
 
@@ -893,6 +901,205 @@ def _paired_markdown(pr: pd.DataFrame, baseline: str, treatment: str) -> str:
         ],
         rows,
     )
+
+
+# ---------------------------------------------------------------- ratio sweep
+
+
+def sweep_table(t4: pd.DataFrame, points: list[tuple[float, str]]) -> pd.DataFrame:
+    """Table IV rows of the sweep's regimes with their synthetic fraction, by model/testset/fraction."""
+    cols = ["model", "testset", "fraction", "regime", "n_seeds", "accuracy_mean", "accuracy_sd"]
+    cols += ["accuracy_lo", "accuracy_hi", "auroc_mean", "auroc_lo", "auroc_hi"]
+    if not points or not len(t4) or "accuracy_mean" not in t4.columns:
+        return pd.DataFrame(columns=cols)
+    frac = {name: f for f, name in points}
+    rows = t4[t4["regime"].isin(list(frac)) & (t4["n_seeds"] > 0)].copy()
+    rows["fraction"] = rows["regime"].map(frac)
+    mo, to = _order(rows["model"], MODEL_NAMES), _order(rows["testset"], TESTSET_NAMES)
+    rows["_k"] = [
+        (mo.index(m), to.index(t), f)
+        for m, t, f in zip(rows["model"], rows["testset"], rows["fraction"], strict=True)
+    ]
+    rows = rows.sort_values("_k", kind="stable").drop(columns="_k")
+    return rows[[c for c in cols if c in rows.columns]].reset_index(drop=True)
+
+
+def fig_sweep(sw: pd.DataFrame, out: Path) -> Path:
+    """Accuracy vs synthetic fraction, one line per model, one panel per test set, CI error bars."""
+    plt = _plt()
+    testsets = _order(sw["testset"], TESTSET_NAMES) if len(sw) else []
+    fig, axes = plt.subplots(
+        1,
+        max(1, len(testsets)),
+        figsize=(5 * max(1, len(testsets)), 3.8),
+        squeeze=False,
+        layout="constrained",
+    )
+    for ax, ts in zip(axes[0], testsets, strict=False):
+        for i, model in enumerate(_order(sw["model"], MODEL_NAMES)):
+            g = sw[(sw["model"] == model) & (sw["testset"] == ts)]
+            x, v = 100 * g["fraction"].to_numpy(float), g["accuracy_mean"].to_numpy(float)
+            lo, hi = g["accuracy_lo"].to_numpy(float), g["accuracy_hi"].to_numpy(float)
+            err = np.vstack([np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)])
+            err = np.where(np.isfinite(err), err, 0.0)
+            ax.errorbar(x, v, yerr=err, marker="o", capsize=3, color=f"C{i}", label=_nice(model, MODEL_NAMES))
+        ax.set_xlabel("synthetic share of the training set (%)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(_nice(ts, TESTSET_NAMES))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    if not len(sw):
+        axes[0][0].text(0.5, 0.5, "no sweep evaluations", ha="center", transform=axes[0][0].transAxes)
+    fig.suptitle("Ratio sweep: accuracy vs synthetic fraction at a fixed real count (mean over seeds, CI)")
+    return _savefig(fig, out)
+
+
+def _sweep_markdown(sw: pd.DataFrame) -> str:
+    rows = [
+        [
+            _nice(r["model"], MODEL_NAMES),
+            _nice(r["testset"], TESTSET_NAMES),
+            f"{100 * r['fraction']:.0f} %",
+            r["regime"],
+            int(r["n_seeds"]),
+            fmt_cell(r["accuracy_mean"], r["accuracy_sd"], r["accuracy_lo"], r["accuracy_hi"]),
+            fmt_cell(r["auroc_mean"], float("nan"), r["auroc_lo"], r["auroc_hi"], digits=3),
+        ]
+        for _, r in sw.iterrows()
+    ]
+    return md_table(
+        ["Model", "Test set", "Synthetic", "Regime", "Seeds", "Accuracy (%) [CI]", "AUROC [CI]"], rows
+    )
+
+
+# ---------------------------------------------------------------- realism check
+
+
+def load_realism(paths: Iterable[str]) -> pd.DataFrame:
+    """One row per realism JSON (classify.realism_check) and group: group '' is the whole synthetic set."""
+    rows = []
+    for p in paths:
+        d = json.loads(Path(p).read_text())
+        base = {"model": str(d.get("model", "?")), "seed": int(d.get("seed", 0))}
+        acc = (d.get("metrics") or {}).get("accuracy") or {}
+        rows.append(
+            {
+                **base,
+                "group": "",
+                "n": int(d.get("n", 0)),
+                "accuracy": 100 * _num(acc.get("value")),
+                "lo": 100 * _num(acc.get("lo")),
+                "hi": 100 * _num(acc.get("hi")),
+                "sensitivity": 100 * _num(((d.get("metrics") or {}).get("sensitivity") or {}).get("value")),
+                "specificity": 100 * _num(((d.get("metrics") or {}).get("specificity") or {}).get("value")),
+            }
+        )
+        for name, g in sorted((d.get("groups") or {}).items()):
+            a = g.get("accuracy") or {}
+            rows.append(
+                {
+                    **base,
+                    "group": str(name),
+                    "n": int(g.get("n", 0)),
+                    "accuracy": 100 * _num(a.get("value")),
+                    "lo": 100 * _num(a.get("lo")),
+                    "hi": 100 * _num(a.get("hi")),
+                    "sensitivity": float("nan"),
+                    "specificity": float("nan"),
+                }
+            )
+    cols = ["model", "seed", "group", "n", "accuracy", "lo", "hi", "sensitivity", "specificity"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _realism_markdown(rl: pd.DataFrame) -> str:
+    """Per model: accuracy on all kept synthetic images and per sampler, mean ± sd over seeds [CI of
+    the first seed], plus malignant sensitivity and benign specificity on the whole set."""
+    rows = []
+    for model in _order(rl["model"], MODEL_NAMES):
+        g = rl[rl["model"] == model]
+        for group in [""] + sorted(set(g["group"]) - {""}):
+            gg = g[g["group"] == group].sort_values("seed")
+            if not len(gg):
+                continue
+            m, sd = metrics.mean_sd(gg["accuracy"].to_numpy())
+            first = gg.iloc[0]
+            sens, _ = metrics.mean_sd(gg["sensitivity"].to_numpy())
+            spec, _ = metrics.mean_sd(gg["specificity"].to_numpy())
+            rows.append(
+                [
+                    _nice(model, MODEL_NAMES),
+                    group or "all samplers",
+                    int(first["n"]),
+                    len(gg),
+                    fmt_cell(m, sd, first["lo"], first["hi"]),
+                    _fmt(sens) if group == "" else "",
+                    _fmt(spec) if group == "" else "",
+                ]
+            )
+    return md_table(
+        [
+            "Model (trained on real only)",
+            "Synthetic images",
+            "n",
+            "Seeds",
+            "Accuracy (%) [CI]",
+            "Malignant recall (%)",
+            "Benign recall (%)",
+        ],
+        rows,
+    )
+
+
+# ---------------------------------------------------------------- provenance
+
+
+def wall_times(bench_dir) -> pd.DataFrame:
+    """One row per Snakemake benchmark TSV under ``bench_dir``: rule (first folder), job, seconds, RSS."""
+    root = Path(bench_dir)
+    rows = []
+    for p in sorted(root.rglob("*.tsv")) if root.is_dir() else []:
+        try:
+            df = pd.read_csv(p, sep="\t")
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
+            log.warning("benchmark file %s unreadable: skipped", p)
+            continue
+        if not len(df) or "s" not in df.columns:
+            continue
+        rel = p.relative_to(root)
+        rss = pd.to_numeric(df.get("max_rss", pd.Series([np.nan])), errors="coerce")
+        cpu = pd.to_numeric(df.get("cpu_time", pd.Series([np.nan])), errors="coerce")
+        rows.append(
+            {
+                "rule": rel.parts[0] if len(rel.parts) > 1 else rel.stem,
+                "job": str(rel.with_suffix("")),
+                "s": float(pd.to_numeric(df["s"], errors="coerce").mean()),
+                "max_rss_mb": float(rss.max()) if rss.notna().any() else float("nan"),
+                "cpu_time_s": float(cpu.mean()),
+            }
+        )
+    return pd.DataFrame(rows, columns=["rule", "job", "s", "max_rss_mb", "cpu_time_s"])
+
+
+def _wall_times_markdown(wt: pd.DataFrame) -> str:
+    if not len(wt):
+        return "_no benchmark files found_\n"
+    rows = []
+    for rule, g in wt.groupby("rule", sort=False):
+        rows.append(
+            [
+                rule,
+                len(g),
+                _fmt(g["s"].sum(), 1),
+                _fmt(g["s"].mean(), 1),
+                _fmt(g["s"].max(), 1),
+                _fmt(g["max_rss_mb"].max(), 0),
+            ]
+        )
+    rows.sort(key=lambda r: -float(r[2]))
+    rows.append(["total", len(wt), _fmt(wt["s"].sum(), 1), "", "", ""])
+    return md_table(["Rule", "Jobs", "Total (s)", "Mean (s)", "Max (s)", "Max RSS (MB)"], rows)
 
 
 # ---------------------------------------------------------------- build
@@ -978,9 +1185,31 @@ def build(
                 rows,
             )
         )
+    points = extras.get("sweep") or []
+    if points:
+        sw = sweep_table(t4, points)
+        io.write_csv(out_dir / "sweep.csv", sw)
+        written["sweep_csv"] = out_dir / "sweep.csv"
+        written["sweep_png"] = fig_sweep(sw, out_dir / "sweep.png")
+        sections.append(
+            "## Ratio sweep\n\nAccuracy against the share of synthetic images in the training set, the real "
+            "images held fixed (0 % = the real-only baseline); mean ± sd over seeds [bootstrap CI of the "
+            "seed mean over test images].\n\n" + _sweep_markdown(sw) + "\n![sweep](sweep.png)\n"
+        )
+    if extras.get("realism"):
+        rl = load_realism(extras["realism"])
+        io.write_csv(out_dir / "realism.csv", rl)
+        written["realism_csv"] = out_dir / "realism.csv"
+        sections.append(
+            "## Realism check\n\nAs in the paper: each classifier trained on real images only labels the "
+            "kept synthetic images (label = the class they were generated for). High accuracy means the "
+            "generator draws the class features that the real images taught; mean ± sd over seeds [CI of "
+            "the first seed].\n\n" + _realism_markdown(rl)
+        )
     sections.append(
         "## Figures\n\n- [Accuracy vs paper](accuracy.png)\n- [Validation curves](curves.png)\n"
         "- [Confusion matrices](confusion.png)\n- [ROC curves](roc.png)\n"
+        + ("- [Ratio sweep](sweep.png)\n" if points else "")
     )
 
     if extras.get("samples") and Path(extras["samples"]).exists():
@@ -1052,11 +1281,17 @@ def _versions() -> dict:
         "accelerate",
         "snakemake",
         "numpy",
+        "pandas",
+        "scikit-image",
+        "matplotlib",
     ):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
             out[pkg] = "not installed"
+    import platform
+
+    out["python"] = platform.python_version()
     return out
 
 
@@ -1072,8 +1307,18 @@ def build_from_workflow(
     finetune_summary: str,
     config: dict,
     sections: list[str] = (),
+    realism: list[str] = (),
+    sweep: list | None = None,
+    benchmarks_dir: str | None = None,
+    config_snapshot: str | None = None,
+    wall_times_csv: str | None = None,
 ) -> dict:
-    """The report stage: Table IV, figures and summary.md from the outputs of every earlier stage."""
+    """The report stage: Table IV, figures and summary.md from the outputs of every earlier stage.
+
+    ``sweep`` holds (synthetic fraction, regime) pairs (dermsynth.regimes.sweep_points); provenance
+    goes to ``config_snapshot`` (the validated config as YAML) and ``wall_times_csv`` (every benchmark
+    TSV under ``benchmarks_dir``, read at run time: see rules/report.smk for why).
+    """
     # classifiers/{model}/{regime}/{seed}/history.csv -> "model/regime/seed"
     histories = {"/".join(Path(p).parts[-4:-1]): p for p in history_paths}
     hair = [p for p in dullrazor if "psnr_after" in io.read_csv(p).columns]
@@ -1089,6 +1334,8 @@ def build_from_workflow(
             "leakage": leakage,
             "dullrazor": hair[0] if hair else dullrazor[0],
             "versions": _versions(),
+            "realism": list(realism),
+            "sweep": [tuple(x) for x in sweep or []],
         },
         n_boot=config["evaluate"]["bootstrap"],
         ci=config["evaluate"]["ci"],
@@ -1097,5 +1344,38 @@ def build_from_workflow(
     summary = Path(written["summary_md"])
     # fragments written by other stages (hair contact sheets, audits, quality...), in registration order
     fragments = [Path(p).read_text() for p in sections]
-    io.write_text(summary, "\n".join([summary.read_text(), _section_finetune(finetune_summary), *fragments]))
+    prov = _section_provenance(config, benchmarks_dir, config_snapshot, wall_times_csv, written)
+    io.write_text(
+        summary, "\n".join([summary.read_text(), _section_finetune(finetune_summary), *fragments, prov])
+    )
     return written
+
+
+def _section_provenance(config, benchmarks_dir, config_snapshot, wall_times_csv, written: dict) -> str:
+    import yaml
+
+    out = "## Provenance\n\n"
+    if config_snapshot:
+        with io.atomic_path(config_snapshot) as tmp:
+            Path(tmp).write_text(yaml.safe_dump(_plain(config), sort_keys=False))
+        written["config_yaml"] = str(config_snapshot)
+        out += f"Config as run (validated, defaults filled): `{config_snapshot}`.\n\n"
+    if benchmarks_dir is not None:
+        wt = wall_times(benchmarks_dir)
+        if wall_times_csv:
+            io.write_csv(wall_times_csv, wt)
+            written["wall_times_csv"] = str(wall_times_csv)
+        out += (
+            f"Wall time per rule from Snakemake's benchmark files (`{benchmarks_dir}`; per job in "
+            f"`{wall_times_csv or '-'}`; versions above):\n\n" + _wall_times_markdown(wt)
+        )
+    return out
+
+
+def _plain(obj):
+    """Snakemake's config holds its own dict/list subclasses: plain ones for yaml.safe_dump."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj

@@ -23,4 +23,5 @@ with logs.stage("evaluate"):
         seed=int(w.seed),
         meta={"model": w.model, "regime": w.regime, "seed": int(w.seed), "testset": w.testset},
         threads=snakemake.threads,
+        mixed_precision=snakemake.params.mixed_precision,
     )

@@ -22,4 +22,9 @@ with logs.stage("report"):
         finetune_summary=snakemake.input.finetune,
         config=snakemake.params.config,
         sections=list(snakemake.input.sections),
+        realism=list(snakemake.input.realism),
+        sweep=snakemake.params.sweep,
+        benchmarks_dir=snakemake.params.benchmarks,
+        config_snapshot=snakemake.output.config,
+        wall_times_csv=snakemake.output.wall_times,
     )

@@ -1,0 +1,19 @@
+"""Rule quality_section: the quality table and its report fragment."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importable in any env (conda too)
+
+from dermsynth import logs
+from dermsynth.fidelity import write_quality_section
+
+logs.setup(snakemake.log[0])
+with logs.stage("quality_section"):
+    write_quality_section(
+        snakemake.input.reference,
+        list(snakemake.input.jobs),
+        snakemake.output.table,
+        snakemake.output.section,
+        snakemake.params.cfg,
+    )

@@ -1,0 +1,20 @@
+"""Rule segment_section: mask overlays, shape histograms and distances as a report fragment."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importable in any env (conda too)
+
+from dermsynth import logs
+from dermsynth.segment import write_segment_section
+
+logs.setup(snakemake.log[0])
+with logs.stage("segment_section"):
+    write_segment_section(
+        list(snakemake.input),
+        snakemake.output.section,
+        snakemake.output.overlays,
+        snakemake.output.shapes,
+        snakemake.output.distances,
+        snakemake.params.cfg,
+    )
