@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 DEMO_CONFIG := config/demo.yaml
 
-.PHONY: install demo report test test-fast lint format dryrun clean
+.PHONY: install demo report test test-fast test-slurm lint format dryrun clean
 
 install: $(STAMP)
 
@@ -35,6 +35,11 @@ test: install
 
 test-fast: install
 	$(OFFLINE) $(PY) -m pytest -q -m "not e2e"
+
+# Not part of `make test` (root, apt, ~5-10 min): Debian's Slurm + munge + slurmdbd as a one-node
+# cluster on loopback, the demo DAG through profiles/slurm, checked with sacct against a local run.
+test-slurm: install
+	$(OFFLINE) PY=$(PY) tests/slurm/run.sh
 
 dryrun: install
 	$(VENV)/bin/snakemake -n --quiet rules
