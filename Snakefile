@@ -24,6 +24,8 @@ include: "rules/filter.smk"
 include: "rules/hybrid.smk"
 include: "rules/classify.smk"
 include: "rules/evaluate.smk"
+include: "rules/quality.smk"
+include: "rules/segment.smk"
 include: "rules/report.smk"
 
 

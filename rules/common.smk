@@ -6,6 +6,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from dermsynth.config import sampler_counts, validate  # noqa: E402
 from dermsynth.errors import ConfigError  # noqa: E402
+from dermsynth.regimes import regime_fraction, regime_names, sweep_points  # noqa: E402
 
 try:
     validate(config, Path(workflow.basedir) / "config" / "schema.yaml")
@@ -17,7 +18,7 @@ CLASSES = config["classes"]
 DATASETS = list(config["datasets"])
 SAMPLERS = list(config["generate"]["samplers"])
 MODELS = config["classify"]["models"]
-REGIMES = config["hybrid"]["regimes"]
+REGIMES = regime_names(config["hybrid"])  # hybrid.regimes + the ratio sweep
 SEEDS = config["classify"]["seeds"]
 TEST_SETS = config["split"]["test_datasets"]
 RUN = config["finetune"]["run"]
@@ -35,7 +36,7 @@ wildcard_constraints:
     regime="|".join(REGIMES),
     seed=r"\d+",
     testset="|".join(TEST_SETS),
-    kind="sd|vit|mobilenet_v2",
+    kind="sd|vit|mobilenet_v2|sam",
 
 
 def model_ref(name):
@@ -57,6 +58,7 @@ def cls_manifest(dataset):
 
 
 def generation_manifests(wildcards=None):
+    """One manifest per class x sampler, each merged from that block's shards (rules/generate.smk)."""
     return expand(
         "results/synthetic/{run}/{label}/{sampler}/manifest.csv",
         run=RUN,
@@ -67,17 +69,58 @@ def generation_manifests(wildcards=None):
 
 def generation_params(wildcards):
     """Only this sampler's settings (plus the shared ones): editing another sampler reruns nothing here."""
-    g = {k: v for k, v in config["generate"].items() if k != "samplers"}
+    # shard_size only shapes the job list (paths and generation_count), never an image
+    skip = ("samplers", "shard_size")
+    g = {k: v for k, v in config["generate"].items() if k not in skip}
     g["samplers"] = {
         wildcards.sampler: config["generate"]["samplers"][wildcards.sampler]
     }
     return g
 
 
-def generation_count(wildcards):
+def generation_block_size(wildcards):
+    """Images of one class x sampler: the class's count split exactly across samplers."""
     return sampler_counts(config["generate"]["images_per_class"], SAMPLERS)[
         wildcards.sampler
     ]
+
+
+def generation_count(wildcards):
+    """This shard's images: indices first_index .. first_index + n_images - 1 of its block."""
+    block = generation_block_size(wildcards)
+    first = int(wildcards.shard) * config["generate"]["shard_size"]
+    n = min(config["generate"]["shard_size"], block - first)
+    return {"first_index": first, "n_images": n, "block_size": block}
+
+
+def generation_shards(label, sampler):
+    """Shard names ("000", "001", ...) of one class x sampler block."""
+    size = config["generate"]["shard_size"]
+    n = sampler_counts(config["generate"]["images_per_class"], SAMPLERS)[sampler]
+    return [f"{k:03d}" for k in range(-(-n // size))]
+
+
+def generation_shard_manifests(wildcards):
+    return expand(
+        "results/synthetic/{run}/{label}/{sampler}/{shard}/manifest.csv",
+        run=wildcards.run,
+        label=wildcards.label,
+        sampler=wildcards.sampler,
+        shard=generation_shards(wildcards.label, wildcards.sampler),
+    )
+
+
+def generation_model(wildcards):
+    """Inputs naming the weights: base model (+ LoRA), or a merged single-file checkpoint."""
+    merged = config["generate"].get("checkpoint")
+    if merged:
+        return {"model": model_input("sd"), "merged": [merged]}
+    lora = f"results/lora/{wildcards.run}/pytorch_lora_weights.safetensors"
+    return {"model": model_input("sd"), "lora": [lora]}
+
+
+def generation_sheets():
+    return {label: f"results/report/sections/generate_{label}.png" for label in CLASSES}
 
 
 def eval_jsons():
@@ -127,10 +170,102 @@ def regime_synthetic_input(wildcards):
     return [f"results/synthetic/{RUN}/filtered.csv"]
 
 
+def regime_fraction_param(wildcards):
+    """Only this regime's fraction: editing hybrid.synthetic_fraction leaves real and sweep sets alone."""
+    return regime_fraction(wildcards.regime, config["hybrid"])
+
+
+def realism_jsons():
+    """The realism check needs the real-only classifiers: none without the real regime."""
+    if "real" not in REGIMES:
+        return []
+    return expand("results/realism/{model}/{seed}.json", model=MODELS, seed=SEEDS)
+
+
 def tiny_image_size(wildcards):
     return SD_RES if wildcards.kind == "sd" else CLS_RES
+
+
+def finetune_gpus(wildcards, resources):
+    """GPUs given to the finetune job: more than one re-launches it through `accelerate launch`."""
+    return resources.gpu
 
 
 # Markdown fragments that stages add to the report: a rule file registers its fragment with
 # REPORT_SECTIONS.append(path); the report rule pastes them, in order, into summary.md.
 REPORT_SECTIONS = []
+
+
+# Input functions of the quality stage (synthetic-vs-real distribution metrics).
+
+
+def quality_real_train():
+    return expand(
+        "results/splits/{dataset}/train.csv", dataset=config["split"]["train_datasets"]
+    )
+
+
+def quality_feature_model_dir():
+    """The real-only classifier whose penultimate features the `domain` extractor uses."""
+    if config["quality"]["features"] != "domain":
+        return None
+    name = config["quality"]["domain_model"] or MODELS[0]
+    return f"results/classifiers/{name}/real/{SEEDS[0]}/model"
+
+
+def quality_feature_model():
+    path = quality_feature_model_dir()
+    return [path] if path else []
+
+
+def quality_jsons(wildcards):
+    return expand(
+        "results/quality/{run}/{label}/{sampler}.json",
+        run=wildcards.run,
+        label=CLASSES,
+        sampler=SAMPLERS,
+    )
+
+
+# Input functions of the segment stage (lesion masks, shape statistics).
+SEGMENT_METHODS = config["segment"]["methods"]
+
+
+wildcard_constraints:
+    method="classical|sam",
+
+
+def segment_real_manifest(wildcards):
+    return sd_manifest(wildcards.dataset)
+
+
+def segment_model_input(wildcards):
+    """A tiny SAM is built by the tiny_model rule, so it is an input; a hub id is not."""
+    ref = config["segment"]["sam_model"]
+    if wildcards.method == "sam" and ref.startswith(TINY_PREFIX):
+        return [ref]
+    return []
+
+
+def segment_gpu(wildcards):
+    return 1 if wildcards.method == "sam" else 0
+
+
+def segment_params(wildcards):
+    return config["segment"]
+
+
+def segment_tables():
+    real = expand(
+        "results/masks/{method}/real/{dataset}/masks.csv",
+        method=SEGMENT_METHODS,
+        dataset=DATASETS,
+    )
+    synthetic = expand(
+        "results/masks/{method}/{run}/{label}/{sampler}/masks.csv",
+        method=SEGMENT_METHODS,
+        run=RUN,
+        label=CLASSES,
+        sampler=SAMPLERS,
+    )
+    return real + synthetic
