@@ -204,7 +204,8 @@ def _run_worker(python: str, kind: str, a, out: Path, script: str | None = None)
         cmd.append("--_gradient_checkpointing")
     env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT / "workflow"),
+        # keep the caller's PYTHONPATH: packages may come from a --target folder (the GPU machine)
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "workflow"), os.environ.get("PYTHONPATH")])),
         "HF_HUB_OFFLINE": "1",
         "OMP_NUM_THREADS": str(a.threads),
     }
@@ -313,6 +314,8 @@ def _compare(a, work: Path, gpu: bool) -> dict:
     peer_it_s = peer_mem = peer_error = None
     peer_lora_loads = None
     try:
+        # --peer-python may be a command on PATH (python3 on a machine that has torchvision)
+        a.peer_python = shutil.which(a.peer_python) or a.peer_python
         if not Path(a.peer_python).exists() or not Path(a.peer_script).exists():
             raise RuntimeError(
                 f"peer not set up ({a.peer_python}, {a.peer_script}): run benchmarks/setup_peer.sh"
@@ -328,7 +331,7 @@ def _compare(a, work: Path, gpu: bool) -> dict:
         peer_error = str(e)[:500]
         print(f"peer failed: {peer_error}", file=sys.stderr)
 
-    ref = Path(a.peer_python).parents[1] / "peer-ref.txt"  # written by setup_peer.sh
+    ref = Path(a.peer_script).with_name("peer-ref.txt")  # written by setup_peer.sh beside the script
     return {
         "ours_it_s": round(ours_it_s, 3),
         "peer_it_s": None if peer_it_s is None else round(peer_it_s, 3),
