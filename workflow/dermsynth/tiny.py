@@ -111,8 +111,8 @@ def build_clip_tokenizer(out_dir) -> Path:
 def _build_sd(out: Path, seed: int = 0, image_size: int = 64) -> None:
     """A tiny SD 1.x pipeline: same classes, scheduler and latent scale factor (8) as SD 1.5."""
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     if image_size % 8:
         raise ConfigError(f"tiny sd image_size {image_size} is not a multiple of 8 (the VAE scale factor)")
@@ -136,6 +136,14 @@ def _build_sd(out: Path, seed: int = 0, image_size: int = 64) -> None:
         max_position_embeddings=77, projection_dim=32, bos_token_id=49406, eos_token_id=49407,
         pad_token_id=1,
     ))
+    _save_sd_pipeline(out, unet, vae, text_encoder)
+
+
+def _save_sd_pipeline(out: Path, unet, vae, text_encoder, dtype=None) -> None:
+    """Assemble a StableDiffusionPipeline around SD 1.5's scheduler and the offline CLIP tokenizer."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
     # SD 1.5's scheduler/scheduler_config.json, value for value
     scheduler = PNDMScheduler(
         num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -147,6 +155,8 @@ def _build_sd(out: Path, seed: int = 0, image_size: int = 64) -> None:
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
+    if dtype is not None:
+        pipe.to(dtype)
     pipe.save_pretrained(out, safe_serialization=True)
     # SD 1.5 ships the slow-tokenizer files too; keep them so any CLIP tokenizer class can load it
     for name in ("vocab.json", "merges.txt"):
@@ -164,8 +174,8 @@ def _build_sd15(out: Path, seed: int = 0, image_size: int = 512, half: bool = Tr
     ``dtype=torch.float32`` upcasts.
     """
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -188,23 +198,7 @@ def _build_sd15(out: Path, seed: int = 0, image_size: int = 512, half: bool = Tr
         max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu", bos_token_id=49406,
         eos_token_id=49407, pad_token_id=1,
     ))
-    scheduler = PNDMScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
-    )
-    tok_dir = build_clip_tokenizer(out / ".tokenizer-src")
-    tokenizer = CLIPTokenizer.from_pretrained(tok_dir, model_max_length=77)
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-    if half:
-        pipe.to(torch.float16)
-    pipe.save_pretrained(out, safe_serialization=True)
-    for name in ("vocab.json", "merges.txt"):
-        shutil.copy(tok_dir / name, out / "tokenizer" / name)
-    shutil.rmtree(tok_dir)
-    _clean_tokenizer_config(out / "tokenizer" / "tokenizer_config.json")
+    _save_sd_pipeline(out, unet, vae, text_encoder, dtype=torch.float16 if half else None)
 
 
 def _clean_tokenizer_config(path: Path) -> None:
