@@ -46,8 +46,8 @@ METRICS = (
     "density",
     "coverage",
     "ms_ssim",
-    "near_duplicates",
     "ms_ssim_real",
+    "near_duplicates",
 )
 
 QUALITY_DEFAULTS = {
@@ -518,16 +518,7 @@ TABLE_COLUMNS = [
     "reference",
     "n_real",
     "n_synthetic",
-    "fid",
-    "kid",
-    "kid_std",
-    "precision",
-    "recall",
-    "density",
-    "coverage",
-    "ms_ssim",
-    "ms_ssim_real",
-    "near_duplicates",
+    *METRICS,
     "status",
     "reason",
 ]

@@ -96,9 +96,12 @@ def lesion_params(rng: np.random.Generator, label: str) -> dict:
     }
 
 
-def render(lesion: dict, rng: np.random.Generator, size: int, domain: str) -> np.ndarray:
-    """One hair-free view of ``lesion`` as float32 RGB in [0, 1]."""
-    dom = DOMAINS[domain]
+def _outline(lesion: dict, rng: np.random.Generator, size: int):
+    """Pose and soft outline of one view: the first draws of the view's random stream.
+
+    Shared by ``render`` and ``lesion_mask`` so the ground-truth mask is the drawn outline by
+    construction. Returns (x, y, rot, cx, cy, rho, radius, alpha).
+    """
     x, y = _grid(size)
     s = float(size)
     rot = rng.uniform(0, 2 * math.pi)
@@ -106,17 +109,24 @@ def render(lesion: dict, rng: np.random.Generator, size: int, domain: str) -> np
     dx, dy = x - cx, y - cy
     rho = np.sqrt(dx * dx + dy * dy)
     theta = np.arctan2(dy, dx) - rot
-
-    # skin: smooth mottling and fine grain
-    img = np.empty((size, size, 3), np.float32)
-    img[:] = np.asarray(dom["skin"], np.float32) * rng.uniform(0.94, 1.04, 3).astype(np.float32)
-    img *= (1 + 0.05 * _lowfreq(rng, size, 5))[..., None]
-
     radius = np.full_like(rho, lesion["radius"] * s)
     for k, a, p in lesion["harmonics"]:
         radius += lesion["radius"] * s * a * np.cos(k * theta + p)
     edge = lesion["edge"] * s * (1 + lesion["edge_var"] * np.cos(3 * theta + 1.0))
     alpha = np.clip((radius - rho) / np.maximum(edge, 0.6) + 0.5, 0, 1)
+    return x, y, rot, cx, cy, rho, radius, alpha
+
+
+def render(lesion: dict, rng: np.random.Generator, size: int, domain: str) -> np.ndarray:
+    """One hair-free view of ``lesion`` as float32 RGB in [0, 1]."""
+    dom = DOMAINS[domain]
+    x, y, rot, cx, cy, rho, radius, alpha = _outline(lesion, rng, size)
+    s = float(size)
+
+    # skin: smooth mottling and fine grain
+    img = np.empty((size, size, 3), np.float32)
+    img[:] = np.asarray(dom["skin"], np.float32) * rng.uniform(0.94, 1.04, 3).astype(np.float32)
+    img *= (1 + 0.05 * _lowfreq(rng, size, 5))[..., None]
 
     colour = np.empty_like(img)
     colour[:] = lesion["base"]
@@ -301,22 +311,10 @@ def lesion_mask(
 ) -> np.ndarray:
     """The exact lesion of ``make_image`` with the same arguments, as a bool mask (alpha >= 0.5).
 
-    Replays the first draws of ``render`` (rotation and centre) from the same random stream, so the
-    mask is the generator's own outline, not a segmentation of the image: ground truth for segmenters.
+    Replays ``render``'s first draws (``_outline``) from the same random stream, so the mask is the
+    generator's own outline, not a segmentation of the image: ground truth for segmenters.
     """
     c = classes.index(label)
     lesion = lesion_params(_rng(seed, dataset, c, lesion_index), label)
     rng = _rng(seed, dataset, c, lesion_index, view + 1)
-    x, y = _grid(size)
-    s = float(size)
-    rot = rng.uniform(0, 2 * math.pi)
-    cx, cy = s / 2 + rng.uniform(-0.06, 0.06) * s, s / 2 + rng.uniform(-0.06, 0.06) * s
-    dx, dy = x - cx, y - cy
-    rho = np.sqrt(dx * dx + dy * dy)
-    theta = np.arctan2(dy, dx) - rot
-    radius = np.full_like(rho, lesion["radius"] * s)
-    for k, a, p in lesion["harmonics"]:
-        radius += lesion["radius"] * s * a * np.cos(k * theta + p)
-    edge = lesion["edge"] * s * (1 + lesion["edge_var"] * np.cos(3 * theta + 1.0))
-    alpha = np.clip((radius - rho) / np.maximum(edge, 0.6) + 0.5, 0, 1)
-    return alpha >= 0.5
+    return _outline(lesion, rng, size)[-1] >= 0.5
