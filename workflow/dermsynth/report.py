@@ -794,7 +794,7 @@ def _counts_table(df: pd.DataFrame, rows: str, cols: str) -> str:
 
 def _section_samples(path: str) -> str:
     df = io.read_csv(path)
-    out = f"## Synthetic images\n\n{len(df)} images kept after filtering (`{path}`).\n\n"
+    out = f"## Synthetic images kept by the filter\n\n{len(df)} images kept after filtering (`{path}`).\n\n"
     if {"label", "sampler"} <= set(df.columns) and len(df):
         out += _counts_table(df, "label", "sampler")
     return out
@@ -1300,9 +1300,7 @@ def build_from_workflow(
     history_paths: list[str],
     out_dir,
     paper_table: dict,
-    rejected: str,
     samples: str,
-    dullrazor: list[str],
     leakage: str,
     finetune_summary: str,
     config: dict,
@@ -1321,7 +1319,6 @@ def build_from_workflow(
     """
     # classifiers/{model}/{regime}/{seed}/history.csv -> "model/regime/seed"
     histories = {"/".join(Path(p).parts[-4:-1]): p for p in history_paths}
-    hair = [p for p in dullrazor if "psnr_after" in io.read_csv(p).columns]
     written = build(
         eval_jsons,
         out_dir,
@@ -1330,9 +1327,9 @@ def build_from_workflow(
         extras={
             "config": config,
             "samples": samples,
-            "rejected": rejected,
+            # rejected images and hair removal are reported, in more detail, by the filter and
+            # data stages' own fragments (``sections``)
             "leakage": leakage,
-            "dullrazor": hair[0] if hair else dullrazor[0],
             "versions": _versions(),
             "realism": list(realism),
             "sweep": [tuple(x) for x in sweep or []],
