@@ -9,6 +9,7 @@ both sides). Peak memory is taken at the last step (CUDA: max_memory_allocated; 
     bash benchmarks/setup_peer.sh /path/to/diffusers-mirror      # once: .peer-venv/ + the script
     python benchmarks/finetune.py --quick                        # CPU, tiny SD, 64 px, < 2 min
     python benchmarks/finetune.py --device cuda                  # SD1.5-size random weights, 512 px
+    python benchmarks/finetune.py --device cuda --variant eager:compile=false  # + ours, one setting changed
 
 The last line printed is one JSON object: ours_it_s, peer_it_s, speed_ratio, ours_peak_mem_gb,
 peer_peak_mem_gb, device, resolution, batch (and the settings and the extrapolated paper fine-tune).
@@ -80,6 +81,7 @@ def _worker_ours(a) -> dict:
         "validation_inference_steps": 1,
         "tensorboard": False,
         "instance_prompt": "a dermoscopic image of a {label} skin lesion",
+        **a.overrides,  # a --variant's settings
     }
     out = Path(a.out)
     summary = train_lora(
@@ -166,8 +168,11 @@ def _it_s(times: list, warmup: int) -> float:
     return (len(t) - 1) / (t[-1] - t[0])
 
 
-def _run_worker(python: str, kind: str, a, out: Path, script: str | None = None) -> dict:
-    result = out / f"{kind}.json"
+def _run_worker(
+    python: str, kind: str, a, out: Path, script: str | None = None, name: str | None = None, overrides=None
+) -> dict:
+    name = name or kind
+    result = out / f"{name}.json"
     cmd = [
         python,
         str(Path(__file__).resolve()),
@@ -180,7 +185,9 @@ def _run_worker(python: str, kind: str, a, out: Path, script: str | None = None)
         "--_images",
         a.images,
         "--_out",
-        str(out / kind),
+        str(out / name),
+        "--_set",
+        json.dumps(overrides or {}),
         "--resolution",
         str(a.resolution),
         "--batch",
@@ -251,7 +258,15 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads of each trainer (same for both)")
     p.add_argument("--n-images", type=int, default=8, help="fine-tune images written for both trainers")
     p.add_argument("--timeout", type=int, default=900)
-    for hidden in ("--_worker", "--_result", "--_model", "--_images", "--_out", "--_precision"):
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+        help="also time ours with these finetune settings changed (YAML values), e.g. "
+        "compiled:compile=true; repeatable; reported under 'variants' with their ratio to the peer",
+    )
+    for hidden in ("--_worker", "--_result", "--_model", "--_images", "--_out", "--_precision", "--_set"):
         p.add_argument(hidden, help=argparse.SUPPRESS)
     for flag in ("--_adam8bit", "--_gradient_checkpointing"):
         p.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
@@ -272,6 +287,7 @@ def main(argv=None) -> None:
             precision=a._precision,
             adam8bit=a._adam8bit,
             gradient_checkpointing=a._gradient_checkpointing,
+            overrides=json.loads(a._set or "{}"),
         )
         r = _worker_ours(w) if a._worker == "ours" else _worker_peer(w)
         Path(a._result).write_text(json.dumps(r, default=str))
@@ -311,6 +327,7 @@ def _compare(a, work: Path, gpu: bool) -> dict:
 
     ours = _run_worker(sys.executable, "ours", a, work)
     ours_it_s = _it_s(ours["times"], a.warmup)
+    print(f"ours: {ours_it_s:.3f} it/s, peak {ours['peak_mem_gb']:.2f} GB", file=sys.stderr, flush=True)
     peer_it_s = peer_mem = peer_error = None
     peer_lora_loads = None
     try:
@@ -322,6 +339,7 @@ def _compare(a, work: Path, gpu: bool) -> dict:
             )
         peer = _run_worker(a.peer_python, "peer", a, work, script=a.peer_script)
         peer_it_s, peer_mem = _it_s(peer["times"], a.warmup), peer["peak_mem_gb"]
+        print(f"peer: {peer_it_s:.3f} it/s, peak {peer_mem:.2f} GB", file=sys.stderr, flush=True)
         # the peer's LoRA file loads in our generate stage
         from dermsynth.diffusion.pipeline import load_pipeline
 
@@ -330,6 +348,19 @@ def _compare(a, work: Path, gpu: bool) -> dict:
     except Exception as e:  # the benchmark still reports our figures
         peer_error = str(e)[:500]
         print(f"peer failed: {peer_error}", file=sys.stderr)
+
+    # after the peer, so a run cut short still has the main comparison in its log
+    variants = []
+    for spec in a.variant:
+        name, settings = _parse_variant(spec)
+        v = {"name": name, "settings": settings}
+        try:
+            r = _run_worker(sys.executable, "ours", a, work, name=f"ours-{name}", overrides=settings)
+            v.update(it_s=round(_it_s(r["times"], a.warmup), 3), peak_mem_gb=round(r["peak_mem_gb"], 3))
+        except Exception as e:  # one failing variant (a compiler error) must not cost the others
+            v["error"] = str(e)[:300]
+        print(f"variant {v}", file=sys.stderr, flush=True)
+        variants.append(v)
 
     ref = Path(a.peer_script).with_name("peer-ref.txt")  # written by setup_peer.sh beside the script
     return {
@@ -352,7 +383,27 @@ def _compare(a, work: Path, gpu: bool) -> dict:
         "peer_lora_loads_in_generate": peer_lora_loads,
         "paper_finetune_h_extrapolated": round(PAPER_STEPS / ours_it_s / 3600, 2),
         "peer_error": peer_error,
+        "variants": [
+            {**v, "speed_ratio": round(v["it_s"] / peer_it_s, 3) if peer_it_s and "it_s" in v else None}
+            for v in variants
+        ],
     }
+
+
+def _parse_variant(spec: str) -> tuple[str, dict]:
+    """``name:key=value,key=value`` -> (name, {key: YAML value})."""
+    import yaml
+
+    name, _, body = spec.partition(":")
+    if not name or not body:
+        raise SystemExit(f"--variant {spec!r}: expected NAME:KEY=VALUE[,KEY=VALUE]")
+    settings = {}
+    for item in body.split(","):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise SystemExit(f"--variant {spec!r}: {item!r} is not KEY=VALUE")
+        settings[key.strip()] = yaml.safe_load(value)
+    return name, settings
 
 
 if __name__ == "__main__":

@@ -97,8 +97,15 @@ def trained_lora(tmp_path_factory) -> tuple[Path, dict]:
         from dermsynth.diffusion.train import train_lora
 
         root = tmp_path_factory.mktemp("lora")
-        summary = train_lora(str(tiny_sd(tmp_path_factory)), lesion_images(tmp_path_factory), root / "out",
-                             FINETUNE, root / "out.ckpt", threads=1, device="cpu")
+        summary = train_lora(
+            str(tiny_sd(tmp_path_factory)),
+            lesion_images(tmp_path_factory),
+            root / "out",
+            FINETUNE,
+            root / "out.ckpt",
+            threads=1,
+            device="cpu",
+        )
         _CACHE["lora"] = (root / "out", summary)
     return _CACHE["lora"]
 

@@ -31,8 +31,13 @@ def build(kind: str, out_dir, seed: int = 0, **kw) -> Path:
     The directory is written to a temporary sibling and renamed, so a killed build never leaves a
     directory that ``from_pretrained`` half-loads.
     """
-    builders = {"sd": _build_sd, "vit": _build_vit, "mobilenet_v2": _build_mobilenet_v2, "sd15": _build_sd15,
-                "sam": _build_sam}
+    builders = {
+        "sd": _build_sd,
+        "vit": _build_vit,
+        "mobilenet_v2": _build_mobilenet_v2,
+        "sd15": _build_sd15,
+        "sam": _build_sam,
+    }
     if kind not in builders:
         raise ConfigError(f"tiny model kind '{kind}' is unknown: use one of {', '.join(KINDS)}")
     out = Path(out_dir)
@@ -94,10 +99,21 @@ def build_clip_tokenizer(out_dir) -> Path:
     vocab = byte_tokens + [t + "</w>" for t in byte_tokens] + ["".join(m) for m in merges] + [BOS, EOS]
     (out / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
     (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-    (out / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "bos_token": BOS, "eos_token": EOS,
-        "unk_token": EOS, "pad_token": EOS, "do_lower_case": True, "clean_up_tokenization_spaces": True,
-    }, indent=2))
+    (out / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "CLIPTokenizer",
+                "model_max_length": 77,
+                "bos_token": BOS,
+                "eos_token": EOS,
+                "unk_token": EOS,
+                "pad_token": EOS,
+                "do_lower_case": True,
+                "clean_up_tokenization_spaces": True,
+            },
+            indent=2,
+        )
+    )
     # round trip through transformers so the saved files are exactly what from_pretrained expects
     CLIPTokenizer.from_pretrained(out, model_max_length=77).save_pretrained(out)
     _clean_tokenizer_config(out / "tokenizer_config.json")
@@ -119,23 +135,44 @@ def _build_sd(out: Path, seed: int = 0, image_size: int = 64) -> None:
     # each part gets its own seed so changing one part's size leaves the others' weights unchanged
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        sample_size=image_size // 8, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-        attention_head_dim=8, norm_num_groups=32,
+        sample_size=image_size // 8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
     )
     torch.manual_seed(seed + 1)
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, sample_size=image_size,
-        block_out_channels=(16, 32, 64, 64), layers_per_block=1, norm_num_groups=16,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        sample_size=image_size,
+        block_out_channels=(16, 32, 64, 64),
+        layers_per_block=1,
+        norm_num_groups=16,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
     )
     torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=77, projection_dim=32, bos_token_id=49406, eos_token_id=49407,
-        pad_token_id=1,
-    ))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            projection_dim=32,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=1,
+        )
+    )
     _save_sd_pipeline(out, unet, vae, text_encoder)
 
 
@@ -146,14 +183,26 @@ def _save_sd_pipeline(out: Path, unet, vae, text_encoder, dtype=None) -> None:
 
     # SD 1.5's scheduler/scheduler_config.json, value for value
     scheduler = PNDMScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        skip_prk_steps=True,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="epsilon",
     )
     tok_dir = build_clip_tokenizer(out / ".tokenizer-src")
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir, model_max_length=77)
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     if dtype is not None:
         pipe.to(dtype)
@@ -179,25 +228,45 @@ def _build_sd15(out: Path, seed: int = 0, image_size: int = 512, half: bool = Tr
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        sample_size=image_size // 8, in_channels=4, out_channels=4, layers_per_block=2,
+        sample_size=image_size // 8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
         block_out_channels=(320, 640, 1280, 1280),
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32,
+        cross_attention_dim=768,
+        attention_head_dim=8,
+        norm_num_groups=32,
     )
     torch.manual_seed(seed + 1)
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, sample_size=image_size,
-        block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        sample_size=image_size,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        norm_num_groups=32,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
     )
     torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-        num_attention_heads=12,
-        max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu", bos_token_id=49406,
-        eos_token_id=49407, pad_token_id=1,
-    ))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+            projection_dim=768,
+            hidden_act="quick_gelu",
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=1,
+        )
+    )
     _save_sd_pipeline(out, unet, vae, text_encoder, dtype=torch.float16 if half else None)
 
 
@@ -222,20 +291,28 @@ def _build_vit(out: Path, seed: int = 0, image_size: int = 64, num_labels: int |
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor, ViTModel
 
     torch.manual_seed(seed)
-    cfg = ViTConfig(image_size=image_size, patch_size=8, hidden_size=64, num_hidden_layers=2,
-                    num_attention_heads=2, intermediate_size=128)
+    cfg = ViTConfig(
+        image_size=image_size,
+        patch_size=8,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+    )
     if num_labels:
         cfg.num_labels = num_labels
         model = ViTForImageClassification(cfg)
     else:
         model = ViTModel(cfg, add_pooling_layer=True)
     model.save_pretrained(out, safe_serialization=True)
-    ViTImageProcessor(size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3,
-                      image_std=[0.5] * 3).save_pretrained(out)
+    ViTImageProcessor(
+        size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    ).save_pretrained(out)
 
 
-def _build_mobilenet_v2(out: Path, seed: int = 0, image_size: int = 64, num_labels: int = 1001,
-                        depth_multiplier: float = 0.35) -> None:
+def _build_mobilenet_v2(
+    out: Path, seed: int = 0, image_size: int = 64, num_labels: int = 1001, depth_multiplier: float = 0.35
+) -> None:
     """A small MobileNetV2 saved like google/mobilenet_v2_1.0_224 (1001-class ImageNet head)."""
     import torch
     from transformers import MobileNetV2Config, MobileNetV2ForImageClassification, MobileNetV2ImageProcessor
@@ -244,8 +321,9 @@ def _build_mobilenet_v2(out: Path, seed: int = 0, image_size: int = 64, num_labe
     cfg = MobileNetV2Config(depth_multiplier=depth_multiplier, image_size=image_size, num_labels=num_labels)
     MobileNetV2ForImageClassification(cfg).save_pretrained(out, safe_serialization=True)
     # resize straight to the model size: the 256 -> 224 crop of the real processor has no tiny analogue
-    MobileNetV2ImageProcessor(size={"shortest_edge": image_size},
-                              crop_size={"height": image_size, "width": image_size}).save_pretrained(out)
+    MobileNetV2ImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    ).save_pretrained(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,18 +344,36 @@ def _build_sam(out: Path, seed: int = 0, image_size: int = 64) -> None:
     )
 
     torch.manual_seed(seed)
-    vision = SamVisionConfig(hidden_size=32, output_channels=32, num_hidden_layers=2, num_attention_heads=2,
-                             image_size=image_size, patch_size=8, mlp_dim=64, global_attn_indexes=[1],
-                             window_size=2, num_pos_feats=16)
-    prompt = SamPromptEncoderConfig(hidden_size=32, image_size=image_size, patch_size=8,
-                                    mask_input_channels=4)
-    decoder = SamMaskDecoderConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_dim=64,
-                                   iou_head_hidden_dim=32)
-    cfg = SamConfig(vision_config=vision.to_dict(), prompt_encoder_config=prompt.to_dict(),
-                    mask_decoder_config=decoder.to_dict())
+    vision = SamVisionConfig(
+        hidden_size=32,
+        output_channels=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=8,
+        mlp_dim=64,
+        global_attn_indexes=[1],
+        window_size=2,
+        num_pos_feats=16,
+    )
+    prompt = SamPromptEncoderConfig(
+        hidden_size=32, image_size=image_size, patch_size=8, mask_input_channels=4
+    )
+    decoder = SamMaskDecoderConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_dim=64, iou_head_hidden_dim=32
+    )
+    cfg = SamConfig(
+        vision_config=vision.to_dict(),
+        prompt_encoder_config=prompt.to_dict(),
+        mask_decoder_config=decoder.to_dict(),
+    )
     SamModel(cfg).save_pretrained(out, safe_serialization=True)
     low = image_size // 4  # SAM's masks come out at a quarter of the input side, as 256 for 1024
-    SamProcessor(SamImageProcessor(
-        size={"longest_edge": image_size}, pad_size={"height": image_size, "width": image_size},
-        mask_size={"longest_edge": low}, mask_pad_size={"height": low, "width": low},
-    )).save_pretrained(out)
+    SamProcessor(
+        SamImageProcessor(
+            size={"longest_edge": image_size},
+            pad_size={"height": image_size, "width": image_size},
+            mask_size={"longest_edge": low},
+            mask_pad_size={"height": low, "width": low},
+        )
+    ).save_pretrained(out)

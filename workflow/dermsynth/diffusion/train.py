@@ -74,6 +74,8 @@ DEFAULTS = {
     "gradient_checkpointing": False,
     "attention": "sdpa",
     "cache_latents": True,
+    "channels_last": True,
+    "compile": True,
     "snr_gamma": None,
     "noise_offset": 0.0,
     "allow_tf32": True,
@@ -92,6 +94,8 @@ LORA_MODES = ("shared", "per_class")
 ATTENTIONS = ("sdpa", "eager")
 #: keys that may change between a checkpoint and its resume without changing the result
 _RESUME_NEUTRAL = (
+    "channels_last",
+    "compile",
     "checkpointing_steps",
     "checkpoints_total_limit",
     "logging_steps",
@@ -476,7 +480,7 @@ def _peak_mem_gb(device: str) -> float:
 
 
 def _apply_speed_options(unet, s: dict, device: str) -> str:
-    """Attention kernel, gradient checkpointing and TF32; returns the attention kernel's name for the log."""
+    """Attention kernel, gradient checkpointing, memory format and TF32; returns the attention's name."""
     import torch
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
@@ -489,16 +493,33 @@ def _apply_speed_options(unet, s: dict, device: str) -> str:
         attention = "eager (softmax(QK^T)V in separate kernels)"
     if s["gradient_checkpointing"]:
         unet.enable_gradient_checkpointing()
-    if device.startswith("cuda") and s["allow_tf32"]:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    if device.startswith("cuda"):
+        # every step has the same shapes, so cuDNN's one-off algorithm search pays for itself
+        torch.backends.cudnn.benchmark = True
+        if s["channels_last"]:
+            # NHWC is the layout tensor-core convolutions want; NCHW costs a transpose per conv
+            unet.to(memory_format=torch.channels_last)
+        if s["allow_tf32"]:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
     return attention
+
+
+def _eager(compiled: bool):
+    """Context in which compiled modules run their eager code (torch >= 2.6), else no-op."""
+    import contextlib
+
+    import torch
+
+    if compiled and hasattr(torch.compiler, "set_stance"):
+        return torch.compiler.set_stance("force_eager")
+    return contextlib.nullcontext()
 
 
 class _LatentCache:
     """The VAE's latent distribution (mean, std) of every image, and of its mirror when flipping is on."""
 
-    def __init__(self, vae, data: _Data, dev, dtype, batch: int = 8):
+    def __init__(self, vae, data: _Data, dev, dtype, batch: int):
         import torch
 
         flips = (False, True) if data.random_flip else (False,)
@@ -773,7 +794,8 @@ def _train_one(
     text_encoder = None  # frees it (the closure above holds the name, not the model)
     cache = None
     if s["cache_latents"]:
-        cache = _LatentCache(vae, data, dev, weight_dtype)
+        # encoded a training batch at a time: a larger VAE batch would set the job's peak memory
+        cache = _LatentCache(vae, data, dev, weight_dtype, batch=data.bs)
         log.info(
             "cached VAE latents of %d images%s (%.1f MB)",
             data.n,
@@ -786,6 +808,11 @@ def _train_one(
     optimizer = _optimizer(s, list(params.values()), device)
     lr_scheduler = _lr_scheduler(s, optimizer, total_steps, n_proc)
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    compiled = bool(s["compile"]) and device.startswith("cuda")
+    if compiled:
+        # in place (Module.compile), so parameter names and the saved LoRA keys stay as they are;
+        # the first step pays the compilation (minutes for SD1.5 forward + backward, once per job)
+        accelerator.unwrap_model(unet).compile()
 
     # -- resume
     fingerprint = _fingerprint(pretrained, images, s)
@@ -800,7 +827,7 @@ def _train_one(
     log.info(
         "training LoRA r=%s alpha=%s on %d images (%d labels), %d steps, batch %d x accum %d x %d "
         "process(es), %s, mixed precision %s, attention %s, gradient checkpointing %s, cached latents %s, "
-        "snr_gamma %s, noise_offset %s, %d trainable params",
+        "channels-last %s, compiled %s, snr_gamma %s, noise_offset %s, %d trainable params",
         s["rank"],
         s["alpha"],
         data.n,
@@ -814,6 +841,8 @@ def _train_one(
         attention,
         s["gradient_checkpointing"],
         cache is not None,
+        bool(s["channels_last"]) and device.startswith("cuda"),
+        compiled,
         s["snr_gamma"],
         s["noise_offset"],
         n_trainable,
@@ -865,18 +894,20 @@ def _train_one(
         if device.startswith("cuda"):
             train_peak = max(train_peak, torch.cuda.max_memory_allocated() / 1e9)
         if is_main:
-            d = _validate(
-                accelerator.unwrap_model(unet),
-                vae,
-                noise_scheduler.config,
-                embeds,
-                uncond,
-                s,
-                out,
-                step_,
-                epoch_,
-                accelerator.autocast,
-            )
+            # a compiled UNet would compile a second (eval, no-grad) graph for a few images: run eager
+            with _eager(compiled):
+                d = _validate(
+                    accelerator.unwrap_model(unet),
+                    vae,
+                    noise_scheduler.config,
+                    embeds,
+                    uncond,
+                    s,
+                    out,
+                    step_,
+                    epoch_,
+                    accelerator.autocast,
+                )
             if writer is not None:
                 for f in sorted(d.glob("*.png")):
                     from PIL import Image
@@ -1022,6 +1053,8 @@ def _train_one(
         "attention": s["attention"],
         "gradient_checkpointing": bool(s["gradient_checkpointing"]),
         "cache_latents": cache is not None,
+        "channels_last": bool(s["channels_last"]) and device.startswith("cuda"),
+        "compile": compiled,
         "n_images": data.n,
         "labels": sorted(embeds),
         "resumed_from": resumed_from,
