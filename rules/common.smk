@@ -110,13 +110,32 @@ def generation_shard_manifests(wildcards):
     )
 
 
+def lora_outputs():
+    """The finetune rule's LoRA file(s): one per run, or one per class with lora_mode per_class."""
+    if config["finetune"].get("lora_mode", "shared") == "per_class":
+        return expand(
+            "results/lora/{{run}}/{label}/pytorch_lora_weights.safetensors",
+            label=CLASSES,
+        )
+    return ["results/lora/{run}/pytorch_lora_weights.safetensors"]
+
+
+def lora_file_of(run, label):
+    """The LoRA that generates ``label`` images: the run's shared one, or that class's own."""
+    if config["finetune"].get("lora_mode", "shared") == "per_class":
+        return f"results/lora/{run}/{label}/pytorch_lora_weights.safetensors"
+    return f"results/lora/{run}/pytorch_lora_weights.safetensors"
+
+
 def generation_model(wildcards):
     """Inputs naming the weights: base model (+ LoRA), or a merged single-file checkpoint."""
     merged = config["generate"].get("checkpoint")
     if merged:
         return {"model": model_input("sd"), "merged": [merged]}
-    lora = f"results/lora/{wildcards.run}/pytorch_lora_weights.safetensors"
-    return {"model": model_input("sd"), "lora": [lora]}
+    return {
+        "model": model_input("sd"),
+        "lora": [lora_file_of(wildcards.run, wildcards.label)],
+    }
 
 
 def generation_sheets():

@@ -1,19 +1,10 @@
-if config["finetune"].get("lora_mode", "shared") != "shared":
-    # per-class LoRAs are trained by dermsynth.diffusion.train (lora_mode: per_class), but the
-    # generate stage reads one LoRA per run: stop before any job starts instead of failing later
-    raise ValueError(
-        "finetune.lora_mode 'per_class' is not wired into the generate stage yet: "
-        "use lora_mode 'shared' (the paper), or call dermsynth.diffusion.train.train_lora directly"
-    )
-
-
 rule finetune:
     """DreamBooth-LoRA fine-tuning of Stable Diffusion on the fine-tune split (resumable)."""
     input:
         images="results/splits/finetune.csv",
         model=model_input("sd"),
     output:
-        lora="results/lora/{run}/pytorch_lora_weights.safetensors",
+        lora=lora_outputs(),
         loss=report(
             "results/lora/{run}/loss.png",
             caption="../workflow/report/loss.rst",
@@ -30,6 +21,8 @@ rule finetune:
         "results/logs/finetune/{run}.log",
     benchmark:
         "results/benchmarks/finetune/{run}.tsv"
+    wildcard_constraints:
+        run=r"[^/]+",
     conda:
         "../envs/torch.yaml"
     threads: 2
@@ -48,4 +41,4 @@ rule finetune:
 
 rule finetune_all:
     input:
-        f"results/lora/{RUN}/pytorch_lora_weights.safetensors",
+        [f.format(run=RUN) for f in lora_outputs()],

@@ -378,3 +378,21 @@ def test_leakage_counts_table(tmp_path):
     assert "3 near-duplicate" in text and "| phash | 1 | 1 | 2 |" in text
     pd.DataFrame(columns=["kind", "action"]).to_csv(p, index=False)
     assert "0 near-duplicate" in report._section_leakage(str(p))
+
+
+def test_finetune_section_has_one_column_per_class_lora(tmp_path):
+    from dermsynth.report import _section_finetune
+
+    shared = {"n_images": 10, "it_s": 3.5, "peak_mem_gb": 2.7}
+    (tmp_path / "shared.json").write_text(json.dumps(shared))
+    text = _section_finetune(str(tmp_path / "shared.json"))
+    assert "| value |" in text and "3.5" in text
+    per_class = {
+        "lora_mode": "per_class",
+        "runs": {"benign": {"n_images": 6, "it_s": 3.0}, "malignant": {"n_images": 4, "it_s": 2.0}},
+    }
+    (tmp_path / "per_class.json").write_text(json.dumps(per_class))
+    text = _section_finetune(str(tmp_path / "per_class.json"))
+    assert "LoRA benign" in text and "LoRA malignant" in text
+    row = next(line for line in text.splitlines() if line.startswith("| n_images"))
+    assert "6" in row and "4" in row

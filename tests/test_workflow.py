@@ -220,3 +220,24 @@ def test_lint_is_clean_and_gpu_rules_ask_for_a_gpu():
     for rule in ("finetune", "generate", "train_classifier"):
         body = text.split(f"rule {rule}:")[1].split("\nrule ")[0]
         assert re.search(r"resources:\s*\n\s*gpu=1", body), rule
+
+
+def test_per_class_loras_each_generate_their_own_class(tmp_path):
+    wd = copy_workflow(tmp_path)
+    cfg = yaml.safe_load((wd / "config" / "config.yaml").read_text())
+    cfg["finetune"]["lora_mode"] = "per_class"
+    (wd / "config" / "per_class.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    out = smk(wd, "-n", "--configfile", "config/per_class.yaml", timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    blocks = re.split(r"\n(?=\[|rule )", out.stdout + out.stderr)
+    run, classes = cfg["finetune"]["run"], cfg["classes"]
+    loras = {lb: f"results/lora/{run}/{lb}/pytorch_lora_weights.safetensors" for lb in classes}
+    (finetune,) = [b for b in blocks if b.startswith("rule finetune:")]
+    assert all(f in finetune for f in loras.values())
+    generate = [b for b in blocks if b.startswith("rule generate:")]
+    assert len(generate) >= 2 * len(classes)
+    for b in generate:
+        label = re.search(r"label=(\w+)", b).group(1)
+        inputs = re.search(r"input: (.*)", b).group(1)
+        assert loras[label] in inputs
+        assert not any(f in inputs for lb, f in loras.items() if lb != label)

@@ -1242,8 +1242,9 @@ def build(
 
 def _section_finetune(path: str) -> str:
     s = json.loads(Path(path).read_text())
+    runs = s.get("runs") or {"value": s}  # lora_mode per_class: one column per class's LoRA
     rows = [
-        [k, s.get(k)]
+        [k, *(r.get(k) for r in runs.values())]
         for k in (
             "pretrained",
             "n_images",
@@ -1261,7 +1262,7 @@ def _section_finetune(path: str) -> str:
     ]
     return (
         "## Fine-tuning (DreamBooth-LoRA)\n\n"
-        + md_table(["", "value"], rows)
+        + md_table(["", *(k if k == "value" else f"LoRA {k}" for k in runs)], rows)
         + "\nLoss curve: `"
         + str(Path(path).with_name("loss.png"))
         + "` (the paper's Fig. 3).\n"

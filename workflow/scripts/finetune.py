@@ -13,7 +13,7 @@ with logs.stage("finetune"):
     run_finetune(
         snakemake.params.pretrained,
         snakemake.input.images,
-        Path(snakemake.output.lora).parent,
+        Path(snakemake.output.summary).parent,  # per_class: one LoRA per class below it
         snakemake.params.cfg,
         checkpoint_dir=snakemake.params.checkpoint_dir,
         threads=snakemake.threads,
