@@ -464,3 +464,20 @@ def test_finetune_killed_through_snakemake_resumes_to_the_same_lora(tmp_path):
     assert _max_diff(a, b) < 1e-5
     la, lb = pd.read_csv(full / lora.parent / "loss.csv"), pd.read_csv(killed / lora.parent / "loss.csv")
     np.testing.assert_allclose(la["loss"], lb["loss"], rtol=1e-5)
+
+
+def test_tensorboard_logs_hold_the_loss_curve_and_validation_images(trained):
+    # tensorboard is a dev dependency so this runs in CI; the stage never requires it
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, _ = trained
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    loss = pd.read_csv(out / "loss.csv")
+    events = acc.Scalars("loss")
+    assert [e.step for e in events] == loss["step"].tolist()
+    np.testing.assert_allclose([e.value for e in events], loss["loss"], rtol=1e-6)
+    assert [e.value for e in acc.Scalars("lr")] == pytest.approx(loss["lr"].tolist())
+    tags = acc.Tags()["images"]
+    assert tags and all(t.startswith("validation/") for t in tags)
