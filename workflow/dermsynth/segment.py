@@ -2,10 +2,13 @@
 
 Two segmenters, one interface (``rgb uint8 (H, W, 3) -> bool (H, W)``):
 
-- ``classical``: the lesion is darker and bluer-poor than skin, so the blue channel (smoothed) is
-  thresholded with Otsu, cleaned by morphology, and the connected component nearest the centre is
-  kept (dermoscopy centres the lesion; dark vignette corners and dermoscope rings touch the border).
-  Runs everywhere, needs no weights.
+- ``classical``: the lesion is darker and bluer-poor than skin, so the blue channel is used. Thin
+  dark hairs are closed away, the dark dermoscope frame (very dark pixels joined to the image border)
+  is left out, and the channel is divided by a smooth skin-brightness surface (a quadratic fit to the
+  skin, which removes vignetting and uneven lighting). Otsu then gives the lesion core, which grows
+  by hysteresis into its paler rim (annotators draw around it); morphology cleans the mask, the
+  connected component nearest the centre is kept (dermoscopy centres the lesion; vignette corners
+  and rings touch the border) and its outline is smoothed. Runs everywhere, needs no weights.
 - ``sam``: Segment Anything zero-shot through transformers' ``SamModel`` with one prompt per image
   (the centre point, or the full-image box), the mask with the best predicted IoU kept.
 
@@ -50,8 +53,15 @@ SEGMENT_DEFAULTS = {
     "blur_sigma": 1.5,
     "closing_radius": 3,
     "min_area_fraction": 0.005,
-    "dilate_radius": 4,
+    "dilate_radius": 2,
+    "hair_radius": 2,
+    "background_order": 2,
+    "grow": 0.35,
+    "smooth_sigma": 4.0,
+    "convex_hull": False,
 }
+FRAME_DARK = 0.25  # grey level (0-1) below which border-connected pixels are the dermoscope's frame
+WORK_SIDE = 300  # classical masks are computed with the short side at most this long, then upsampled
 
 
 def segment_cfg(cfg: dict | None) -> dict:
@@ -68,8 +78,59 @@ def segment_cfg(cfg: dict | None) -> dict:
 # ---------------------------------------------------------------- classical
 
 
+def _closing(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Binary closing that treats the outside of the image as background (no border artefacts)."""
+    from scipy import ndimage as ndi
+    from skimage import morphology
+
+    return ndi.binary_closing(np.pad(mask, radius), morphology.disk(radius))[radius:-radius, radius:-radius]
+
+
+def _dark_frame(gray: np.ndarray) -> np.ndarray:
+    """The dermoscope's dark frame or vignette corners: very dark pixels connected to the image border."""
+    from scipy import ndimage as ndi
+
+    lab, n = ndi.label(gray < FRAME_DARK)
+    if n == 0:
+        return np.zeros(gray.shape, bool)
+    edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+    return np.isin(lab, edge[edge > 0])
+
+
+def _powers(order: int) -> list[tuple[int, int]]:
+    """Exponents (degree, power of y) of the monomials x^(d-i) y^i of a 2-D polynomial up to ``order``."""
+    return [(d, i) for d in range(order + 1) for i in range(d + 1)]
+
+
+def _skin_surface(ch: np.ndarray, seed: np.ndarray, valid: np.ndarray, order: int) -> np.ndarray:
+    """Skin brightness as a smooth surface: a polynomial of ``order`` in (x, y) fitted to ``seed`` pixels,
+    refitted a few times on the valid pixels that are not clearly darker than the fit (lesion, shadows)."""
+    h, w = ch.shape
+    step = max(1, int(math.sqrt(h * w / 20000)))  # ~20k points are plenty for a handful of coefficients
+    yy, xx = np.mgrid[0:h:step, 0:w:step]
+    y, x = (yy / h - 0.5).ravel(), (xx / w - 0.5).ravel()
+    a = np.stack([x ** (d - i) * y**i for d, i in _powers(order)], 1)
+    v = ch[::step, ::step].ravel()
+    ok = valid[::step, ::step].ravel()
+    use = seed[::step, ::step].ravel() & ok
+    if use.sum() < 4 * a.shape[1]:
+        return np.full_like(ch, float(np.median(ch[valid])) if valid.any() else 1.0)
+    for _ in range(4):
+        au = a[use]
+        coef = np.linalg.lstsq(au.T @ au, au.T @ v[use], rcond=None)[0]  # normal equations: 6x6
+        res = v - a @ coef
+        keep = ok & (res > -res[use].std())
+        if keep.sum() < 4 * a.shape[1]:
+            break
+        use = keep
+    yy, xx = np.mgrid[0:h, 0:w]
+    y, x = yy / h - 0.5, xx / w - 0.5
+    return sum(cf * x ** (d - i) * y**i for cf, (d, i) in zip(coef, _powers(order), strict=True))
+
+
 def classical_mask(rgb: np.ndarray, cfg: dict | None = None) -> np.ndarray:
-    """Blue-channel Otsu + morphology + the central connected component (bool mask, empty if none)."""
+    """Blue channel, lighting-corrected, Otsu + hysteresis + morphology + the central component (bool mask,
+    empty if none). See the module docstring for the steps; the knobs are ``segment.*`` config keys."""
     from scipy import ndimage as ndi
     from skimage import filters, measure, morphology
 
@@ -78,19 +139,50 @@ def classical_mask(rgb: np.ndarray, cfg: dict | None = None) -> np.ndarray:
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ImageError(f"expected an RGB image (H, W, 3), got shape {rgb.shape}")
     h, w = rgb.shape[:2]
-    scale = min(h, w) / 150.0  # morphology radii are tuned at HAM10000's 200x150; scale with the image
-    blue = filters.gaussian(rgb[..., 2].astype(np.float64) / 255.0, sigma=max(0.5, c["blur_sigma"] * scale))
+    if min(h, w) > WORK_SIDE:  # the outline is smoothed at ~1/40 of the image: no need for megapixels
+        from skimage.transform import resize
+
+        k = WORK_SIDE / min(h, w)
+        small = resize(rgb, (round(h * k), round(w * k)), anti_aliasing=True, preserve_range=True)
+        m = classical_mask(np.clip(np.round(small), 0, 255).astype(np.uint8), c)
+        return resize(m.astype(np.float64), (h, w), order=1) > 0.5
+    scale = min(h, w) / 150.0  # radii and sigmas are tuned at HAM10000's 200x150; scale with the image
+    f = rgb.astype(np.float64) / 255.0
+    if c["hair_radius"]:
+        # a grey closing fills thin dark hairs (and the dermoscope's scale ticks) with the skin beside them
+        fp = morphology.disk(max(1, int(round(c["hair_radius"] * scale))))
+        f = np.stack([ndi.grey_closing(f[..., k], footprint=fp) for k in range(3)], axis=-1)
+    blue = filters.gaussian(f[..., 2], sigma=max(0.5, c["blur_sigma"] * scale))
     if float(blue.max() - blue.min()) < 1e-3:
         return np.zeros((h, w), bool)  # flat image: nothing to separate
+    frame = _dark_frame(filters.gaussian(f.mean(axis=2), sigma=max(0.5, scale)))
+    valid = np.ones((h, w), bool)
+    if frame.mean() < 0.5:  # a frame, not a dark image: leave it (and its soft edge) out
+        valid = ~ndi.binary_dilation(frame, iterations=max(1, int(round(2 * scale))))
     # Otsu on the central region: the dark vignette/ring of the dermoscope would pull the threshold down
     yy, xx = np.mgrid[0:h, 0:w]
     r = np.hypot((yy - (h - 1) / 2) / (h / 2), (xx - (w - 1) / 2) / (w / 2))
-    thr = filters.threshold_otsu(blue[r < 0.9]) if (r < 0.9).sum() > 16 else filters.threshold_otsu(blue)
-    mask = blue < thr
+    region = valid & (r < 0.9) if (valid & (r < 0.9)).sum() > 16 else valid
+    ch = blue
+    if c["background_order"]:
+        # divide out the skin's lighting (vignetting, uneven illumination), first fitted to the pixels
+        # brighter than a plain Otsu threshold so that a large lesion does not bend the surface
+        skin = valid & (blue >= filters.threshold_otsu(blue[region]))
+        ch = blue / np.maximum(_skin_surface(blue, skin, valid, int(c["background_order"])), 1e-3)
+    vals = ch[region]
+    if float(vals.max() - vals.min()) < 1e-6:
+        return np.zeros((h, w), bool)
+    thr = filters.threshold_otsu(vals)
+    mask = (ch < thr) & valid
+    if c["grow"] and (vals >= thr).any():
+        # hysteresis: the Otsu core grows into connected paler pixels up to ``grow`` of the way to skin
+        loose = (ch < thr + c["grow"] * (vals[vals >= thr].mean() - thr)) & valid
+        lab0, _ = ndi.label(loose)
+        keep = np.unique(lab0[mask])
+        mask = np.isin(lab0, keep[keep > 0])
     rad = max(1, int(round(c["closing_radius"] * scale)))
     mask = ndi.binary_opening(mask, morphology.disk(max(1, rad // 2)))
-    mask = ndi.binary_closing(np.pad(mask, rad), morphology.disk(rad))[rad:-rad, rad:-rad]
-    mask = ndi.binary_fill_holes(mask)
+    mask = ndi.binary_fill_holes(_closing(mask, rad))
     lab = measure.label(mask)
     if lab.max() == 0:
         return np.zeros((h, w), bool)
@@ -114,7 +206,13 @@ def classical_mask(rgb: np.ndarray, cfg: dict | None = None) -> np.ndarray:
     if c["dilate_radius"]:
         # lesion masks are drawn around the pigment edge, Otsu cuts inside the soft border
         out = ndi.binary_dilation(out, morphology.disk(max(1, int(round(c["dilate_radius"] * scale)))))
-    return ndi.binary_fill_holes(out)
+    out = ndi.binary_fill_holes(out)
+    if c["smooth_sigma"]:
+        # annotators draw smooth outlines: blur the mask and cut at one half
+        out = filters.gaussian(out.astype(np.float64), sigma=c["smooth_sigma"] * scale) > 0.5
+    if c["convex_hull"] and out.any():
+        out = morphology.convex_hull_image(out)
+    return out & valid
 
 
 # ---------------------------------------------------------------- SAM
