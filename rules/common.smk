@@ -110,21 +110,16 @@ def generation_shard_manifests(wildcards):
     )
 
 
-def lora_outputs():
-    """The finetune rule's LoRA file(s): one per run, or one per class with lora_mode per_class."""
-    if config["finetune"].get("lora_mode", "shared") == "per_class":
-        return expand(
-            "results/lora/{{run}}/{label}/pytorch_lora_weights.safetensors",
-            label=CLASSES,
-        )
-    return ["results/lora/{run}/pytorch_lora_weights.safetensors"]
-
-
 def lora_file_of(run, label):
     """The LoRA that generates ``label`` images: the run's shared one, or that class's own."""
     if config["finetune"].get("lora_mode", "shared") == "per_class":
         return f"results/lora/{run}/{label}/pytorch_lora_weights.safetensors"
     return f"results/lora/{run}/pytorch_lora_weights.safetensors"
+
+
+def lora_outputs(run="{run}"):
+    """The finetune rule's LoRA file(s): one per run, or one per class with lora_mode per_class."""
+    return list(dict.fromkeys(lora_file_of(run, label) for label in CLASSES))
 
 
 def generation_model(wildcards):

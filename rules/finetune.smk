@@ -41,4 +41,4 @@ rule finetune:
 
 rule finetune_all:
     input:
-        [f.format(run=RUN) for f in lora_outputs()],
+        lora_outputs(RUN),

@@ -808,6 +808,8 @@ def _train_one(
     optimizer = _optimizer(s, list(params.values()), device)
     lr_scheduler = _lr_scheduler(s, optimizer, total_steps, n_proc)
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    # both only apply on CUDA (_apply_speed_options); the log and the summary say what was applied
+    channels_last = bool(s["channels_last"]) and device.startswith("cuda")
     compiled = bool(s["compile"]) and device.startswith("cuda")
     if compiled:
         # in place (Module.compile), so parameter names and the saved LoRA keys stay as they are;
@@ -841,7 +843,7 @@ def _train_one(
         attention,
         s["gradient_checkpointing"],
         cache is not None,
-        bool(s["channels_last"]) and device.startswith("cuda"),
+        channels_last,
         compiled,
         s["snr_gamma"],
         s["noise_offset"],
@@ -1053,7 +1055,7 @@ def _train_one(
         "attention": s["attention"],
         "gradient_checkpointing": bool(s["gradient_checkpointing"]),
         "cache_latents": cache is not None,
-        "channels_last": bool(s["channels_last"]) and device.startswith("cuda"),
+        "channels_last": channels_last,
         "compile": compiled,
         "n_images": data.n,
         "labels": sorted(embeds),
