@@ -288,6 +288,7 @@ def test_multi_gpu_runs_through_accelerate_launch(tmp_path, monkeypatch):
     launch = launch_command_parser().parse_args(cmd[3:])  # accelerate's own parser accepts it
     assert launch.num_processes == 4 and launch.multi_gpu and launch.module
     assert launch.mixed_precision == "bf16" and launch.training_script == "dermsynth.diffusion.train"
+    assert 1024 <= launch.main_process_port < 65536  # its own port, not torchrun's shared default
     ours = train.parse_args(launch.training_script_args)
     assert ours.pretrained_model_name_or_path == "models/sd" and ours.instance_data_csv == "ft.csv"
     assert ours.output_dir == "out/lora" and ours.checkpoint_dir == "out/lora.ckpt" and ours.threads == 3
@@ -312,6 +313,34 @@ def test_multi_gpu_runs_through_accelerate_launch(tmp_path, monkeypatch):
         "num_processes": 2
     }
     assert calls[0][calls[0].index("--num_processes") + 1] == "2"
+
+
+def test_two_processes_through_accelerate_launch_train_the_lora_of_one_with_two_micro_batches(
+    tiny_sd, images, tmp_path
+):
+    """The real multi-GPU path (accelerate launch, DDP) run as two CPU processes over gloo.
+
+    Each process takes every other micro-batch and DDP averages the gradients, so two processes
+    must train the LoRA that one process trains with gradient accumulation 2.
+    """
+    from dermsynth.diffusion.train import run_finetune
+
+    csv = tmp_path / "ft.csv"
+    images.to_csv(csv, index=False)
+    cfg = {**fx.FINETUNE, "max_train_steps": 6, "checkpointing_steps": 4, "num_validation_images": 0}
+    two = run_finetune(str(tiny_sd), csv, tmp_path / "two", cfg, tmp_path / "two.ckpt", gpus=2)
+    assert two["num_processes"] == 2 and two["steps"] == 6 and two["epochs"] == 4
+    assert not (tmp_path / "two.ckpt").exists()  # a checkpoint was written at step 4, then removed
+    one, s1 = _train(tiny_sd, images, tmp_path, "one", **{**cfg, "gradient_accumulation_steps": 2})
+    assert s1["num_processes"] == 1
+    lora2 = load_file(tmp_path / "two" / LORA)
+    assert _max_diff(lora2, one) < 1e-6
+    a, b = pd.read_csv(tmp_path / "two" / "loss.csv"), pd.read_csv(tmp_path / "one" / "loss.csv")
+    assert a["step"].tolist() == list(range(1, 7)) and a["lr"].tolist() == b["lr"].tolist()
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+    # equal because both trained the same way, not because neither moved: one step less differs
+    five, _ = _train(tiny_sd, images, tmp_path, "five", **{**cfg, "max_train_steps": 5})
+    assert _max_diff(lora2, five) > 1e-4
 
 
 def test_module_entry_point_trains(tiny_sd, images, tmp_path):

@@ -1114,6 +1114,10 @@ def launch_command(
         str(int(num_gpus)),
         "--num_machines",
         "1",
+        # a port of its own: two fine-tunes on one node (two runs, two workflows) would otherwise both
+        # rendezvous on torchrun's default 29500, and the second would fail or join the first
+        "--main_process_port",
+        str(_free_port()),
         "--mixed_precision",
         str(settings(cfg)["mixed_precision"]),
         "--dynamo_backend",
@@ -1133,6 +1137,14 @@ def launch_command(
         "--threads",
         str(int(threads)),
     ]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def run_finetune(
@@ -1173,7 +1185,9 @@ def main(argv=None) -> int:
     from .. import logs
 
     args = parse_args(argv)
-    logs.setup(None)
+    # under accelerate launch every process runs this; only the main one reports progress
+    rank = int(os.environ.get("RANK", "0"))
+    logs.setup(None, level=logging.INFO if rank == 0 else logging.WARNING)
     train_lora(
         args.pretrained_model_name_or_path,
         io.read_csv(args.instance_data_csv),
