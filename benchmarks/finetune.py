@@ -10,9 +10,11 @@ both sides). Peak memory is taken at the last step (CUDA: max_memory_allocated; 
     python benchmarks/finetune.py --quick                        # CPU, tiny SD, 64 px, < 2 min
     python benchmarks/finetune.py --device cuda                  # SD1.5-size random weights, 512 px
     python benchmarks/finetune.py --device cuda --variant eager:compile=false  # + ours, one setting changed
+    python benchmarks/finetune.py --device cuda --profile 5      # + where 5 more steps spend their time
 
 The last line printed is one JSON object: ours_it_s, peer_it_s, speed_ratio, ours_peak_mem_gb,
-peer_peak_mem_gb, device, resolution, batch (and the settings and the extrapolated paper fine-tune).
+peer_peak_mem_gb, device, resolution, batch (and the settings, the extrapolated paper fine-tune, the
+graphs torch.compile built and, with --profile, the GPU busy fraction and the top operators).
 The peer fields are null, with ``peer_error``, when the peer venv or script is missing or fails.
 """
 
@@ -46,6 +48,77 @@ def _peak_mem_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
+class _StepProfiler:
+    """torch.profiler over ``n`` optimizer steps after ``warmup``: where a step's time goes.
+
+    Reports per step: wall time, the time the GPU spent in kernels (busy fraction: the rest is the
+    GPU waiting on Python, launches or syncs), and the top operators by GPU and by host self time.
+    """
+
+    def __init__(self, warmup: int, n: int):
+        self.first, self.last = warmup, warmup + n
+        self.prof, self.t0, self.result = None, None, None
+
+    def on_step(self, step: int) -> None:
+        import torch
+
+        if self.prof is None and step == self.first and self.last > self.first:
+            acts = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                torch.cuda.synchronize()
+                acts.append(torch.profiler.ProfilerActivity.CUDA)
+            self.prof = torch.profiler.profile(activities=acts)
+            self.prof.start()
+            self.t0 = time.perf_counter()
+        elif self.prof is not None and self.result is None and step == self.last:
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                torch.cuda.synchronize()
+            wall = time.perf_counter() - self.t0
+            self.prof.stop()
+            self.result = self._summarise(wall, self.last - self.first)
+
+    def _summarise(self, wall: float, n: int) -> dict:
+        events = self.prof.key_averages()
+
+        def dev(e):
+            return getattr(e, "self_device_time_total", 0) or 0
+
+        kernel_us = sum(dev(e) for e in events)  # each kernel is the self time of exactly one op
+
+        def top(key, k=12):
+            rows = sorted(events, key=key, reverse=True)[:k]
+            return [
+                {
+                    "op": e.key[:80],
+                    "calls_per_step": round(e.count / n, 1),
+                    "ms_per_step": round(key(e) / n / 1e3, 3),
+                }
+                for e in rows
+                if key(e) > 0
+            ]
+
+        return {
+            "steps": n,
+            "wall_ms_per_step": round(wall / n * 1e3, 2),
+            "gpu_kernel_ms_per_step": round(kernel_us / n / 1e3, 2),
+            "gpu_busy_fraction": round(kernel_us / 1e6 / wall, 3) if kernel_us else None,
+            "top_gpu_ops": top(dev),
+            "top_host_ops": top(lambda e: e.self_cpu_time_total),
+        }
+
+
+def _dynamo_counts() -> dict:
+    """Graphs torch.compile built and where it broke them: many small graphs cost launches and guards."""
+    from torch._dynamo.utils import counters
+
+    breaks = counters.get("graph_break", {})
+    return {
+        "unique_graphs": int(counters.get("stats", {}).get("unique_graphs", 0)),
+        "graph_breaks": int(sum(breaks.values())),
+        "break_reasons": [f"{n}x {r[:160]}" for r, n in sorted(breaks.items(), key=lambda x: -x[1])[:5]],
+    }
+
+
 def _worker_ours(a) -> dict:
     import pandas as pd
 
@@ -54,15 +127,18 @@ def _worker_ours(a) -> dict:
     images = pd.DataFrame({"path": sorted(str(p) for p in Path(a.images).glob("*.png"))})
     images["label"] = "benign"  # one prompt for every image, as the peer's --instance_prompt
     times, mem = [], []
+    # the profiled steps come after the timed ones, so profiling does not slow the figure
+    profiler = _StepProfiler(a.steps, a.profile)
 
     def on_step(step, loss):
         times.append(time.perf_counter())
         mem.append(_peak_mem_gb())
+        profiler.on_step(step)
 
     cfg = {
         "resolution": a.resolution,
         "train_batch_size": a.batch,
-        "max_train_steps": a.steps,
+        "max_train_steps": a.steps + a.profile,
         "lora_learning_rate": 1e-4,
         "lr_scheduler": "constant",
         "lr_warmup_steps": 0,
@@ -94,7 +170,13 @@ def _worker_ours(a) -> dict:
         device=a.device,
         on_step=on_step,
     )
-    return {"times": times, "peak_mem_gb": mem[-1], "summary": summary}
+    return {
+        "times": times[: a.steps],
+        "peak_mem_gb": mem[a.steps - 1],
+        "summary": summary,
+        "profile": profiler.result,
+        "dynamo": _dynamo_counts(),
+    }
 
 
 def _worker_peer(a) -> dict:
@@ -202,6 +284,8 @@ def _run_worker(
         a.device,
         "--_precision",
         a.precision,
+        "--profile",
+        str(a.profile if kind == "ours" else 0),
     ]
     if script:
         cmd += ["--peer-script", script]
@@ -266,6 +350,14 @@ def main(argv=None) -> None:
         help="also time ours with these finetune settings changed (YAML values), e.g. "
         "compiled:compile=true; repeatable; reported under 'variants' with their ratio to the peer",
     )
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="profile N more steps of ours (and each variant) after the timed ones: GPU busy fraction, "
+        "top operators by GPU and host time (under 'profile' in the JSON)",
+    )
     for hidden in ("--_worker", "--_result", "--_model", "--_images", "--_out", "--_precision", "--_set"):
         p.add_argument(hidden, help=argparse.SUPPRESS)
     for flag in ("--_adam8bit", "--_gradient_checkpointing"):
@@ -288,6 +380,7 @@ def main(argv=None) -> None:
             adam8bit=a._adam8bit,
             gradient_checkpointing=a._gradient_checkpointing,
             overrides=json.loads(a._set or "{}"),
+            profile=a.profile,
         )
         r = _worker_ours(w) if a._worker == "ours" else _worker_peer(w)
         Path(a._result).write_text(json.dumps(r, default=str))
@@ -356,7 +449,14 @@ def _compare(a, work: Path, gpu: bool) -> dict:
         v = {"name": name, "settings": settings}
         try:
             r = _run_worker(sys.executable, "ours", a, work, name=f"ours-{name}", overrides=settings)
-            v.update(it_s=round(_it_s(r["times"], a.warmup), 3), peak_mem_gb=round(r["peak_mem_gb"], 3))
+            it_s = _it_s(r["times"], a.warmup)
+            v.update(
+                it_s=round(it_s, 3),
+                peak_mem_gb=round(r["peak_mem_gb"], 3),
+                paper_finetune_h_extrapolated=round(PAPER_STEPS / it_s / 3600, 2),
+                dynamo=r.get("dynamo"),
+                profile=r.get("profile"),
+            )
         except Exception as e:  # one failing variant (a compiler error) must not cost the others
             v["error"] = str(e)[:300]
         print(f"variant {v}", file=sys.stderr, flush=True)
@@ -383,6 +483,8 @@ def _compare(a, work: Path, gpu: bool) -> dict:
         "peer_lora_loads_in_generate": peer_lora_loads,
         "paper_finetune_h_extrapolated": round(PAPER_STEPS / ours_it_s / 3600, 2),
         "peer_error": peer_error,
+        "dynamo": ours.get("dynamo"),
+        "profile": ours.get("profile"),
         "variants": [
             {**v, "speed_ratio": round(v["it_s"] / peer_it_s, 3) if peer_it_s and "it_s" in v else None}
             for v in variants

@@ -157,7 +157,13 @@ def test_nan_loss_raises_training_error_naming_the_step(tiny_sd, images, tmp_pat
 
 @pytest.mark.parametrize(
     "key,value",
-    [("optimizer", "sgd"), ("lr_scheduler", "step"), ("mixed_precision", "fp8"), ("train_batch_size", 0)],
+    [
+        ("optimizer", "sgd"),
+        ("lr_scheduler", "step"),
+        ("mixed_precision", "fp8"),
+        ("train_batch_size", 0),
+        ("compile_mode", "fast"),
+    ],
 )
 def test_bad_config_is_a_config_error(tiny_sd, images, tmp_path, key, value):
     with pytest.raises(ConfigError, match=key):

@@ -76,6 +76,7 @@ DEFAULTS = {
     "cache_latents": True,
     "channels_last": True,
     "compile": True,
+    "compile_mode": "default",
     "snr_gamma": None,
     "noise_offset": 0.0,
     "allow_tf32": True,
@@ -92,10 +93,12 @@ OPTIMIZERS = ("adamw8bit", "adamw")
 PRECISIONS = ("no", "fp16", "bf16")
 LORA_MODES = ("shared", "per_class")
 ATTENTIONS = ("sdpa", "eager")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 #: keys that may change between a checkpoint and its resume without changing the result
 _RESUME_NEUTRAL = (
     "channels_last",
     "compile",
+    "compile_mode",
     "checkpointing_steps",
     "checkpoints_total_limit",
     "logging_steps",
@@ -121,6 +124,7 @@ def settings(cfg: dict) -> dict:
         ("mixed_precision", PRECISIONS),
         ("lora_mode", LORA_MODES),
         ("attention", ATTENTIONS),
+        ("compile_mode", COMPILE_MODES),
     ):
         if s[key] not in allowed:
             raise ConfigError(f"finetune.{key} = '{s[key]}' is not allowed: use one of {', '.join(allowed)}")
@@ -814,7 +818,8 @@ def _train_one(
     if compiled:
         # in place (Module.compile), so parameter names and the saved LoRA keys stay as they are;
         # the first step pays the compilation (minutes for SD1.5 forward + backward, once per job)
-        accelerator.unwrap_model(unet).compile()
+        mode = None if s["compile_mode"] == "default" else s["compile_mode"]
+        accelerator.unwrap_model(unet).compile(mode=mode)
 
     # -- resume
     fingerprint = _fingerprint(pretrained, images, s)
@@ -829,7 +834,7 @@ def _train_one(
     log.info(
         "training LoRA r=%s alpha=%s on %d images (%d labels), %d steps, batch %d x accum %d x %d "
         "process(es), %s, mixed precision %s, attention %s, gradient checkpointing %s, cached latents %s, "
-        "channels-last %s, compiled %s, snr_gamma %s, noise_offset %s, %d trainable params",
+        "channels-last %s, compiled %s (mode %s), snr_gamma %s, noise_offset %s, %d trainable params",
         s["rank"],
         s["alpha"],
         data.n,
@@ -845,6 +850,7 @@ def _train_one(
         cache is not None,
         channels_last,
         compiled,
+        s["compile_mode"],
         s["snr_gamma"],
         s["noise_offset"],
         n_trainable,
@@ -1057,6 +1063,7 @@ def _train_one(
         "cache_latents": cache is not None,
         "channels_last": channels_last,
         "compile": compiled,
+        "compile_mode": s["compile_mode"] if compiled else None,
         "n_images": data.n,
         "labels": sorted(embeds),
         "resumed_from": resumed_from,

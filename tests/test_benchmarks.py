@@ -1,0 +1,49 @@
+"""The benchmarks' own measuring code: step profiler, variant parsing, step-rate arithmetic."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def finetune_bench():
+    spec = importlib.util.spec_from_file_location("bench_finetune", ROOT / "benchmarks" / "finetune.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_step_profiler_counts_the_ops_of_the_profiled_steps_only(finetune_bench):
+    prof = finetune_bench._StepProfiler(warmup=2, n=3)
+    a = torch.randn(64, 64)
+    for step in range(1, 8):
+        for _ in range(step):  # step k runs k matmuls: only steps 3, 4 and 5 may be counted
+            a = torch.mm(a, a).tanh()
+        prof.on_step(step)
+    r = prof.result
+    assert r["steps"] == 3 and r["wall_ms_per_step"] > 0
+    mm = [o for o in r["top_host_ops"] if o["op"] == "aten::mm"]
+    assert mm and mm[0]["calls_per_step"] == pytest.approx((3 + 4 + 5) / 3, abs=0.05)
+    assert r["gpu_busy_fraction"] is None and r["top_gpu_ops"] == []  # CPU only: no kernels
+
+
+def test_no_profile_asked_is_no_profile(finetune_bench):
+    prof = finetune_bench._StepProfiler(warmup=2, n=0)
+    for step in range(1, 5):
+        prof.on_step(step)
+    assert prof.result is None and prof.prof is None
+
+
+def test_variant_specs_and_step_rate(finetune_bench):
+    name, settings = finetune_bench._parse_variant(
+        "cg:compile_mode=reduce-overhead,gradient_checkpointing=false"
+    )
+    assert name == "cg" and settings == {"compile_mode": "reduce-overhead", "gradient_checkpointing": False}
+    with pytest.raises(SystemExit):
+        finetune_bench._parse_variant("nosettings")
+    # 4 timed steps after 1 warmup step, 0.5 s apart -> 2 it/s
+    assert finetune_bench._it_s([0.0, 10.0, 10.5, 11.0, 11.5], warmup=1) == pytest.approx(2.0)
