@@ -6,8 +6,8 @@
 #   bash benchmarks/setup_peer.sh /path/to/diffusers-git-mirror [PYTHON]
 #
 # The first argument is a git checkout or bare mirror of huggingface/diffusers; the script is taken
-# from the tag matching the installed diffusers (v0.42.1 for 0.42.1), else from its newest commit
-# (a warning says so). The peer venv gets the same torch/diffusers/transformers/peft/accelerate/
+# from the tag matching the installed diffusers (v0.42.1 for 0.42.1), else from the newest release tag
+# before it, else from its newest commit (a warning says so). The peer venv gets the same torch/diffusers/transformers/peft/accelerate/
 # bitsandbytes versions as the project's venv; torch/torchvision as below.
 set -euo pipefail
 MIRROR=${1:?usage: setup_peer.sh DIFFUSERS_MIRROR [PYTHON]}
@@ -27,11 +27,16 @@ DIFFUSERS=$(ver diffusers)
 
 GIT=(git -C "$MIRROR")
 [ -d "$MIRROR/.git" ] || GIT=(git --git-dir "$MIRROR")
+# the newest release tag not newer than the installed diffusers: the exact one when the mirror has it
+REF=$("${GIT[@]}" tag --list 'v[0-9]*' | grep -E '^v[0-9]+\.[0-9]+\.[0-9]+$' \
+    | { cat; echo "v$DIFFUSERS"; } | sort -V | awk -v want="v$DIFFUSERS" '$0 == want {print prev; exit} {prev = $0}')
 if "${GIT[@]}" cat-file -e "v$DIFFUSERS:$REL" 2>/dev/null; then
     REF=v$DIFFUSERS
+elif [ -n "$REF" ] && "${GIT[@]}" cat-file -e "$REF:$REL" 2>/dev/null; then
+    echo "warning: tag v$DIFFUSERS not in $MIRROR; using $REF, its newest release before it" >&2
 else
     REF=HEAD
-    echo "warning: tag v$DIFFUSERS not in $MIRROR; using its newest commit ($("${GIT[@]}" log -1 --format='%h %cs'))" >&2
+    echo "warning: no release tag up to v$DIFFUSERS in $MIRROR; using its newest commit ($("${GIT[@]}" log -1 --format='%h %cs'))" >&2
 fi
 
 "$OURS" -m venv "$VENV"
