@@ -516,3 +516,40 @@ def test_tensorboard_logs_hold_the_loss_curve_and_validation_images(trained):
     assert [e.value for e in acc.Scalars("lr")] == pytest.approx(loss["lr"].tolist())
     tags = acc.Tags()["images"]
     assert tags and all(t.startswith("validation/") for t in tags)
+
+
+def test_adamw8bit_without_per_tensor_syncs_updates_exactly_as_bitsandbytes(monkeypatch):
+    bnb = pytest.importorskip("bitsandbytes")
+    import bitsandbytes.optim.optimizer as bnb_opt
+
+    from dermsynth.diffusion.train import _optimizer
+
+    syncs = []
+    monkeypatch.setattr(bnb_opt, "sync_gpu", lambda t: syncs.append(t))
+    torch.manual_seed(0)
+    # LoRA shapes: the 4x1280 ones pass bitsandbytes' min_8bit_size (8-bit state), the rest stay 32-bit
+    shapes = [(4, 320), (320, 4), (4, 1280), (1280, 4), (4, 768)]
+    init = [torch.randn(s) for s in shapes]
+    ps_ours = [torch.nn.Parameter(t.clone()) for t in init]
+    ps_bnb = [torch.nn.Parameter(t.clone()) for t in init]
+    s = {**fx.FINETUNE, "optimizer": "adamw8bit", "adam_beta1": 0.9, "adam_beta2": 0.999}
+    s.update(adam_weight_decay=1e-2, adam_epsilon=1e-8, lora_learning_rate=1e-3)
+    ours = _optimizer(s, ps_ours, "cpu")
+    ref = bnb.optim.AdamW8bit(ps_bnb, lr=1e-3, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    assert isinstance(ours, bnb.optim.AdamW8bit) and type(ours) is not bnb.optim.AdamW8bit
+    for _ in range(4):
+        grads = [torch.randn(s) for s in shapes]
+        for p, q, g in zip(ps_ours, ps_bnb, grads, strict=True):
+            p.grad, q.grad = g.clone(), g.clone()
+        n = len(syncs)
+        ours.step()
+        assert len(syncs) == n  # no sync of ours
+        ref.step()
+        assert len(syncs) == n + len(shapes)  # bitsandbytes: one per tensor
+    for p, q, p0 in zip(ps_ours, ps_bnb, init, strict=True):
+        assert torch.equal(p, q) and not torch.equal(p, p0)
+    dtypes = {str(ours.state[p]["state1"].dtype) for p in ps_ours}
+    assert dtypes == {"torch.float32", "torch.uint8"}  # both of bitsandbytes' update paths ran
+    for p, q in zip(ps_ours, ps_bnb, strict=True):
+        for k in ("state1", "state2"):
+            assert torch.equal(ours.state[p][k], ref.state[q][k])
