@@ -43,6 +43,13 @@ def model_ref(name):
     return config["models"][name]
 
 
+def sd_model_ref(wildcards):
+    """The Stable Diffusion model (a hub id or a local folder) as a param: a function, so a local
+    folder that is also the rule's input is not a hard-coded path prefix (snakemake --lint).
+    """
+    return model_ref("sd")
+
+
 def model_input(name):
     """A tiny local model is built by a rule, so it is an input; a hub id is not."""
     ref = model_ref(name)

@@ -29,7 +29,7 @@ rule finetune:
     resources:
         gpu=1,
     params:
-        pretrained=model_ref("sd"),
+        pretrained=sd_model_ref,
         cfg=config["finetune"],
         # undeclared on purpose: Snakemake deletes a failed job's outputs, not this folder
         checkpoint_dir="results/lora/{run}.ckpt",

@@ -26,7 +26,7 @@ rule generate:
     resources:
         gpu=1,
     params:
-        pretrained=model_ref("sd"),
+        pretrained=sd_model_ref,
         cfg=generation_params,
         shard=generation_count,
     script:

@@ -213,8 +213,10 @@ def test_paper_config_dry_run_builds_the_whole_dag(tmp_path):
     assert "tiny_model" not in jobs  # the paper config names hub models
 
 
-def test_lint_is_clean_and_gpu_rules_ask_for_a_gpu():
-    out = smk(ROOT, "--lint", timeout=120)
+@pytest.mark.parametrize("configfile", ["config/config.yaml", "config/demo.yaml"])
+def test_lint_is_clean_and_gpu_rules_ask_for_a_gpu(configfile):
+    # both configs: the demo's local tiny models are inputs too, which the lint checks params against
+    out = smk(ROOT, "--lint", "--configfile", configfile, timeout=120)
     assert out.returncode == 0, out.stdout[-3000:]
     text = "\n".join(p.read_text() for p in (ROOT / "rules").glob("*.smk"))
     for rule in ("finetune", "generate", "train_classifier"):
