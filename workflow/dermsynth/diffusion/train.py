@@ -383,7 +383,8 @@ def _adamw8bit_class():
     bitsandbytes' ``step`` calls ``torch.cuda.synchronize()`` once per tensor, which only its paged
     optimizers need: a LoRA's 256 small tensors (SD1.5, rank 4) become 256 host waits per step, with
     the GPU idle between them. This step runs the same kernels (bitsandbytes' own ``update_step``),
-    in the same order, on the same stream.
+    in the same order; bitsandbytes launches them on the default stream, where the training's own
+    forward and backward run, so they are ordered after the backward without any host wait.
     """
     global _ADAMW8BIT
     if _ADAMW8BIT is None:
