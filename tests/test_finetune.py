@@ -205,10 +205,17 @@ def test_fp16_adamw8bit_training_on_gpu(tiny_sd, images, tmp_path):
 # options users of diffusers' script expect
 
 
-def _train(tiny_sd, images, tmp_path, name, **over):
+def _train(tiny_sd, images, tmp_path, name, on_step=None, **over):
     cfg = {**fx.FINETUNE, "max_train_steps": 6, "checkpointing_steps": 100, "mixed_precision": "no", **over}
     summary = train_lora(
-        str(tiny_sd), images, tmp_path / name, cfg, tmp_path / f"{name}.ckpt", threads=1, device="cpu"
+        str(tiny_sd),
+        images,
+        tmp_path / name,
+        cfg,
+        tmp_path / f"{name}.ckpt",
+        threads=1,
+        device="cpu",
+        on_step=on_step,
     )
     return load_file(tmp_path / name / LORA), summary
 
@@ -334,8 +341,22 @@ def test_two_processes_through_accelerate_launch_train_the_lora_of_one_with_two_
     csv = tmp_path / "ft.csv"
     images.to_csv(csv, index=False)
     cfg = {**fx.FINETUNE, "max_train_steps": 6, "checkpointing_steps": 4, "num_validation_images": 0}
+
+    # a one-process run of the same settings, killed after its step-4 checkpoint
+    class Killed(Exception):
+        pass
+
+    def kill_at_5(step, loss):
+        if step == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        _train(tiny_sd, images, tmp_path, "two", on_step=kill_at_5, **cfg)
+    assert (tmp_path / "two.ckpt" / "checkpoint-4").is_dir()
+
     two = run_finetune(str(tiny_sd), csv, tmp_path / "two", cfg, tmp_path / "two.ckpt", gpus=2)
     assert two["num_processes"] == 2 and two["steps"] == 6 and two["epochs"] == 4
+    assert two["resumed_from"] is None  # another process count: another stream, not resumed
     assert not (tmp_path / "two.ckpt").exists()  # a checkpoint was written at step 4, then removed
     one, s1 = _train(tiny_sd, images, tmp_path, "one", **{**cfg, "gradient_accumulation_steps": 2})
     assert s1["num_processes"] == 1

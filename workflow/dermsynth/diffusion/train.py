@@ -251,13 +251,17 @@ class _Prefetcher:
 # checkpoints
 
 
-def _fingerprint(pretrained: str, images: pd.DataFrame, s: dict) -> str:
+def _fingerprint(pretrained: str, images: pd.DataFrame, s: dict, num_processes: int = 1) -> str:
     key = {k: v for k, v in s.items() if k not in _RESUME_NEUTRAL}
     key.update(
         pretrained=str(pretrained),
         paths=[str(p) for p in images["path"]],
         labels=[str(v) for v in images["label"]],
     )
+    if num_processes != 1:
+        # a step's micro-batches and the LR schedule's step count scale with the process count: a
+        # checkpoint from another GPU count would resume on another data stream and schedule
+        key["num_processes"] = int(num_processes)
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -874,7 +878,7 @@ def _train_one(
         accelerator.unwrap_model(unet).compile(mode=mode)
 
     # -- resume
-    fingerprint = _fingerprint(pretrained, images, s)
+    fingerprint = _fingerprint(pretrained, images, s, n_proc)
     start, history, resumed_from = 0, [], None
     resume = _find_resume(ckpt_dir, fingerprint)
     if resume is not None:
