@@ -348,7 +348,9 @@ def main(argv=None) -> None:
         default=[],
         metavar="NAME:KEY=VALUE[,KEY=VALUE]",
         help="also time ours with these finetune settings changed (YAML values), e.g. "
-        "compiled:compile=true; repeatable; reported under 'variants' with their ratio to the peer",
+        "compiled:compile=true, or 'paper' for config/config.yaml's own step settings (its "
+        "extrapolated time is the paper fine-tune as the workflow runs it); repeatable; reported "
+        "under 'variants' with their ratio to the peer",
     )
     p.add_argument(
         "--profile",
@@ -492,10 +494,32 @@ def _compare(a, work: Path, gpu: bool) -> dict:
     }
 
 
+#: the paper config's settings that decide a step's speed (the rest is the benchmark's: steps, data)
+PAPER_SPEED_KEYS = (
+    "mixed_precision",
+    "optimizer",
+    "gradient_checkpointing",
+    "attention",
+    "cache_latents",
+    "channels_last",
+    "compile",
+    "compile_mode",
+    "allow_tf32",
+    "rank",
+    "alpha",
+    "target_modules",
+    "snr_gamma",
+    "noise_offset",
+)
+
+
 def _parse_variant(spec: str) -> tuple[str, dict]:
-    """``name:key=value,key=value`` -> (name, {key: YAML value})."""
+    """``name:key=value,key=value`` -> (name, {key: YAML value}); ``paper``: config/config.yaml's step."""
     import yaml
 
+    if spec == "paper":
+        ft = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["finetune"]
+        return "paper", {k: ft[k] for k in PAPER_SPEED_KEYS if k in ft}
     name, _, body = spec.partition(":")
     if not name or not body:
         raise SystemExit(f"--variant {spec!r}: expected NAME:KEY=VALUE[,KEY=VALUE]")

@@ -47,3 +47,14 @@ def test_variant_specs_and_step_rate(finetune_bench):
         finetune_bench._parse_variant("nosettings")
     # 4 timed steps after 1 warmup step, 0.5 s apart -> 2 it/s
     assert finetune_bench._it_s([0.0, 10.0, 10.5, 11.0, 11.5], warmup=1) == pytest.approx(2.0)
+
+
+def test_paper_variant_takes_the_step_settings_of_the_paper_config(finetune_bench):
+    import yaml
+
+    ft = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["finetune"]
+    name, settings = finetune_bench._parse_variant("paper")
+    assert name == "paper" and settings
+    assert settings == {k: ft[k] for k in settings}  # the config's values, not defaults
+    assert {"gradient_checkpointing", "compile", "optimizer", "mixed_precision"} <= settings.keys()
+    assert "max_train_steps" not in settings and "num_train_epochs" not in settings
