@@ -574,3 +574,25 @@ def test_adamw8bit_without_per_tensor_syncs_updates_exactly_as_bitsandbytes(monk
     for p, q in zip(ps_ours, ps_bnb, strict=True):
         for k in ("state1", "state2"):
             assert torch.equal(ours.state[p][k], ref.state[q][k])
+
+
+def test_compile_probe_names_a_broken_toolchain_and_passes_a_working_one(monkeypatch):
+    import shutil
+
+    from dermsynth.diffusion import pipeline
+
+    if shutil.which("g++") or shutil.which("c++"):  # inductor's CPU kernels are C++: a real compile
+        assert pipeline.compile_unavailable("cpu") is None
+
+    def broken(fn, **kw):
+        def run(*a):
+            raise RuntimeError("Failed to compile the launcher\nfatal error: Python.h: No such file")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    assert pipeline.compile_unavailable("cpu") == "RuntimeError: Failed to compile the launcher"
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: lambda x: fn(x) + 1)
+    assert pipeline.compile_unavailable("cpu") == "a compiled probe gave a wrong result"
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
+    assert pipeline.compile_unavailable("cpu") is None

@@ -77,6 +77,28 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
+def compile_unavailable(device) -> str | None:
+    """None when torch.compile builds and runs a kernel on ``device``; else why not, in one line.
+
+    Inductor's GPU kernels need Triton and, at their first launch, a C compiler with Python's
+    headers: a cluster node without them fails at the first training or sampling step, after the
+    models are loaded. A two-op probe finds that out in seconds, so the caller can run eager instead.
+    """
+    import torch
+
+    def f(x):
+        return torch.nn.functional.silu(x) * 2 + 1
+
+    try:
+        x = torch.linspace(-2, 2, 16, device=device)
+        if not torch.allclose(torch.compile(f, fullgraph=True)(x), f(x), atol=1e-5):
+            return "a compiled probe gave a wrong result"
+    except Exception as e:  # any failure of the toolchain: the caller runs eager
+        lines = str(e).strip().splitlines()
+        return f"{type(e).__name__}: {lines[0][:200] if lines else ''}".rstrip(": ")
+    return None
+
+
 def default_dtype(device: str):
     import torch
 
@@ -183,6 +205,10 @@ def speed_up(pipe, channels_last: bool = True, compile: bool = False):
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
     if compile:
-        pipe.unet = torch.compile(pipe.unet, fullgraph=False)
+        why = compile_unavailable(pipe.device)
+        if why is None:
+            pipe.unet = torch.compile(pipe.unet, fullgraph=False)
+        else:
+            log.warning("torch.compile cannot build kernels here (%s): sampling eager", why)
     pipe._dermsynth_fast = True
     return pipe
