@@ -40,23 +40,29 @@ PAPER_STEPS = 2800 * 120 // 2  # the paper's fine-tune: 2800 images x 120 epochs
 # workers: each runs one trainer in its own process and prints {"times": [...], "peak_mem_gb": x}
 
 
+def _cuda_in_use() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
+
+
 def _peak_mem_gb() -> float:
     import torch
 
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if _cuda_in_use():
         return torch.cuda.max_memory_allocated() / 1e9
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
 class _StepProfiler:
-    """torch.profiler over ``n`` optimizer steps after ``warmup``: where a step's time goes.
+    """torch.profiler over the ``n`` optimizer steps after step ``first``: where a step's time goes.
 
     Reports per step: wall time, the time the GPU spent in kernels (busy fraction: the rest is the
     GPU waiting on Python, launches or syncs), and the top operators by GPU and by host self time.
     """
 
-    def __init__(self, warmup: int, n: int):
-        self.first, self.last = warmup, warmup + n
+    def __init__(self, first: int, n: int):
+        self.first, self.last = first, first + n
         self.prof, self.t0, self.result = None, None, None
 
     def on_step(self, step: int) -> None:
@@ -64,14 +70,14 @@ class _StepProfiler:
 
         if self.prof is None and step == self.first and self.last > self.first:
             acts = [torch.profiler.ProfilerActivity.CPU]
-            if torch.cuda.is_available() and torch.cuda.is_initialized():
+            if _cuda_in_use():
                 torch.cuda.synchronize()
                 acts.append(torch.profiler.ProfilerActivity.CUDA)
             self.prof = torch.profiler.profile(activities=acts)
             self.prof.start()
             self.t0 = time.perf_counter()
         elif self.prof is not None and self.result is None and step == self.last:
-            if torch.cuda.is_available() and torch.cuda.is_initialized():
+            if _cuda_in_use():
                 torch.cuda.synchronize()
             wall = time.perf_counter() - self.t0
             self.prof.stop()
@@ -243,6 +249,11 @@ def _worker_peer(a) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # driver
+
+
+def _paper_hours(it_s: float) -> float:
+    """The paper's fine-tune (PAPER_STEPS steps) at this step rate, in hours."""
+    return round(PAPER_STEPS / it_s / 3600, 2)
 
 
 def _it_s(times: list, warmup: int) -> float:
@@ -455,7 +466,7 @@ def _compare(a, work: Path, gpu: bool) -> dict:
             v.update(
                 it_s=round(it_s, 3),
                 peak_mem_gb=round(r["peak_mem_gb"], 3),
-                paper_finetune_h_extrapolated=round(PAPER_STEPS / it_s / 3600, 2),
+                paper_finetune_h_extrapolated=_paper_hours(it_s),
                 dynamo=r.get("dynamo"),
                 profile=r.get("profile"),
             )
@@ -483,7 +494,7 @@ def _compare(a, work: Path, gpu: bool) -> dict:
         "model": "sd15 (random weights)" if gpu and not a.quick else "tiny sd",
         "peer_script_ref": ref.read_text().strip() if ref.exists() else None,
         "peer_lora_loads_in_generate": peer_lora_loads,
-        "paper_finetune_h_extrapolated": round(PAPER_STEPS / ours_it_s / 3600, 2),
+        "paper_finetune_h_extrapolated": _paper_hours(ours_it_s),
         "peer_error": peer_error,
         "dynamo": ours.get("dynamo"),
         "profile": ours.get("profile"),

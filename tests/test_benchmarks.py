@@ -18,7 +18,7 @@ def finetune_bench():
 
 
 def test_step_profiler_counts_the_ops_of_the_profiled_steps_only(finetune_bench):
-    prof = finetune_bench._StepProfiler(warmup=2, n=3)
+    prof = finetune_bench._StepProfiler(first=2, n=3)
     a = torch.randn(64, 64)
     for step in range(1, 8):
         for _ in range(step):  # step k runs k matmuls: only steps 3, 4 and 5 may be counted
@@ -32,7 +32,7 @@ def test_step_profiler_counts_the_ops_of_the_profiled_steps_only(finetune_bench)
 
 
 def test_no_profile_asked_is_no_profile(finetune_bench):
-    prof = finetune_bench._StepProfiler(warmup=2, n=0)
+    prof = finetune_bench._StepProfiler(first=2, n=0)
     for step in range(1, 5):
         prof.on_step(step)
     assert prof.result is None and prof.prof is None

@@ -17,6 +17,20 @@ from dermsynth.errors import ConfigError, ModelNotFoundError, TrainingError
 LORA = "pytorch_lora_weights.safetensors"
 
 
+class Killed(Exception):
+    """A job killed from inside its training loop (what SIGKILL does, minus the process)."""
+
+
+def kill_at(n):
+    """An ``on_step`` callback that kills the run when step ``n`` is reached."""
+
+    def on_step(step, loss):
+        if step == n:
+            raise Killed
+
+    return on_step
+
+
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory):
     return fx.tiny_sd(tmp_path_factory)
@@ -98,17 +112,10 @@ def test_resume_ends_at_the_same_lora(tiny_sd, images, tmp_path):
     }
     train_lora(str(tiny_sd), images, tmp_path / "full", cfg, tmp_path / "full.ckpt", threads=1, device="cpu")
 
-    class Killed(Exception):
-        pass
-
-    def kill_at_5(step, loss):
-        if step == 5:
-            raise Killed
-
     ckpt = tmp_path / "part.ckpt"
     with pytest.raises(Killed):
         train_lora(
-            str(tiny_sd), images, tmp_path / "part", cfg, ckpt, threads=1, device="cpu", on_step=kill_at_5
+            str(tiny_sd), images, tmp_path / "part", cfg, ckpt, threads=1, device="cpu", on_step=kill_at(5)
         )
     assert sorted(p.name for p in ckpt.iterdir()) == ["checkpoint-2", "checkpoint-4"]
     assert not (tmp_path / "part" / LORA).exists()
@@ -125,15 +132,10 @@ def test_resume_ends_at_the_same_lora(tiny_sd, images, tmp_path):
 def test_checkpoint_from_other_settings_is_ignored(tiny_sd, images, tmp_path, caplog):
     cfg = {**fx.FINETUNE, "max_train_steps": 3, "checkpointing_steps": 1, "mixed_precision": "no"}
 
-    class Killed(Exception):
-        pass
-
-    def stop(step, loss):
-        if step == 2:
-            raise Killed
-
     with pytest.raises(Killed):
-        train_lora(str(tiny_sd), images, tmp_path / "o", cfg, tmp_path / "c", device="cpu", on_step=stop)
+        train_lora(
+            str(tiny_sd), images, tmp_path / "o", cfg, tmp_path / "c", device="cpu", on_step=kill_at(2)
+        )
     other = {**cfg, "rank": 2}
     summary = train_lora(str(tiny_sd), images, tmp_path / "o", other, tmp_path / "c", device="cpu")
     assert summary["resumed_from"] is None
@@ -343,15 +345,8 @@ def test_two_processes_through_accelerate_launch_train_the_lora_of_one_with_two_
     cfg = {**fx.FINETUNE, "max_train_steps": 6, "checkpointing_steps": 4, "num_validation_images": 0}
 
     # a one-process run of the same settings, killed after its step-4 checkpoint
-    class Killed(Exception):
-        pass
-
-    def kill_at_5(step, loss):
-        if step == 5:
-            raise Killed
-
     with pytest.raises(Killed):
-        _train(tiny_sd, images, tmp_path, "two", on_step=kill_at_5, **cfg)
+        _train(tiny_sd, images, tmp_path, "two", on_step=kill_at(5), **cfg)
     assert (tmp_path / "two.ckpt" / "checkpoint-4").is_dir()
 
     two = run_finetune(str(tiny_sd), csv, tmp_path / "two", cfg, tmp_path / "two.ckpt", gpus=2)

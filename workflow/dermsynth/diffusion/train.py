@@ -20,6 +20,7 @@ Differences from the diffusers example, and why:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -378,9 +379,7 @@ def _find_resume(ckpt_dir: Path, fingerprint: str) -> Path | None:
 # model parts
 
 
-_ADAMW8BIT = None
-
-
+@functools.cache
 def _adamw8bit_class():
     """bitsandbytes' AdamW8bit, less its device-wide synchronize after every parameter.
 
@@ -390,35 +389,32 @@ def _adamw8bit_class():
     in the same order; bitsandbytes launches them on the default stream, where the training's own
     forward and backward run, so they are ordered after the backward without any host wait.
     """
-    global _ADAMW8BIT
-    if _ADAMW8BIT is None:
-        import bitsandbytes as bnb
-        import torch
+    import bitsandbytes as bnb
+    import torch
 
-        class AdamW8bit(bnb.optim.AdamW8bit):
-            @torch.no_grad()
-            def step(self, closure=None):
-                if self.is_paged:
-                    return super().step(closure)
-                loss = None
-                if closure is not None:
-                    with torch.enable_grad():
-                        loss = closure()
-                if not self.initialized:
-                    self.check_overrides()
-                    self.to_gpu()
-                    self.initialized = True
-                for gindex, group in enumerate(self.param_groups):
-                    for pindex, p in enumerate(group["params"]):
-                        if p.grad is None:
-                            continue
-                        if len(self.state[p]) == 0:
-                            self.init_state(group, p, gindex, pindex)
-                        self.update_step(group, p, gindex, pindex)
-                return loss
+    class AdamW8bit(bnb.optim.AdamW8bit):
+        @torch.no_grad()
+        def step(self, closure=None):
+            if self.is_paged:
+                return super().step(closure)
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            if not self.initialized:
+                self.check_overrides()
+                self.to_gpu()
+                self.initialized = True
+            for gindex, group in enumerate(self.param_groups):
+                for pindex, p in enumerate(group["params"]):
+                    if p.grad is None:
+                        continue
+                    if len(self.state[p]) == 0:
+                        self.init_state(group, p, gindex, pindex)
+                    self.update_step(group, p, gindex, pindex)
+            return loss
 
-        _ADAMW8BIT = AdamW8bit
-    return _ADAMW8BIT
+    return AdamW8bit
 
 
 def _optimizer(s: dict, params: list, device: str = "cpu"):
