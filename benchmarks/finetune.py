@@ -468,6 +468,8 @@ def _compare(a, work: Path, gpu: bool) -> dict:
                 peak_mem_gb=round(r["peak_mem_gb"], 3),
                 paper_finetune_h_extrapolated=_paper_hours(it_s),
                 dynamo=r.get("dynamo"),
+                compiled=r["summary"].get("compile"),
+                compile_check=r["summary"].get("compile_check"),
                 profile=r.get("profile"),
             )
         except Exception as e:  # one failing variant (a compiler error) must not cost the others
@@ -497,6 +499,8 @@ def _compare(a, work: Path, gpu: bool) -> dict:
         "paper_finetune_h_extrapolated": _paper_hours(ours_it_s),
         "peer_error": peer_error,
         "dynamo": ours.get("dynamo"),
+        # compiled runs: the first step's gradient against eager's (finetune.compile_check_tol)
+        "compile_check": ours["summary"].get("compile_check"),
         "profile": ours.get("profile"),
         "variants": [
             {**v, "speed_ratio": round(v["it_s"] / peer_it_s, 3) if peer_it_s and "it_s" in v else None}

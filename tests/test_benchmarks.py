@@ -58,3 +58,22 @@ def test_paper_variant_takes_the_step_settings_of_the_paper_config(finetune_benc
     assert settings == {k: ft[k] for k in settings}  # the config's values, not defaults
     assert {"gradient_checkpointing", "compile", "optimizer", "mixed_precision"} <= settings.keys()
     assert "max_train_steps" not in settings and "num_train_epochs" not in settings
+
+
+@pytest.fixture(scope="module")
+def optimizer_bench():
+    spec = importlib.util.spec_from_file_location("bench_lora_opt", ROOT / "benchmarks" / "lora_optimizer.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_lora_optimizer_benchmark_times_sd15_lora_shapes_and_both_sides_end_identical(optimizer_bench):
+    pytest.importorskip("bitsandbytes")
+    shapes = optimizer_bench.sd15_lora_shapes(4, ["to_k", "to_q", "to_v", "to_out.0"])
+    # 16 transformer blocks x 2 attentions x 4 projections x (A, B)
+    assert len(shapes) == 256 and sum(a * b for a, b in shapes) == 797_184
+    assert (4, 768) in shapes and (1280, 4) in shapes  # cross-attention k/v read the 768-d text states
+    r = optimizer_bench.run("cpu", rank=4, steps=2, warmup=1)
+    assert r["bit_identical"] is True and r["n_flat_buffers"] == 2 and r["n_tensors"] == 256
+    assert r["speed_ratio"] == pytest.approx(r["peer_ms_per_step"] / r["ours_ms_per_step"], rel=1e-2)

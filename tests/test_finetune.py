@@ -1,6 +1,7 @@
 """DreamBooth-LoRA training: outputs, LoRA effect, exact resume, divergence, config errors."""
 
 import json
+import math
 
 import _diffusion_fixtures as fx
 import numpy as np
@@ -534,29 +535,33 @@ def test_tensorboard_logs_hold_the_loss_curve_and_validation_images(trained):
     assert tags and all(t.startswith("validation/") for t in tags)
 
 
-def test_adamw8bit_without_per_tensor_syncs_updates_exactly_as_bitsandbytes(monkeypatch):
+def test_adamw8bit_on_flat_buffers_updates_exactly_as_bitsandbytes_per_tensor_without_syncs(monkeypatch):
     bnb = pytest.importorskip("bitsandbytes")
     import bitsandbytes.optim.optimizer as bnb_opt
 
-    from dermsynth.diffusion.train import _optimizer
+    from dermsynth.diffusion.train import _flat_params, _optimizer
 
     syncs = []
     monkeypatch.setattr(bnb_opt, "sync_gpu", lambda t: syncs.append(t))
     torch.manual_seed(0)
-    # LoRA shapes: the 4x1280 ones pass bitsandbytes' min_8bit_size (8-bit state), the rest stay 32-bit
-    shapes = [(4, 320), (320, 4), (4, 1280), (1280, 4), (4, 768)]
+    # LoRA shapes: 4x1280 and 3x1500 pass bitsandbytes' min_8bit_size (8-bit states in blocks of 256;
+    # 3x1500 ends in a partial block), the rest keep 32-bit states
+    shapes = [(4, 320), (320, 4), (4, 1280), (1280, 4), (4, 768), (3, 1500), (1500, 3), (4, 1280)]
     init = [torch.randn(s) for s in shapes]
     ps_ours = [torch.nn.Parameter(t.clone()) for t in init]
     ps_bnb = [torch.nn.Parameter(t.clone()) for t in init]
     s = {**fx.FINETUNE, "optimizer": "adamw8bit", "adam_beta1": 0.9, "adam_beta2": 0.999}
     s.update(adam_weight_decay=1e-2, adam_epsilon=1e-8, lora_learning_rate=1e-3)
-    ours = _optimizer(s, ps_ours, "cpu")
+    flat = _flat_params(s, ps_ours)
+    ours = _optimizer(s, flat, "cpu")
     ref = bnb.optim.AdamW8bit(ps_bnb, lr=1e-3, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
     assert isinstance(ours, bnb.optim.AdamW8bit) and type(ours) is not bnb.optim.AdamW8bit
+    assert [len(g["params"]) for g in ours.param_groups] == [1, 1]  # 8 tensors, two buffers
     for _ in range(4):
         grads = [torch.randn(s) for s in shapes]
         for p, q, g in zip(ps_ours, ps_bnb, grads, strict=True):
-            p.grad, q.grad = g.clone(), g.clone()
+            p.grad.copy_(g)  # a view of the flat gradient buffer
+            q.grad = g.clone()
         n = len(syncs)
         ours.step()
         assert len(syncs) == n  # no sync of ours
@@ -564,11 +569,53 @@ def test_adamw8bit_without_per_tensor_syncs_updates_exactly_as_bitsandbytes(monk
         assert len(syncs) == n + len(shapes)  # bitsandbytes: one per tensor
     for p, q, p0 in zip(ps_ours, ps_bnb, init, strict=True):
         assert torch.equal(p, q) and not torch.equal(p, p0)
-    dtypes = {str(ours.state[p]["state1"].dtype) for p in ps_ours}
-    assert dtypes == {"torch.float32", "torch.uint8"}  # both of bitsandbytes' update paths ran
+    # each matrix's slice of the flat states is bitsandbytes' state of that matrix alone
+    kinds = set()
     for p, q in zip(ps_ours, ps_bnb, strict=True):
-        for k in ("state1", "state2"):
-            assert torch.equal(ours.state[p][k], ref.state[q][k])
+        f = next(f for f in flat.flat if f.untyped_storage().data_ptr() == p.untyped_storage().data_ptr())
+        st, o, k = ours.state[f], p.storage_offset(), p.numel()
+        kinds.add(str(st["state1"].dtype))
+        for key in ("state1", "state2"):
+            assert torch.equal(st[key][o : o + k], ref.state[q][key].reshape(-1))
+        if st["state1"].dtype == torch.uint8:
+            assert o % 256 == 0
+            b = ref.state[q]["absmax1"].numel()
+            for key in ("absmax1", "absmax2"):
+                assert torch.equal(st[key][o // 256 : o // 256 + b], ref.state[q][key])
+    assert kinds == {"torch.float32", "torch.uint8"}  # both of bitsandbytes' update paths ran
+
+
+def test_flat_parameters_take_autograd_gradients_in_place_and_train_as_separate_ones():
+    from dermsynth.diffusion.flat_params import FlatParams
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 6)
+    layers = [torch.nn.Linear(6, 6), torch.nn.Linear(6, 3)]
+    twins = [torch.nn.Linear(6, 6), torch.nn.Linear(6, 3)]
+    for a, b in zip(layers, twins, strict=True):
+        b.load_state_dict(a.state_dict())
+    flat = FlatParams([p for m in layers for p in m.parameters()], split_at=10, align=8)
+    assert [f.numel() for f in flat.flat] == [40 + 24, 6 + 3]  # 36 and 18 padded to 8s; biases apart
+    opt = torch.optim.AdamW([{"params": [f]} for f in flat.flat], lr=1e-2)
+    ref = torch.optim.AdamW([p for m in twins for p in m.parameters()], lr=1e-2)
+
+    def loss(ms):
+        return ms[1](torch.tanh(ms[0](x))).square().mean()
+
+    for _ in range(3):
+        for _micro in range(2):  # accumulation: autograd adds into the views, in place
+            loss(layers).backward()
+            loss(twins).backward()
+        opt.step()
+        ref.step()
+        flat.zero_grad()
+        ref.zero_grad()
+    for p, q in zip(flat.params, [p for m in twins for p in m.parameters()], strict=True):
+        assert torch.equal(p, q)
+        assert p.untyped_storage().data_ptr() in {f.untyped_storage().data_ptr() for f in flat.flat}
+    flat.release()
+    ptrs = {p.untyped_storage().data_ptr() for p in flat.params}
+    assert len(ptrs) == len(flat.params) and all(p.grad is None for p in flat.params)
 
 
 def test_compile_probe_names_a_broken_toolchain_and_passes_a_working_one(monkeypatch):
@@ -591,3 +638,57 @@ def test_compile_probe_names_a_broken_toolchain_and_passes_a_working_one(monkeyp
     assert pipeline.compile_unavailable("cpu") == "a compiled probe gave a wrong result"
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
     assert pipeline.compile_unavailable("cpu") is None
+
+
+class _NegatedGrad(torch.autograd.Function):
+    """Identity forward, negated gradient backward: a miscompiled backward with a correct forward.
+
+    Negated, not scaled: Adam's first update is sign(grad), blind to any positive scaling.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return -g
+
+
+def _miscompiling_backend(gm, example_inputs):
+    def run(*args):
+        outs = gm(*args)
+        return type(outs)(
+            _NegatedGrad.apply(o) if isinstance(o, torch.Tensor) and o.requires_grad else o for o in outs
+        )
+
+    return run
+
+
+@pytest.mark.parametrize("backend", ["eager", "miscompiling"])
+def test_compiled_gradients_are_checked_against_eager_ones_and_a_miscompile_trains_eager(
+    backend, tiny_sd, images, tmp_path, monkeypatch
+):
+    from dermsynth.diffusion import train
+
+    assert math.isnan(train._grad_rel_error([torch.ones(2)], [torch.tensor([1.0, math.inf])]))
+    assert train._grad_rel_error([torch.zeros(2)], [torch.zeros(2)]) == 0.0
+    # torch.compile on CPU, with dynamo's own eager backend or one whose backward negates the gradients
+    monkeypatch.setattr(train, "_compiles_on", lambda device: True)
+    monkeypatch.setattr(train, "compile_unavailable", lambda dev: None)
+    monkeypatch.setattr(
+        train, "_compile_backend", lambda: _miscompiling_backend if backend != "eager" else "eager"
+    )
+    torch._dynamo.reset()
+    compiled, s1 = _train(tiny_sd, images, tmp_path, "compiled", compile=True, max_train_steps=4)
+    torch._dynamo.reset()
+    eager, s2 = _train(tiny_sd, images, tmp_path, "eager", compile=False, max_train_steps=4)
+    assert s2["compile"] is False and s2["compile_check"] is None
+    assert s1["compile_check"]["step"] == 1
+    err = s1["compile_check"]["grad_rel_error"]
+    if backend == "eager":
+        assert s1["compile"] is True and err < 1e-6
+    else:
+        # the check saw the negated gradient, restored the eager one and trained the rest eager
+        assert s1["compile"] is False and err == pytest.approx(2.0, abs=1e-3)
+    assert _max_diff(compiled, eager) < 1e-6

@@ -20,6 +20,7 @@ Differences from the diffusers example, and why:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -39,6 +40,7 @@ import pandas as pd
 from .. import io
 from ..errors import ConfigError, TrainingError
 from ..hub import load_pretrained
+from .flat_params import BNB_BLOCK, BNB_MIN_8BIT_SIZE, FlatParams
 from .pipeline import LORA_WEIGHT_NAME, compile_unavailable, resolve_device
 
 log = logging.getLogger("dermsynth")
@@ -78,6 +80,7 @@ DEFAULTS = {
     "channels_last": True,
     "compile": True,
     "compile_mode": "default",
+    "compile_check_tol": 0.1,
     "snr_gamma": None,
     "noise_offset": 0.0,
     "allow_tf32": True,
@@ -100,6 +103,7 @@ _RESUME_NEUTRAL = (
     "channels_last",
     "compile",
     "compile_mode",
+    "compile_check_tol",
     "checkpointing_steps",
     "checkpoints_total_limit",
     "logging_steps",
@@ -116,7 +120,11 @@ def settings(cfg: dict) -> dict:
     """``cfg`` over DEFAULTS, with the enumerated values checked."""
     s = {
         **DEFAULTS,
-        **{k: v for k, v in cfg.items() if v is not None or k in ("max_train_steps", "snr_gamma")},
+        **{
+            k: v
+            for k, v in cfg.items()
+            if v is not None or k in ("max_train_steps", "snr_gamma", "compile_check_tol")
+        },
     }
     s.pop("run", None)  # the run's name is the output folder, not a training setting
     for key, allowed in (
@@ -141,6 +149,8 @@ def settings(cfg: dict) -> dict:
             raise ConfigError(f"finetune.{key} must be >= 1, got {s[key]}")
     if s["snr_gamma"] is not None and float(s["snr_gamma"]) <= 0:
         raise ConfigError(f"finetune.snr_gamma must be > 0 or null, got {s['snr_gamma']}")
+    if s["compile_check_tol"] is not None and float(s["compile_check_tol"]) <= 0:
+        raise ConfigError(f"finetune.compile_check_tol must be > 0 or null, got {s['compile_check_tol']}")
     if s["cache_latents"] and not s["center_crop"]:
         # a random crop changes every epoch: a cache would freeze the first one
         log.warning("cache_latents is off: center_crop is false, so crops change every epoch")
@@ -259,6 +269,8 @@ def _fingerprint(pretrained: str, images: pd.DataFrame, s: dict, num_processes: 
         paths=[str(p) for p in images["path"]],
         labels=[str(v) for v in images["label"]],
     )
+    # 2: optimizer states of flat parameter buffers (flat_params.py), not one per LoRA matrix
+    key["checkpoint_format"] = 2
     if num_processes != 1:
         # a step's micro-batches and the LR schedule's step count scale with the process count: a
         # checkpoint from another GPU count would resume on another data stream and schedule
@@ -319,7 +331,9 @@ def _save_checkpoint(
     tmp = ckpt_dir / f".tmp-checkpoint-{step}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file({n: p.detach().float().cpu().contiguous() for n, p in params.items()}, tmp / "lora.safetensors")
+    # copies: the parameters are views of shared flat buffers, which safetensors refuses
+    tensors = {n: p.detach().to("cpu", torch.float32, copy=True) for n, p in params.items()}
+    save_file(tensors, tmp / "lora.safetensors")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(lr_scheduler.state_dict(), tmp / "scheduler.pt")
     if scaler is not None:
@@ -393,6 +407,12 @@ def _adamw8bit_class():
     import torch
 
     class AdamW8bit(bnb.optim.AdamW8bit):
+        def get_config(self, gindex, pindex, group):
+            config = super().get_config(gindex, pindex, group)
+            # a flat buffer of small tensors asks for bitsandbytes' 32-bit states (flat_params.py)
+            config["optim_bits"] = group.get("optim_bits", config["optim_bits"])
+            return config
+
         @torch.no_grad()
         def step(self, closure=None):
             if self.is_paged:
@@ -417,9 +437,20 @@ def _adamw8bit_class():
     return AdamW8bit
 
 
-def _optimizer(s: dict, params: list, device: str = "cpu"):
+def _flat_params(s: dict, params: list) -> FlatParams:
+    """The LoRA re-homed into flat buffers, laid out so 8-bit AdamW updates exactly as per tensor."""
+    if s["optimizer"] == "adamw8bit":
+        return FlatParams(params, split_at=BNB_MIN_8BIT_SIZE, align=BNB_BLOCK)
+    return FlatParams(params)
+
+
+def _optimizer(s: dict, flat: FlatParams, device: str = "cpu"):
     import torch
 
+    params = [
+        {"params": [f], **({"optim_bits": 32} if small else {})}
+        for f, small in zip(flat.flat, flat.small, strict=True)
+    ]
     kw = dict(
         lr=float(s["lora_learning_rate"]),
         betas=(float(s["adam_beta1"]), float(s["adam_beta2"])),
@@ -548,6 +579,24 @@ def _apply_speed_options(unet, s: dict, device: str) -> str:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
     return attention
+
+
+def _compiles_on(device: str) -> bool:
+    """torch.compile pays on CUDA only: on CPU its minutes of compilation outweigh the step it speeds."""
+    return device.startswith("cuda")
+
+
+def _compile_backend() -> str:
+    return "inductor"
+
+
+def _grad_rel_error(ref: list, got: list) -> float:
+    """||got - ref|| / ||ref|| over all tensors (nan where either holds inf/nan, 0 where both are 0)."""
+    num = sum(float((g.float() - r.float()).square().sum()) for r, g in zip(ref, got, strict=True))
+    den = sum(float(r.float().square().sum()) for r in ref)
+    if not (math.isfinite(num) and math.isfinite(den)):
+        return math.nan
+    return math.sqrt(num / den) if den > 0 else (0.0 if num == 0 else math.inf)
 
 
 def _eager(compiled: bool):
@@ -861,12 +910,17 @@ def _train_one(
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
 
-    optimizer = _optimizer(s, list(params.values()), device)
+    # DDP's start-up broadcast gives the parameters new storage: re-home them after it
+    unet = accelerator.prepare(unet)
+    # 256 matrices (SD1.5, rank 4) as views of two buffers: optimizer, clip, unscale and zeroing
+    # then cost a call per buffer, not per matrix
+    flat = _flat_params(s, list(params.values()))
+    optimizer = _optimizer(s, flat, device)
     lr_scheduler = _lr_scheduler(s, optimizer, total_steps, n_proc)
-    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    optimizer, lr_scheduler = accelerator.prepare(optimizer, lr_scheduler)
     # both only apply on CUDA (_apply_speed_options); the log and the summary say what was applied
     channels_last = bool(s["channels_last"]) and device.startswith("cuda")
-    compiled = bool(s["compile"]) and device.startswith("cuda")
+    compiled = bool(s["compile"]) and _compiles_on(device)
     if compiled and (why := compile_unavailable(dev)) is not None:
         log.warning(
             "torch.compile cannot build kernels here (%s): training eager, about 2.4x slower per step; "
@@ -878,7 +932,7 @@ def _train_one(
         # in place (Module.compile), so parameter names and the saved LoRA keys stay as they are;
         # the first step pays the compilation (minutes for SD1.5 forward + backward, once per job)
         mode = None if s["compile_mode"] == "default" else s["compile_mode"]
-        accelerator.unwrap_model(unet).compile(mode=mode)
+        accelerator.unwrap_model(unet).compile(mode=mode, backend=_compile_backend())
 
     # -- resume
     fingerprint = _fingerprint(pretrained, images, s, n_proc)
@@ -988,13 +1042,36 @@ def _train_one(
         accelerator.wait_for_everyone()
         val_s += time.perf_counter() - t0
 
+    # one micro-batch's loss; the step whose compiled gradient is checked runs it eager first
+    def forward_loss(noisy, t, cond, target):
+        pred = unet(noisy, t, cond, return_dict=False)[0]
+        if snr_gamma is None:
+            return F.mse_loss(pred.float(), target.float(), reduction="mean")
+        # min-SNR weighting (Hang et al. 2023), as diffusers' --snr_gamma
+        snr = compute_snr(noise_scheduler, t)
+        w = torch.clamp(snr, max=snr_gamma)
+        w = w / (snr + 1) if prediction_type == "v_prediction" else w / snr
+        loss = F.mse_loss(pred.float(), target.float(), reduction="none")
+        return (loss.mean(dim=list(range(1, loss.ndim))) * w).mean()
+
+    flat.verify()
     val_s = 0.0
     t_loop = time.perf_counter()
     unet.train()
+    # a miscompiled backward trains silently wrong: the first step's gradients are compared with eager
+    check_compile = compiled and s["compile_check_tol"] is not None
+    compile_check = None
+    stance = contextlib.ExitStack()  # holds the eager fallback, if the check fails, until the loop ends
+
     try:
         for step in range(start, total_steps):
             step_loss = None
             for a in range(accum):
+                if compiled:
+                    # with CUDA graphs (compile_mode reduce-overhead) each micro-batch replays one graph
+                    # over the last one's outputs; nothing of those is read again (the loss is computed
+                    # outside the graph, the grads are added into the flat buffers)
+                    torch.compiler.cudagraph_mark_step_begin()
                 m = (step * accum + a) * n_proc + rank
                 # randomness depends on (seed, micro-batch index) only: a resumed run draws the same noise
                 g = torch.Generator().manual_seed(_seed_int(s["seed"], "noise", m))
@@ -1018,26 +1095,45 @@ def _train_one(
                         noise = noise + noise_offset * _to_device(offset, dev, latents.dtype)
                     noisy = noise_scheduler.add_noise(latents, noise, t)
                     cond = torch.cat([embeds[lb] for lb in labels])
-                    pred = unet(noisy, t, cond, return_dict=False)[0]
                     if prediction_type == "epsilon":
                         target = noise
                     else:
                         target = noise_scheduler.get_velocity(latents, noise, t)
-                    if snr_gamma is None:
-                        loss = F.mse_loss(pred.float(), target.float(), reduction="mean")
-                    else:
-                        # min-SNR weighting (Hang et al. 2023), as diffusers' --snr_gamma
-                        snr = compute_snr(noise_scheduler, t)
-                        w = torch.clamp(snr, max=snr_gamma)
-                        w = w / (snr + 1) if prediction_type == "v_prediction" else w / snr
-                        loss = F.mse_loss(pred.float(), target.float(), reduction="none")
-                        loss = (loss.mean(dim=list(range(1, loss.ndim))) * w).mean()
+
+                    if check_compile and a == 0:
+                        # the first micro-batch of a step (its gradient buffers are zero) once eager, as
+                        # the reference of the compiled gradients it then gets
+                        with _eager(True):
+                            accelerator.backward(forward_loss(noisy, t, cond, target))
+                        eager_grads = [f.grad.clone() for f in flat.flat]
+                        flat.zero_grad()
+                    loss = forward_loss(noisy, t, cond, target)
                     accelerator.backward(loss)
+                    if check_compile and a == 0:
+                        err = _grad_rel_error(eager_grads, [f.grad for f in flat.flat])
+                        if math.isfinite(err):  # fp16: the scaler's first scales may overflow; next step
+                            check_compile = False
+                            compile_check = {"step": step + 1, "grad_rel_error": err}
+                            if err > float(s["compile_check_tol"]):
+                                log.warning(
+                                    "torch.compile's gradients differ from eager ones (relative error %.3g > "
+                                    "finetune.compile_check_tol %s): training eager, about 2.4x slower",
+                                    err,
+                                    s["compile_check_tol"],
+                                )
+                                for f, e in zip(flat.flat, eager_grads, strict=True):
+                                    f.grad.copy_(e)
+                                stance.enter_context(_eager(True))
+                                compiled = False
+                            else:
+                                log.info("compiled gradients match eager ones (relative error %.3g)", err)
+                        del eager_grads
                     if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(list(params.values()), float(s["max_grad_norm"]))
+                        accelerator.clip_grad_norm_(flat.flat, float(s["max_grad_norm"]))
                     optimizer.step()
                     lr_scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
+                    if accelerator.sync_gradients:
+                        flat.zero_grad()  # in place: autograd accumulates into the flat buffers
                 d_loss = loss.detach() / accum
                 step_loss = d_loss if step_loss is None else step_loss + d_loss
             global_step = step + 1
@@ -1081,6 +1177,7 @@ def _train_one(
             if on_step is not None:
                 on_step(global_step, history[-1][2] if history and history[-1][0] == global_step else None)
     finally:
+        stance.close()
         bar.close()
         if loader is not None:
             loader.close()
@@ -1090,6 +1187,8 @@ def _train_one(
     loop_s = time.perf_counter() - t_loop - val_s  # it/s of training, not of validation
 
     # -- outputs (main process only; every process passes the same barriers)
+    flat.verify()
+    flat.release()
     unet = accelerator.unwrap_model(unet)
     epochs = data.epoch_of(total_steps * accum * n_proc - 1) + 1
     if int(s["num_validation_images"]) > 0:
@@ -1123,6 +1222,7 @@ def _train_one(
         "channels_last": channels_last,
         "compile": compiled,
         "compile_mode": s["compile_mode"] if compiled else None,
+        "compile_check": compile_check,
         "n_images": data.n,
         "labels": sorted(embeds),
         "resumed_from": resumed_from,
