@@ -692,3 +692,50 @@ def test_compiled_gradients_are_checked_against_eager_ones_and_a_miscompile_trai
         # the check saw the negated gradient, restored the eager one and trained the rest eager
         assert s1["compile"] is False and err == pytest.approx(2.0, abs=1e-3)
     assert _max_diff(compiled, eager) < 1e-6
+
+
+def test_upsampling_without_scatter_keeps_values_and_layout_and_compiles_to_the_eager_gradient():
+    import shutil
+
+    import torch.nn.functional as F
+    from diffusers.models.resnet import ResnetBlock2D
+    from diffusers.models.upsampling import Upsample2D
+
+    from dermsynth.diffusion import train
+
+    torch.manual_seed(0)
+    ups = Upsample2D(8, use_conv=True)
+    ref = Upsample2D(8, use_conv=True)
+    ref.load_state_dict(ups.state_dict())
+    holder = torch.nn.ModuleList([ups, torch.nn.Conv2d(8, 8, 1)])
+    assert train._upsampling_without_scatter(holder) == 1
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(2, 8, 5, 3).contiguous(memory_format=layout)
+        up = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        x_up = torch.zeros_like(up)  # capture what the patched module feeds its conv
+        h = ups.conv.register_forward_pre_hook(lambda m, a, out=x_up: out.copy_(a[0]))
+        assert torch.equal(ups(x), ref(x))
+        h.remove()
+        assert torch.equal(x_up, up)
+        assert ups(x).is_contiguous(memory_format=layout) == ref(x).is_contiguous(memory_format=layout)
+    assert torch.equal(ups(x, output_size=(7, 5)), ref(x, output_size=(7, 5)))  # not 2x: diffusers' own
+
+    if not (shutil.which("g++") or shutil.which("c++")):
+        pytest.skip("Inductor's CPU kernels need a C++ compiler")
+    # SD's up-block boundary: ResnetBlock2D (ends in "/ output_scale_factor") into Upsample2D, where
+    # torch 2.13's Inductor (CPU) returned a zero input gradient with interpolate's scatter backward
+    res = ResnetBlock2D(in_channels=64, out_channels=32, temb_channels=16, groups=16).requires_grad_(False)
+    up2 = Upsample2D(32, use_conv=True).requires_grad_(False)
+    train._upsampling_without_scatter(up2)
+    x0, skip, temb = torch.randn(2, 32, 4, 4), torch.randn(2, 32, 4, 4), torch.randn(2, 16)
+
+    def block(x):
+        return up2(res(torch.cat([x, skip], 1), temb))
+
+    grads = []
+    for fn in (block, torch.compile(block)):
+        x = x0.clone().requires_grad_(True)
+        fn(x).square().sum().backward()
+        grads.append(x.grad)
+    assert grads[0].norm() > 0
+    assert train._grad_rel_error([grads[0]], [grads[1]]) < 1e-4

@@ -581,6 +581,51 @@ def _apply_speed_options(unet, s: dict, device: str) -> str:
     return attention
 
 
+def _upsample2x_nearest(m, hidden_states, output_size=None, *args, **kwargs):
+    """diffusers' Upsample2D at its SD settings, the 2x nearest copy written as broadcast + reshape.
+
+    Same values as ``F.interpolate(scale_factor=2.0, mode="nearest")``, same memory format; its
+    backward is a sum over each 2x2 block where interpolate's is a scatter-add (index_put).
+    """
+    import torch
+
+    n, c, h, w = hidden_states.shape
+    if output_size is not None and tuple(output_size) != (2 * h, 2 * w):
+        return type(m).forward(m, hidden_states, output_size, *args, **kwargs)
+    if hidden_states.is_contiguous(memory_format=torch.channels_last) and c > 1:
+        # NHWC: copy in that order, so the result stays channels-last with a single copy
+        x = hidden_states.permute(0, 2, 3, 1)[:, :, None, :, None, :].expand(n, h, 2, w, 2, c)
+        x = x.reshape(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
+    else:
+        x = hidden_states[:, :, :, None, :, None].expand(n, c, h, 2, w, 2).reshape(n, c, 2 * h, 2 * w)
+    return m.conv(x)
+
+
+def _upsampling_without_scatter(unet) -> int:
+    """Routes the UNet's 2x nearest upsamplers through ``_upsample2x_nearest``; returns how many.
+
+    Inductor (torch 2.13, CPU) orders the scatter-add of interpolate's backward after a kernel that
+    already reads its result when a division follows it, as ResnetBlock2D's ``/ output_scale_factor``
+    does before every SD up-block's Upsample2D: the gradient into the up blocks comes back zero.
+    A block sum has no scatter to misorder.
+    """
+    from diffusers.models.upsampling import Upsample2D
+
+    n = 0
+    for m in unet.modules():
+        if (
+            type(m) is Upsample2D
+            and m.interpolate
+            and m.use_conv
+            and not m.use_conv_transpose
+            and m.norm is None
+            and m.name == "conv"
+        ):
+            m.forward = functools.partial(_upsample2x_nearest, m)
+            n += 1
+    return n
+
+
 def _compiles_on(device: str) -> bool:
     """torch.compile pays on CUDA only: on CPU its minutes of compilation outweigh the step it speeds."""
     return device.startswith("cuda")
@@ -932,6 +977,7 @@ def _train_one(
         # in place (Module.compile), so parameter names and the saved LoRA keys stay as they are;
         # the first step pays the compilation (minutes for SD1.5 forward + backward, once per job)
         mode = None if s["compile_mode"] == "default" else s["compile_mode"]
+        _upsampling_without_scatter(accelerator.unwrap_model(unet))
         accelerator.unwrap_model(unet).compile(mode=mode, backend=_compile_backend())
 
     # -- resume
