@@ -9,12 +9,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def finetune_bench():
-    spec = importlib.util.spec_from_file_location("bench_finetune", ROOT / "benchmarks" / "finetune.py")
+def _load_benchmark(name: str):
+    """A benchmarks/*.py script as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.fixture(scope="module")
+def finetune_bench():
+    return _load_benchmark("finetune")
 
 
 def test_step_profiler_counts_the_ops_of_the_profiled_steps_only(finetune_bench):
@@ -62,10 +67,7 @@ def test_paper_variant_takes_the_step_settings_of_the_paper_config(finetune_benc
 
 @pytest.fixture(scope="module")
 def optimizer_bench():
-    spec = importlib.util.spec_from_file_location("bench_lora_opt", ROOT / "benchmarks" / "lora_optimizer.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return _load_benchmark("lora_optimizer")
 
 
 def test_lora_optimizer_benchmark_times_sd15_lora_shapes_and_both_sides_end_identical(optimizer_bench):
