@@ -604,10 +604,11 @@ def _upsample2x_nearest(m, hidden_states, output_size=None, *args, **kwargs):
 def _upsampling_without_scatter(unet) -> int:
     """Routes the UNet's 2x nearest upsamplers through ``_upsample2x_nearest``; returns how many.
 
-    Inductor (torch 2.13, CPU) orders the scatter-add of interpolate's backward after a kernel that
-    already reads its result when a division follows it, as ResnetBlock2D's ``/ output_scale_factor``
-    does before every SD up-block's Upsample2D: the gradient into the up blocks comes back zero.
-    A block sum has no scatter to misorder.
+    Inductor (torch 2.13, CPU) can order the scatter-add of interpolate's backward after a kernel
+    that already reads its result when a division follows it, as ResnetBlock2D's
+    ``/ output_scale_factor`` does before every SD up-block's Upsample2D: the gradient into the up
+    block comes back zero. Which shapes it hits depends on its fusion choices (the test UNet's, not
+    SD1.5's at 16x16 latents); a block sum has no scatter to misorder.
     """
     from diffusers.models.upsampling import Upsample2D
 
