@@ -637,21 +637,22 @@ def _compile_backend() -> str:
 
 
 def _grad_rel_error(ref: list, got: list) -> float:
-    """||got - ref|| / ||ref|| over all tensors (nan where either holds inf/nan, 0 where both are 0)."""
-    num = sum(float((g.float() - r.float()).square().sum()) for r, g in zip(ref, got, strict=True))
+    """||got - ref|| / ||ref|| over all tensors: nan where ``ref`` is not finite (no reference),
+    inf where only ``got`` is not, 0 where both are 0."""
     den = sum(float(r.float().square().sum()) for r in ref)
-    if not (math.isfinite(num) and math.isfinite(den)):
+    if not math.isfinite(den):
         return math.nan
+    num = sum(float((g.float() - r.float()).square().sum()) for r, g in zip(ref, got, strict=True))
+    if not math.isfinite(num):
+        return math.inf
     return math.sqrt(num / den) if den > 0 else (0.0 if num == 0 else math.inf)
 
 
-def _eager(compiled: bool):
+def _eager():
     """Context in which compiled modules run their eager code (torch >= 2.6), else no-op."""
-    import contextlib
-
     import torch
 
-    if compiled and hasattr(torch.compiler, "set_stance"):
+    if hasattr(torch.compiler, "set_stance"):
         return torch.compiler.set_stance("force_eager")
     return contextlib.nullcontext()
 
@@ -1063,7 +1064,7 @@ def _train_one(
             train_peak = max(train_peak, torch.cuda.max_memory_allocated() / 1e9)
         if is_main:
             # a compiled UNet would compile a second (eval, no-grad) graph for a few images: run eager
-            with _eager(compiled):
+            with _eager():
                 d = _validate(
                     accelerator.unwrap_model(unet),
                     vae,
@@ -1150,7 +1151,7 @@ def _train_one(
                     if check_compile and a == 0:
                         # the first micro-batch of a step (its gradient buffers are zero) once eager, as
                         # the reference of the compiled gradients it then gets
-                        with _eager(True):
+                        with _eager():
                             accelerator.backward(forward_loss(noisy, t, cond, target))
                         eager_grads = [f.grad.clone() for f in flat.flat]
                         flat.zero_grad()
@@ -1158,7 +1159,7 @@ def _train_one(
                     accelerator.backward(loss)
                     if check_compile and a == 0:
                         err = _grad_rel_error(eager_grads, [f.grad for f in flat.flat])
-                        if math.isfinite(err):  # fp16: the scaler's first scales may overflow; next step
+                        if not math.isnan(err):  # fp16: the scaler's first scales may overflow; next step
                             check_compile = False
                             compile_check = {"step": step + 1, "grad_rel_error": err}
                             if err > float(s["compile_check_tol"]):
@@ -1170,7 +1171,7 @@ def _train_one(
                                 )
                                 for f, e in zip(flat.flat, eager_grads, strict=True):
                                     f.grad.copy_(e)
-                                stance.enter_context(_eager(True))
+                                stance.enter_context(_eager())
                                 compiled = False
                             else:
                                 log.info("compiled gradients match eager ones (relative error %.3g)", err)
