@@ -34,14 +34,10 @@ def sd15_lora_shapes(rank: int, target_modules: list[str]) -> list[tuple[int, ..
     from diffusers import UNet2DConditionModel
     from peft import LoraConfig
 
+    from dermsynth.tiny import sd_unet_config
+
     with torch.device("meta"):
-        unet = UNet2DConditionModel(
-            block_out_channels=(320, 640, 1280, 1280),
-            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-            cross_attention_dim=768,
-            attention_head_dim=8,
-        )
+        unet = UNet2DConditionModel(**sd_unet_config("sd15", 512))
         unet.requires_grad_(False)
         unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=target_modules))
     return [tuple(p.shape) for p in unet.parameters() if p.requires_grad]

@@ -124,56 +124,98 @@ def build_clip_tokenizer(out_dir) -> Path:
 # Stable Diffusion
 
 
-def _build_sd(out: Path, seed: int = 0, image_size: int = 64) -> None:
-    """A tiny SD 1.x pipeline: same classes, scheduler and latent scale factor (8) as SD 1.5."""
+#: the UNet, VAE and CLIP text encoder settings of each SD kind; the rest is shared (``_sd_models``)
+_SD_ARCH = {
+    "sd": {
+        "unet": dict(
+            layers_per_block=1,
+            block_out_channels=(32, 64),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=32,
+        ),
+        "vae": dict(block_out_channels=(16, 32, 64, 64), layers_per_block=1, norm_num_groups=16),
+        "text": dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            projection_dim=32,
+        ),
+    },
+    # Stable Diffusion 1.5's own configs
+    "sd15": {
+        "unet": dict(
+            layers_per_block=2,
+            block_out_channels=(320, 640, 1280, 1280),
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            cross_attention_dim=768,
+        ),
+        "vae": dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32),
+        "text": dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            projection_dim=768,
+            hidden_act="quick_gelu",
+        ),
+    },
+}
+
+
+def sd_unet_config(kind: str, image_size: int) -> dict:
+    """UNet2DConditionModel keyword arguments of SD kind ``kind`` ("sd" or "sd15") at ``image_size``."""
+    return dict(
+        sample_size=image_size // 8,
+        in_channels=4,
+        out_channels=4,
+        attention_head_dim=8,
+        norm_num_groups=32,
+        **_SD_ARCH[kind]["unet"],
+    )
+
+
+def _sd_models(kind: str, seed: int, image_size: int):
+    """Random-weight (unet, vae, text_encoder) of SD kind ``kind``."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    if image_size % 8:
-        raise ConfigError(f"tiny sd image_size {image_size} is not a multiple of 8 (the VAE scale factor)")
+    arch = _SD_ARCH[kind]
     # each part gets its own seed so changing one part's size leaves the others' weights unchanged
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=image_size // 8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    )
+    unet = UNet2DConditionModel(**sd_unet_config(kind, image_size))
     torch.manual_seed(seed + 1)
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
         latent_channels=4,
         sample_size=image_size,
-        block_out_channels=(16, 32, 64, 64),
-        layers_per_block=1,
-        norm_num_groups=16,
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
+        **arch["vae"],
     )
     torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=49408,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
             max_position_embeddings=77,
-            projection_dim=32,
             bos_token_id=49406,
             eos_token_id=49407,
             pad_token_id=1,
+            **arch["text"],
         )
     )
-    _save_sd_pipeline(out, unet, vae, text_encoder)
+    return unet, vae, text_encoder
+
+
+def _build_sd(out: Path, seed: int = 0, image_size: int = 64) -> None:
+    """A tiny SD 1.x pipeline: same classes, scheduler and latent scale factor (8) as SD 1.5."""
+    if image_size % 8:
+        raise ConfigError(f"tiny sd image_size {image_size} is not a multiple of 8 (the VAE scale factor)")
+    _save_sd_pipeline(out, *_sd_models("sd", seed, image_size))
 
 
 def _save_sd_pipeline(out: Path, unet, vae, text_encoder, dtype=None) -> None:
@@ -223,51 +265,8 @@ def _build_sd15(out: Path, seed: int = 0, image_size: int = 512, half: bool = Tr
     ``dtype=torch.float32`` upcasts.
     """
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=image_size // 8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=768,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    )
-    torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        sample_size=image_size,
-        block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2,
-        norm_num_groups=32,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-    )
-    torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            max_position_embeddings=77,
-            projection_dim=768,
-            hidden_act="quick_gelu",
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=1,
-        )
-    )
-    _save_sd_pipeline(out, unet, vae, text_encoder, dtype=torch.float16 if half else None)
+    _save_sd_pipeline(out, *_sd_models("sd15", seed, image_size), dtype=torch.float16 if half else None)
 
 
 def _clean_tokenizer_config(path: Path) -> None:
