@@ -434,6 +434,13 @@ def _compare(a, work: Path, gpu: bool) -> dict:
     ours = _run_worker(sys.executable, "ours", a, work)
     ours_it_s = _it_s(ours["times"], a.warmup)
     print(f"ours: {ours_it_s:.3f} it/s, peak {ours['peak_mem_gb']:.2f} GB", file=sys.stderr, flush=True)
+    # the rest of ours' figures too, so a run cut short by a time limit still has them in its log
+    extra = {k: ours.get(k) for k in ("dynamo", "profile")}
+    print(
+        f"ours: {json.dumps({**extra, 'compile_check': ours['summary'].get('compile_check')})}",
+        file=sys.stderr,
+        flush=True,
+    )
     peer_it_s = peer_mem = peer_error = None
     peer_lora_loads = None
     try:
