@@ -608,7 +608,8 @@ def _upsampling_without_scatter(unet) -> int:
     that already reads its result when a division follows it, as ResnetBlock2D's
     ``/ output_scale_factor`` does before every SD up-block's Upsample2D: the gradient into the up
     block comes back zero. Which shapes it hits depends on its fusion choices (the test UNet's, not
-    SD1.5's at 16x16 latents); a block sum has no scatter to misorder.
+    SD1.5's at 16x16 latents; the CPU repro's shapes came out right with torch 2.11's Triton on an
+    H100); a block sum has no scatter to misorder.
     """
     from diffusers.models.upsampling import Upsample2D
 
