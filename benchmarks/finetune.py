@@ -506,7 +506,7 @@ def _compare(a, work: Path, gpu: bool) -> dict:
         "paper_finetune_h_extrapolated": _paper_hours(ours_it_s),
         "peer_error": peer_error,
         "dynamo": ours.get("dynamo"),
-        # compiled runs: the first step's gradient against eager's (finetune.compile_check_tol)
+        # compiled runs: the checked steps' gradients against eager ones (finetune.compile_check_tol)
         "compile_check": ours["summary"].get("compile_check"),
         "profile": ours.get("profile"),
         "variants": [

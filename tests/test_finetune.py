@@ -658,20 +658,36 @@ class _NegatedGrad(torch.autograd.Function):
 _MISCOMPILED_CALLS = []
 
 
-def _miscompiling_backend(gm, example_inputs):
-    def run(*args):
-        _MISCOMPILED_CALLS.append(len(args))
-        outs = gm(*args)
-        return type(outs)(
-            _NegatedGrad.apply(o) if isinstance(o, torch.Tensor) and o.requires_grad else o for o in outs
-        )
+def _miscompiling_backend(from_call: int):
+    """A dynamo backend whose graphs negate the gradient from their ``from_call``-th call on (3: as a
+    CUDA graph that records right and replays wrong would)."""
 
-    return run
+    def backend(gm, example_inputs, **kw):
+        def run(*args):
+            _MISCOMPILED_CALLS.append(len(args))
+            outs = gm(*args)
+            if len(_MISCOMPILED_CALLS) < from_call:
+                return outs
+            return type(outs)(
+                _NegatedGrad.apply(o) if isinstance(o, torch.Tensor) and o.requires_grad else o for o in outs
+            )
+
+        return run
+
+    return backend
 
 
-@pytest.mark.parametrize("backend", ["eager", "miscompiling"])
+@pytest.mark.parametrize(
+    "backend, mode, checked, fails_at",
+    [
+        ("eager", "default", [1], None),
+        ("eager", "reduce-overhead", [1, 3], None),  # CUDA-graph modes: the first replay too
+        ("miscompiling", "default", [1], 1),
+        ("miscompiling-on-replay", "reduce-overhead", [1, 3], 3),
+    ],
+)
 def test_compiled_gradients_are_checked_against_eager_ones_and_a_miscompile_trains_eager(
-    backend, tiny_sd, images, tmp_path, monkeypatch
+    backend, mode, checked, fails_at, tiny_sd, images, tmp_path, monkeypatch
 ):
     from dermsynth.diffusion import train
 
@@ -682,24 +698,26 @@ def test_compiled_gradients_are_checked_against_eager_ones_and_a_miscompile_trai
     # torch.compile on CPU, with dynamo's own eager backend or one whose backward negates the gradients
     monkeypatch.setattr(train, "_compiles_on", lambda device: True)
     monkeypatch.setattr(train, "compile_unavailable", lambda dev: None)
-    monkeypatch.setattr(
-        train, "_compile_backend", lambda: _miscompiling_backend if backend != "eager" else "eager"
-    )
+    chosen = "eager" if backend == "eager" else _miscompiling_backend(3 if "replay" in backend else 1)
+    monkeypatch.setattr(train, "_compile_backend", lambda: chosen)
     torch._dynamo.reset()
     _MISCOMPILED_CALLS.clear()
-    compiled, s1 = _train(tiny_sd, images, tmp_path, "compiled", compile=True, max_train_steps=4)
+    compiled, s1 = _train(
+        tiny_sd, images, tmp_path, "compiled", compile=True, compile_mode=mode, max_train_steps=5
+    )
     torch._dynamo.reset()
-    eager, s2 = _train(tiny_sd, images, tmp_path, "eager", compile=False, max_train_steps=4)
+    eager, s2 = _train(tiny_sd, images, tmp_path, "eager", compile=False, max_train_steps=5)
     assert s2["compile"] is False and s2["compile_check"] is None
-    assert s1["compile_check"]["step"] == 1
-    err = s1["compile_check"]["grad_rel_error"]
-    if backend == "eager":
-        assert s1["compile"] is True and err < 1e-6
+    assert [c["step"] for c in s1["compile_check"]] == checked
+    errors = [c["grad_rel_error"] for c in s1["compile_check"]]
+    if fails_at is None:
+        assert s1["compile"] is True and max(errors) < 1e-6
     else:
         # the check saw the negated gradient, restored the eager one and trained the rest eager
-        assert s1["compile"] is False and err == pytest.approx(2.0, abs=1e-3)
-        # the compiled code ran once, for the checked step: not the steps after, nor the validation
-        assert len(_MISCOMPILED_CALLS) == 1
+        assert s1["compile"] is False and errors[-1] == pytest.approx(2.0, abs=1e-3)
+        assert max(errors[:-1], default=0.0) < 1e-6
+        # the compiled code ran up to the failed check, not for the steps after nor the validation
+        assert len(_MISCOMPILED_CALLS) == fails_at
     assert _max_diff(compiled, eager) < 1e-6
 
 

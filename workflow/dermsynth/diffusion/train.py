@@ -637,6 +637,12 @@ def _compile_backend() -> str:
     return "inductor"
 
 
+def _compile_checks(mode: str) -> int:
+    """How many steps of a compiled job are checked against eager: 2 where the mode records CUDA
+    graphs (the first run and the first replay), else 1."""
+    return 2 if mode in ("reduce-overhead", "max-autotune") else 1
+
+
 def _grad_rel_error(ref: list, got: list) -> float:
     """||got - ref|| / ||ref|| over all tensors: nan where ``ref`` is not finite (no reference),
     inf where only ``got`` is not, 0 where both are 0."""
@@ -1108,8 +1114,11 @@ def _train_one(
     t_loop = time.perf_counter()
     unet.train()
     # a miscompiled backward trains silently wrong: the first step's gradients are compared with eager
-    check_compile = compiled and s["compile_check_tol"] is not None
-    compile_check = None
+    # ones, and with CUDA graphs those of their first replay too (a graph is recorded on the second
+    # call and replayed from the third: its inputs and outputs live in other memory than the first's)
+    checks_left = 0 if not compiled or s["compile_check_tol"] is None else _compile_checks(s["compile_mode"])
+    next_check = start
+    compile_check: list = []
     stance = contextlib.ExitStack()  # holds the eager fallback, if the check fails, until the loop ends
 
     try:
@@ -1149,7 +1158,8 @@ def _train_one(
                     else:
                         target = noise_scheduler.get_velocity(latents, noise, t)
 
-                    if check_compile and a == 0:
+                    check_now = checks_left > 0 and step >= next_check and a == 0
+                    if check_now:
                         # the first micro-batch of a step (its gradient buffers are zero) once eager, as
                         # the reference of the compiled gradients it then gets
                         with _eager():
@@ -1158,12 +1168,14 @@ def _train_one(
                         flat.zero_grad()
                     loss = forward_loss(noisy, t, cond, target)
                     accelerator.backward(loss)
-                    if check_compile and a == 0:
+                    if check_now:
                         err = _grad_rel_error(eager_grads, [f.grad for f in flat.flat])
                         if not math.isnan(err):  # fp16: the scaler's first scales may overflow; next step
-                            check_compile = False
-                            compile_check = {"step": step + 1, "grad_rel_error": err}
+                            checks_left -= 1
+                            next_check = step + 2  # this step's call is the warm-up; +2 is the replay
+                            compile_check.append({"step": step + 1, "grad_rel_error": err})
                             if err > float(s["compile_check_tol"]):
+                                checks_left = 0
                                 log.warning(
                                     "torch.compile's gradients differ from eager ones (relative error %.3g > "
                                     "finetune.compile_check_tol %s): training eager, about 2.4x slower",
@@ -1271,7 +1283,7 @@ def _train_one(
         "channels_last": channels_last,
         "compile": compiled,
         "compile_mode": s["compile_mode"] if compiled else None,
-        "compile_check": compile_check,
+        "compile_check": compile_check or None,
         "n_images": data.n,
         "labels": sorted(embeds),
         "resumed_from": resumed_from,
