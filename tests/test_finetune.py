@@ -544,9 +544,7 @@ def test_adamw8bit_on_flat_buffers_updates_exactly_as_bitsandbytes_per_tensor_wi
     syncs = []
     monkeypatch.setattr(bnb_opt, "sync_gpu", lambda t: syncs.append(t))
     torch.manual_seed(0)
-    # LoRA shapes: 4x1280 and 3x1500 pass bitsandbytes' min_8bit_size (8-bit states in blocks of 256;
-    # 3x1500 ends in a partial block), the rest keep 32-bit states
-    shapes = [(4, 320), (320, 4), (4, 1280), (1280, 4), (4, 768), (3, 1500), (1500, 3), (4, 1280)]
+    shapes = _LORA_SHAPES
     init = [torch.randn(s) for s in shapes]
     ps_ours = [torch.nn.Parameter(t.clone()) for t in init]
     ps_bnb = [torch.nn.Parameter(t.clone()) for t in init]
@@ -569,12 +567,23 @@ def test_adamw8bit_on_flat_buffers_updates_exactly_as_bitsandbytes_per_tensor_wi
         assert len(syncs) == n + len(shapes)  # bitsandbytes: one per tensor
     for p, q, p0 in zip(ps_ours, ps_bnb, init, strict=True):
         assert torch.equal(p, q) and not torch.equal(p, p0)
-    # each matrix's slice of the flat states is bitsandbytes' state of that matrix alone
+    assert _flat_states_equal_per_tensor(ours, flat, ps_ours, ref, ps_bnb) == {"torch.float32", "torch.uint8"}
+
+
+#: LoRA shapes: 4x1280 and 3x1500 pass bitsandbytes' min_8bit_size (8-bit states in blocks of 256;
+#: 3x1500 ends in a partial block), the rest keep 32-bit states
+_LORA_SHAPES = [(4, 320), (320, 4), (4, 1280), (1280, 4), (4, 768), (3, 1500), (1500, 3), (4, 1280)]
+
+
+def _flat_states_equal_per_tensor(ours, flat, ps_ours, ref, ps_ref) -> set:
+    """Asserts each matrix's slice of the flat optimizer states is the reference's state of that matrix
+    alone; returns the state dtypes seen (both of bitsandbytes' update paths: float32 and uint8)."""
     kinds = set()
-    for p, q in zip(ps_ours, ps_bnb, strict=True):
+    for p, q in zip(ps_ours, ps_ref, strict=True):
         f = next(f for f in flat.flat if f.untyped_storage().data_ptr() == p.untyped_storage().data_ptr())
         st, o, k = ours.state[f], p.storage_offset(), p.numel()
         kinds.add(str(st["state1"].dtype))
+        assert st["step"] == ref.state[q]["step"]
         for key in ("state1", "state2"):
             assert torch.equal(st[key][o : o + k], ref.state[q][key].reshape(-1))
         if st["state1"].dtype == torch.uint8:
@@ -582,7 +591,59 @@ def test_adamw8bit_on_flat_buffers_updates_exactly_as_bitsandbytes_per_tensor_wi
             b = ref.state[q]["absmax1"].numel()
             for key in ("absmax1", "absmax2"):
                 assert torch.equal(st[key][o // 256 : o // 256 + b], ref.state[q][key])
-    assert kinds == {"torch.float32", "torch.uint8"}  # both of bitsandbytes' update paths ran
+    return kinds
+
+
+@pytest.mark.parametrize("unscaled_first", [True, False], ids=["unscaled-first", "scaled"])
+def test_adamw8bit_takes_fp16_overflow_steps_back_on_the_device_as_grad_scaler_skipping_them_does(
+    unscaled_first,
+):
+    bnb = pytest.importorskip("bitsandbytes")
+
+    from dermsynth.diffusion.train import _flat_params, _optimizer
+
+    torch.manual_seed(1)
+    init = [torch.randn(s) for s in _LORA_SHAPES]
+    ps_ours = [torch.nn.Parameter(t.clone()) for t in init]
+    ps_ref = [torch.nn.Parameter(t.clone()) for t in init]
+    s = {**fx.FINETUNE, "optimizer": "adamw8bit", "adam_beta1": 0.9, "adam_beta2": 0.999}
+    s.update(adam_weight_decay=1e-2, adam_epsilon=1e-8, lora_learning_rate=1e-3)
+    flat = _flat_params(s, ps_ours)
+    ours = _optimizer(s, flat, "cpu")
+    # the reference: bitsandbytes per tensor, whose step GradScaler skips after reading the flag on the host
+    ref = bnb.optim.AdamW8bit(ps_ref, lr=1e-3, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    assert ours._step_supports_amp_scaling and not getattr(ref, "_step_supports_amp_scaling", False)
+    scalers = [torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=2) for _ in range(2)]
+    calls = []
+    ours_step = ours.step
+    ours.step = lambda *a, **kw: (calls.append(1), ours_step(*a, **kw))[1]
+    overflow = {0, 3, 4}  # the very first step (fresh states), and two in a row
+    for i in range(8):
+        for sc in scalers:
+            sc.scale(torch.ones(()))  # what scaling the loss does to the scaler: its scale exists
+        scale = scalers[0].get_scale()
+        assert scale == scalers[1].get_scale()
+        grads = [torch.randn(sh) for sh in _LORA_SHAPES]
+        if i in overflow:
+            grads[i % len(grads)].view(-1)[3] = math.inf
+        for p, q, g in zip(ps_ours, ps_ref, grads, strict=True):
+            p.grad.copy_(g * scale)  # a view of the flat gradient buffer
+            q.grad = g * scale
+        for sc, opt in zip(scalers, (ours, ref), strict=True):
+            if unscaled_first:  # as the fine-tune does: clipping unscales first
+                sc.unscale_(opt)
+            sc.step(opt)
+            sc.update()
+        # the parameters every step: a step count learnt late would show in the next update
+        for p, q in zip(ps_ours, ps_ref, strict=True):
+            assert torch.equal(p, q), i
+    assert scalers[0].get_scale() == scalers[1].get_scale() < 2.0**10
+    assert len(calls) == 8  # ours ran on every step, the host never read the flag to skip one
+    assert ref.state[ps_ref[0]]["step"] == 8 - len(overflow)
+    ours.state_dict()  # settles the last step's count, as a checkpoint does
+    assert _flat_states_equal_per_tensor(ours, flat, ps_ours, ref, ps_ref) == {"torch.float32", "torch.uint8"}
+    for p, p0 in zip(ps_ours, init, strict=True):
+        assert not torch.equal(p, p0)
 
 
 def test_flat_parameters_take_autograd_gradients_in_place_and_train_as_separate_ones():

@@ -40,6 +40,7 @@ import pandas as pd
 from .. import io
 from ..errors import ConfigError, TrainingError
 from ..hub import load_pretrained
+from .adamw8bit import adamw8bit_class
 from .flat_params import BNB_BLOCK, BNB_MIN_8BIT_SIZE, FlatParams
 from .pipeline import LORA_WEIGHT_NAME, compile_unavailable, resolve_device
 
@@ -393,50 +394,6 @@ def _find_resume(ckpt_dir: Path, fingerprint: str) -> Path | None:
 # model parts
 
 
-@functools.cache
-def _adamw8bit_class():
-    """bitsandbytes' AdamW8bit, less its device-wide synchronize after every parameter.
-
-    bitsandbytes' ``step`` calls ``torch.cuda.synchronize()`` once per tensor, which only its paged
-    optimizers need: a LoRA's 256 small tensors (SD1.5, rank 4) become 256 host waits per step, with
-    the GPU idle between them. This step runs the same kernels (bitsandbytes' own ``update_step``),
-    in the same order; bitsandbytes launches them on the default stream, where the training's own
-    forward and backward run, so they are ordered after the backward without any host wait.
-    """
-    import bitsandbytes as bnb
-    import torch
-
-    class AdamW8bit(bnb.optim.AdamW8bit):
-        def get_config(self, gindex, pindex, group):
-            config = super().get_config(gindex, pindex, group)
-            # a flat buffer of small tensors asks for bitsandbytes' 32-bit states (flat_params.py)
-            config["optim_bits"] = group.get("optim_bits", config["optim_bits"])
-            return config
-
-        @torch.no_grad()
-        def step(self, closure=None):
-            if self.is_paged:
-                return super().step(closure)
-            loss = None
-            if closure is not None:
-                with torch.enable_grad():
-                    loss = closure()
-            if not self.initialized:
-                self.check_overrides()
-                self.to_gpu()
-                self.initialized = True
-            for gindex, group in enumerate(self.param_groups):
-                for pindex, p in enumerate(group["params"]):
-                    if p.grad is None:
-                        continue
-                    if len(self.state[p]) == 0:
-                        self.init_state(group, p, gindex, pindex)
-                    self.update_step(group, p, gindex, pindex)
-            return loss
-
-    return AdamW8bit
-
-
 def _flat_params(s: dict, params: list) -> FlatParams:
     """The LoRA re-homed into flat buffers, laid out so 8-bit AdamW updates exactly as per tensor."""
     if s["optimizer"] == "adamw8bit":
@@ -459,7 +416,7 @@ def _optimizer(s: dict, flat: FlatParams, device: str = "cpu"):
     )
     if s["optimizer"] == "adamw8bit":
         try:
-            return _adamw8bit_class()(params, **kw)
+            return adamw8bit_class()(params, **kw)
         except (ImportError, RuntimeError) as e:
             log.warning("bitsandbytes unavailable (%s); using torch AdamW", e)
     if device.startswith("cuda"):
