@@ -539,20 +539,10 @@ def test_adamw8bit_on_flat_buffers_updates_exactly_as_bitsandbytes_per_tensor_wi
     bnb = pytest.importorskip("bitsandbytes")
     import bitsandbytes.optim.optimizer as bnb_opt
 
-    from dermsynth.diffusion.train import _flat_params, _optimizer
-
     syncs = []
     monkeypatch.setattr(bnb_opt, "sync_gpu", lambda t: syncs.append(t))
-    torch.manual_seed(0)
     shapes = _LORA_SHAPES
-    init = [torch.randn(s) for s in shapes]
-    ps_ours = [torch.nn.Parameter(t.clone()) for t in init]
-    ps_bnb = [torch.nn.Parameter(t.clone()) for t in init]
-    s = {**fx.FINETUNE, "optimizer": "adamw8bit", "adam_beta1": 0.9, "adam_beta2": 0.999}
-    s.update(adam_weight_decay=1e-2, adam_epsilon=1e-8, lora_learning_rate=1e-3)
-    flat = _flat_params(s, ps_ours)
-    ours = _optimizer(s, flat, "cpu")
-    ref = bnb.optim.AdamW8bit(ps_bnb, lr=1e-3, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    init, ps_ours, ps_bnb, flat, ours, ref = _ours_and_bitsandbytes_adamw8bit(bnb, seed=0)
     assert isinstance(ours, bnb.optim.AdamW8bit) and type(ours) is not bnb.optim.AdamW8bit
     assert [len(g["params"]) for g in ours.param_groups] == [1, 1]  # 8 tensors, two buffers
     for _ in range(4):
@@ -573,6 +563,23 @@ def test_adamw8bit_on_flat_buffers_updates_exactly_as_bitsandbytes_per_tensor_wi
 #: LoRA shapes: 4x1280 and 3x1500 pass bitsandbytes' min_8bit_size (8-bit states in blocks of 256;
 #: 3x1500 ends in a partial block), the rest keep 32-bit states
 _LORA_SHAPES = [(4, 320), (320, 4), (4, 1280), (1280, 4), (4, 768), (3, 1500), (1500, 3), (4, 1280)]
+
+
+def _ours_and_bitsandbytes_adamw8bit(bnb, seed: int):
+    """The same random LoRA matrices twice: ours in flat buffers with our 8-bit AdamW, and a copy with
+    bitsandbytes' AdamW8bit per tensor, at the same settings."""
+    from dermsynth.diffusion.train import _flat_params, _optimizer
+
+    torch.manual_seed(seed)
+    init = [torch.randn(s) for s in _LORA_SHAPES]
+    ps_ours = [torch.nn.Parameter(t.clone()) for t in init]
+    ps_ref = [torch.nn.Parameter(t.clone()) for t in init]
+    s = {**fx.FINETUNE, "optimizer": "adamw8bit", "adam_beta1": 0.9, "adam_beta2": 0.999}
+    s.update(adam_weight_decay=1e-2, adam_epsilon=1e-8, lora_learning_rate=1e-3)
+    flat = _flat_params(s, ps_ours)
+    ours = _optimizer(s, flat, "cpu")
+    ref = bnb.optim.AdamW8bit(ps_ref, lr=1e-3, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    return init, ps_ours, ps_ref, flat, ours, ref
 
 
 def _flat_states_equal_per_tensor(ours, flat, ps_ours, ref, ps_ref) -> set:
@@ -599,19 +606,8 @@ def test_adamw8bit_takes_fp16_overflow_steps_back_on_the_device_as_grad_scaler_s
     unscaled_first,
 ):
     bnb = pytest.importorskip("bitsandbytes")
-
-    from dermsynth.diffusion.train import _flat_params, _optimizer
-
-    torch.manual_seed(1)
-    init = [torch.randn(s) for s in _LORA_SHAPES]
-    ps_ours = [torch.nn.Parameter(t.clone()) for t in init]
-    ps_ref = [torch.nn.Parameter(t.clone()) for t in init]
-    s = {**fx.FINETUNE, "optimizer": "adamw8bit", "adam_beta1": 0.9, "adam_beta2": 0.999}
-    s.update(adam_weight_decay=1e-2, adam_epsilon=1e-8, lora_learning_rate=1e-3)
-    flat = _flat_params(s, ps_ours)
-    ours = _optimizer(s, flat, "cpu")
     # the reference: bitsandbytes per tensor, whose step GradScaler skips after reading the flag on the host
-    ref = bnb.optim.AdamW8bit(ps_ref, lr=1e-3, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    init, ps_ours, ps_ref, flat, ours, ref = _ours_and_bitsandbytes_adamw8bit(bnb, seed=1)
     assert ours._step_supports_amp_scaling and not getattr(ref, "_step_supports_amp_scaling", False)
     scalers = [torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=2) for _ in range(2)]
     calls = []
