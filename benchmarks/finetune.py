@@ -477,6 +477,7 @@ def _compare(a, work: Path, gpu: bool) -> dict:
                 dynamo=r.get("dynamo"),
                 compiled=r["summary"].get("compile"),
                 compile_check=r["summary"].get("compile_check"),
+                process_s=round(r["process_s"], 1),  # the whole job: load, compile, steps, save
                 profile=r.get("profile"),
             )
         except Exception as e:  # one failing variant (a compiler error) must not cost the others
@@ -508,6 +509,7 @@ def _compare(a, work: Path, gpu: bool) -> dict:
         "dynamo": ours.get("dynamo"),
         # compiled runs: the checked steps' gradients against eager ones (finetune.compile_check_tol)
         "compile_check": ours["summary"].get("compile_check"),
+        "ours_process_s": round(ours["process_s"], 1),  # load, compilation, steps and save of ours
         "profile": ours.get("profile"),
         "variants": [
             {**v, "speed_ratio": round(v["it_s"] / peer_it_s, 3) if peer_it_s and "it_s" in v else None}
