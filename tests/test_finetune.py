@@ -565,19 +565,19 @@ def test_adamw8bit_on_flat_buffers_updates_exactly_as_bitsandbytes_per_tensor_wi
 _LORA_SHAPES = [(4, 320), (320, 4), (4, 1280), (1280, 4), (4, 768), (3, 1500), (1500, 3), (4, 1280)]
 
 
-def _ours_and_bitsandbytes_adamw8bit(bnb, seed: int):
+def _ours_and_bitsandbytes_adamw8bit(bnb, seed: int, device: str = "cpu"):
     """The same random LoRA matrices twice: ours in flat buffers with our 8-bit AdamW, and a copy with
     bitsandbytes' AdamW8bit per tensor, at the same settings."""
     from dermsynth.diffusion.train import _flat_params, _optimizer
 
     torch.manual_seed(seed)
-    init = [torch.randn(s) for s in _LORA_SHAPES]
+    init = [torch.randn(s).to(device) for s in _LORA_SHAPES]
     ps_ours = [torch.nn.Parameter(t.clone()) for t in init]
     ps_ref = [torch.nn.Parameter(t.clone()) for t in init]
     s = {**fx.FINETUNE, "optimizer": "adamw8bit", "adam_beta1": 0.9, "adam_beta2": 0.999}
     s.update(adam_weight_decay=1e-2, adam_epsilon=1e-8, lora_learning_rate=1e-3)
     flat = _flat_params(s, ps_ours)
-    ours = _optimizer(s, flat, "cpu")
+    ours = _optimizer(s, flat, device)
     ref = bnb.optim.AdamW8bit(ps_ref, lr=1e-3, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
     return init, ps_ours, ps_ref, flat, ours, ref
 
@@ -601,25 +601,39 @@ def _flat_states_equal_per_tensor(ours, flat, ps_ours, ref, ps_ref) -> set:
     return kinds
 
 
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        # on CUDA the flag comes back through pinned memory and an event
+        pytest.param(
+            "cuda",
+            marks=[
+                pytest.mark.gpu,
+                pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+            ],
+        ),
+    ],
+)
 @pytest.mark.parametrize("unscaled_first", [True, False], ids=["unscaled-first", "scaled"])
 def test_adamw8bit_takes_fp16_overflow_steps_back_on_the_device_as_grad_scaler_skipping_them_does(
-    unscaled_first,
+    unscaled_first, device
 ):
     bnb = pytest.importorskip("bitsandbytes")
     # the reference: bitsandbytes per tensor, whose step GradScaler skips after reading the flag on the host
-    init, ps_ours, ps_ref, flat, ours, ref = _ours_and_bitsandbytes_adamw8bit(bnb, seed=1)
+    init, ps_ours, ps_ref, flat, ours, ref = _ours_and_bitsandbytes_adamw8bit(bnb, seed=1, device=device)
     assert ours._step_supports_amp_scaling and not getattr(ref, "_step_supports_amp_scaling", False)
-    scalers = [torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=2) for _ in range(2)]
+    scalers = [torch.amp.GradScaler(device, init_scale=2.0**10, growth_interval=2) for _ in range(2)]
     calls = []
     ours_step = ours.step
     ours.step = lambda *a, **kw: (calls.append(1), ours_step(*a, **kw))[1]
     overflow = {0, 3, 4}  # the very first step (fresh states), and two in a row
     for i in range(8):
         for sc in scalers:
-            sc.scale(torch.ones(()))  # what scaling the loss does to the scaler: its scale exists
+            sc.scale(torch.ones((), device=device))  # what scaling the loss does: the scale exists
         scale = scalers[0].get_scale()
         assert scale == scalers[1].get_scale()
-        grads = [torch.randn(sh) for sh in _LORA_SHAPES]
+        grads = [torch.randn(sh).to(device) for sh in _LORA_SHAPES]
         if i in overflow:
             grads[i % len(grads)].view(-1)[3] = math.inf
         for p, q, g in zip(ps_ours, ps_ref, grads, strict=True):
