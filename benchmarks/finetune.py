@@ -11,11 +11,13 @@ both sides). Peak memory is taken at the last step (CUDA: max_memory_allocated; 
     python benchmarks/finetune.py --device cuda                  # SD1.5-size random weights, 512 px
     python benchmarks/finetune.py --device cuda --variant eager:compile=false  # + ours, one setting changed
     python benchmarks/finetune.py --device cuda --profile 5      # + where 5 more steps spend their time
+    python benchmarks/finetune.py --device cuda --set compile_mode=reduce-overhead  # ours changed
 
 The last line printed is one JSON object: ours_it_s, peer_it_s, speed_ratio, ours_peak_mem_gb,
 peer_peak_mem_gb, device, resolution, batch (and the settings, the extrapolated paper fine-tune, the
 graphs torch.compile built and, with --profile, the GPU busy fraction and the top operators).
-The peer fields are null, with ``peer_error``, when the peer venv or script is missing or fails.
+The peer fields are null, with ``peer_error``, when the peer venv or script is missing or fails;
+ours are null, with ``ours_error``, when ours fails (a ``--set`` on trial), and the rest still runs.
 """
 
 from __future__ import annotations
@@ -256,6 +258,10 @@ def _paper_hours(it_s: float) -> float:
     return round(PAPER_STEPS / it_s / 3600, 2)
 
 
+def _round(x: float | None, digits: int = 3) -> float | None:
+    return None if x is None else round(x, digits)
+
+
 def _it_s(times: list, warmup: int) -> float:
     t = times[warmup:]
     return (len(t) - 1) / (t[-1] - t[0])
@@ -364,6 +370,13 @@ def main(argv=None) -> None:
         "under 'variants' with their ratio to the peer",
     )
     p.add_argument(
+        "--set",
+        default="",
+        metavar="KEY=VALUE[,KEY=VALUE]",
+        help="ours (not the variants) with these finetune settings changed, e.g. "
+        "compile_mode=reduce-overhead; reported as 'ours_settings'",
+    )
+    p.add_argument(
         "--profile",
         type=int,
         default=0,
@@ -431,16 +444,22 @@ def main(argv=None) -> None:
 def _compare(a, work: Path, gpu: bool) -> dict:
     import torch
 
-    ours = _run_worker(sys.executable, "ours", a, work)
-    ours_it_s = _it_s(ours["times"], a.warmup)
-    print(f"ours: {ours_it_s:.3f} it/s, peak {ours['peak_mem_gb']:.2f} GB", file=sys.stderr, flush=True)
-    # the rest of ours' figures too, so a run cut short by a time limit still has them in its log
-    extra = {k: ours.get(k) for k in ("dynamo", "profile")}
-    print(
-        f"ours: {json.dumps({**extra, 'compile_check': ours['summary'].get('compile_check')})}",
-        file=sys.stderr,
-        flush=True,
-    )
+    ours_settings = _parse_variant(f"ours:{a.set}")[1] if a.set else {}
+    ours, ours_it_s, ours_error = {"summary": {}}, None, None
+    try:
+        ours = _run_worker(sys.executable, "ours", a, work, overrides=ours_settings)
+        ours_it_s = _it_s(ours["times"], a.warmup)
+        print(f"ours: {ours_it_s:.3f} it/s, peak {ours['peak_mem_gb']:.2f} GB", file=sys.stderr, flush=True)
+        # the rest of ours' figures too, so a run cut short by a time limit still has them in its log
+        extra = {k: ours.get(k) for k in ("dynamo", "profile")}
+        print(
+            f"ours: {json.dumps({**extra, 'compile_check': ours['summary'].get('compile_check')})}",
+            file=sys.stderr,
+            flush=True,
+        )
+    except Exception as e:  # a setting under trial (--set) that fails must not cost the peer and variants
+        ours_error = str(e)[:500]
+        print(f"ours failed: {ours_error}", file=sys.stderr, flush=True)
     peer_it_s = peer_mem = peer_error = None
     peer_lora_loads = None
     try:
@@ -487,11 +506,12 @@ def _compare(a, work: Path, gpu: bool) -> dict:
 
     ref = Path(a.peer_script).with_name("peer-ref.txt")  # written by setup_peer.sh beside the script
     return {
-        "ours_it_s": round(ours_it_s, 3),
-        "peer_it_s": None if peer_it_s is None else round(peer_it_s, 3),
-        "speed_ratio": None if peer_it_s is None else round(ours_it_s / peer_it_s, 3),
-        "ours_peak_mem_gb": round(ours["peak_mem_gb"], 3),
-        "peer_peak_mem_gb": None if peer_mem is None else round(peer_mem, 3),
+        "ours_it_s": _round(ours_it_s),
+        "peer_it_s": _round(peer_it_s),
+        "speed_ratio": None if peer_it_s is None or ours_it_s is None else round(ours_it_s / peer_it_s, 3),
+        "ours_peak_mem_gb": _round(ours.get("peak_mem_gb")),
+        "ours_settings": ours_settings,  # finetune settings --set changed from the benchmark's
+        "peer_peak_mem_gb": _round(peer_mem),
         "device": torch.cuda.get_device_name(0) if gpu else "cpu",
         "resolution": a.resolution,
         "batch": a.batch,
@@ -504,12 +524,13 @@ def _compare(a, work: Path, gpu: bool) -> dict:
         "model": "sd15 (random weights)" if gpu and not a.quick else "tiny sd",
         "peer_script_ref": ref.read_text().strip() if ref.exists() else None,
         "peer_lora_loads_in_generate": peer_lora_loads,
-        "paper_finetune_h_extrapolated": _paper_hours(ours_it_s),
+        "paper_finetune_h_extrapolated": None if ours_it_s is None else _paper_hours(ours_it_s),
+        "ours_error": ours_error,
         "peer_error": peer_error,
         "dynamo": ours.get("dynamo"),
         # compiled runs: the checked steps' gradients against eager ones (finetune.compile_check_tol)
         "compile_check": ours["summary"].get("compile_check"),
-        "ours_process_s": round(ours["process_s"], 1),  # load, compilation, steps and save of ours
+        "ours_process_s": _round(ours.get("process_s"), 1),  # load, compilation, steps and save of ours
         "profile": ours.get("profile"),
         "variants": [
             {**v, "speed_ratio": round(v["it_s"] / peer_it_s, 3) if peer_it_s and "it_s" in v else None}
@@ -538,7 +559,9 @@ PAPER_SPEED_KEYS = (
 
 
 def _parse_variant(spec: str) -> tuple[str, dict]:
-    """``name:key=value,key=value`` -> (name, {key: YAML value}); ``paper``: config/config.yaml's step."""
+    """``name:key=value,key=value`` -> (name, {key: YAML value}); ``paper``: config/config.yaml's step.
+
+    ``--set``'s value is parsed as the body of a variant named ``ours``."""
     import yaml
 
     if spec == "paper":
