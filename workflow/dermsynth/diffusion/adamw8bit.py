@@ -57,9 +57,9 @@ def adamw8bit_class():
             self._settle()
             return super().state_dict()
 
-        def load_state_dict(self, state_dict):
+        def load_state_dict(self, state_dict, *args, **kwargs):
             self._pending_skip = None
-            return super().load_state_dict(state_dict)
+            return super().load_state_dict(state_dict, *args, **kwargs)
 
         @torch.no_grad()
         def step(self, closure=None):
