@@ -262,6 +262,21 @@ def _round(x: float | None, digits: int = 3) -> float | None:
     return None if x is None else round(x, digits)
 
 
+def _figures(r: dict, warmup: int) -> tuple[float, dict]:
+    """A worker's result as (step rate, the figures reported for ours and for each variant)."""
+    it_s = _it_s(r["times"], warmup)
+    return it_s, {
+        "it_s": round(it_s, 3),
+        "peak_mem_gb": round(r["peak_mem_gb"], 3),
+        "paper_finetune_h_extrapolated": _paper_hours(it_s),
+        "dynamo": r.get("dynamo"),
+        "compiled": r["summary"].get("compile"),
+        "compile_check": r["summary"].get("compile_check"),
+        "process_s": round(r["process_s"], 1),  # the whole job: load, compilation, steps, save
+        "profile": r.get("profile"),
+    }
+
+
 def _it_s(times: list, warmup: int) -> float:
     t = times[warmup:]
     return (len(t) - 1) / (t[-1] - t[0])
@@ -445,18 +460,15 @@ def _compare(a, work: Path, gpu: bool) -> dict:
     import torch
 
     ours_settings = _parse_variant(f"ours:{a.set}")[1] if a.set else {}
-    ours, ours_it_s, ours_error = {"summary": {}}, None, None
+    ours_it_s, ours, ours_error = None, {}, None
     try:
-        ours = _run_worker(sys.executable, "ours", a, work, overrides=ours_settings)
-        ours_it_s = _it_s(ours["times"], a.warmup)
+        ours_it_s, ours = _figures(
+            _run_worker(sys.executable, "ours", a, work, overrides=ours_settings), a.warmup
+        )
         print(f"ours: {ours_it_s:.3f} it/s, peak {ours['peak_mem_gb']:.2f} GB", file=sys.stderr, flush=True)
         # the rest of ours' figures too, so a run cut short by a time limit still has them in its log
-        extra = {k: ours.get(k) for k in ("dynamo", "profile")}
-        print(
-            f"ours: {json.dumps({**extra, 'compile_check': ours['summary'].get('compile_check')})}",
-            file=sys.stderr,
-            flush=True,
-        )
+        extra = {k: ours[k] for k in ("dynamo", "profile", "compile_check")}
+        print(f"ours: {json.dumps(extra)}", file=sys.stderr, flush=True)
     except Exception as e:  # a setting under trial (--set) that fails must not cost the peer and variants
         ours_error = str(e)[:500]
         print(f"ours failed: {ours_error}", file=sys.stderr, flush=True)
@@ -488,17 +500,7 @@ def _compare(a, work: Path, gpu: bool) -> dict:
         v = {"name": name, "settings": settings}
         try:
             r = _run_worker(sys.executable, "ours", a, work, name=f"ours-{name}", overrides=settings)
-            it_s = _it_s(r["times"], a.warmup)
-            v.update(
-                it_s=round(it_s, 3),
-                peak_mem_gb=round(r["peak_mem_gb"], 3),
-                paper_finetune_h_extrapolated=_paper_hours(it_s),
-                dynamo=r.get("dynamo"),
-                compiled=r["summary"].get("compile"),
-                compile_check=r["summary"].get("compile_check"),
-                process_s=round(r["process_s"], 1),  # the whole job: load, compile, steps, save
-                profile=r.get("profile"),
-            )
+            v.update(_figures(r, a.warmup)[1])
         except Exception as e:  # one failing variant (a compiler error) must not cost the others
             v["error"] = str(e)[:300]
         print(f"variant {v}", file=sys.stderr, flush=True)
@@ -509,7 +511,7 @@ def _compare(a, work: Path, gpu: bool) -> dict:
         "ours_it_s": _round(ours_it_s),
         "peer_it_s": _round(peer_it_s),
         "speed_ratio": None if peer_it_s is None or ours_it_s is None else round(ours_it_s / peer_it_s, 3),
-        "ours_peak_mem_gb": _round(ours.get("peak_mem_gb")),
+        "ours_peak_mem_gb": ours.get("peak_mem_gb"),
         "ours_settings": ours_settings,  # finetune settings --set changed from the benchmark's
         "peer_peak_mem_gb": _round(peer_mem),
         "device": torch.cuda.get_device_name(0) if gpu else "cpu",
@@ -524,13 +526,13 @@ def _compare(a, work: Path, gpu: bool) -> dict:
         "model": "sd15 (random weights)" if gpu and not a.quick else "tiny sd",
         "peer_script_ref": ref.read_text().strip() if ref.exists() else None,
         "peer_lora_loads_in_generate": peer_lora_loads,
-        "paper_finetune_h_extrapolated": None if ours_it_s is None else _paper_hours(ours_it_s),
+        "paper_finetune_h_extrapolated": ours.get("paper_finetune_h_extrapolated"),
         "ours_error": ours_error,
         "peer_error": peer_error,
         "dynamo": ours.get("dynamo"),
         # compiled runs: the checked steps' gradients against eager ones (finetune.compile_check_tol)
-        "compile_check": ours["summary"].get("compile_check"),
-        "ours_process_s": _round(ours.get("process_s"), 1),  # load, compilation, steps and save of ours
+        "compile_check": ours.get("compile_check"),
+        "ours_process_s": ours.get("process_s"),  # load, compilation, steps and save of ours
         "profile": ours.get("profile"),
         "variants": [
             {**v, "speed_ratio": round(v["it_s"] / peer_it_s, 3) if peer_it_s and "it_s" in v else None}

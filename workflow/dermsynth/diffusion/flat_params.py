@@ -2,7 +2,7 @@
 
 A LoRA on SD1.5's attention projections (rank 4) is 256 small matrices. The optimizer step, the
 gradient clip, the fp16 scaler's unscale and zero_grad each loop over them: 256 Python calls and
-kernel launches apiece, while the GPU waits (the scaler syncs the host before the optimizer step).
+kernel launches apiece, which the GPU waits for once the host is the limit.
 With every matrix a view of one flat buffer, and its gradient a view of one flat gradient buffer
 that autograd accumulates into in place, each of those is one call per buffer.
 
