@@ -4,7 +4,9 @@ Both trainers run in their own process, at identical settings (model, images, re
 alpha = rank, lr, constant schedule, precision, optimizer, gradient checkpointing, TF32, seed, same
 prompt for every image), and are timed the same way: the wall-clock time between optimizer steps,
 after ``--warmup`` steps (model loading, latent caching and the first CUDA kernels are excluded on
-both sides). Peak memory is taken at the last step (CUDA: max_memory_allocated; CPU: max RSS).
+both sides). Peak memory is taken at the last timed step (CUDA: max_memory_allocated, and
+max_memory_reserved, the memory the process holds, which is the figure to compare under CUDA graphs:
+their pool stays reserved between replays, where allocated does not count it; CPU: max RSS).
 
     bash benchmarks/setup_peer.sh /path/to/diffusers-mirror      # once: .peer-venv/ + the script
     python benchmarks/finetune.py --quick                        # CPU, tiny SD, 64 px, < 2 min
@@ -48,12 +50,13 @@ def _cuda_in_use() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_initialized()
 
 
-def _peak_mem_gb() -> float:
+def _peak_mem_gb() -> tuple[float, float | None]:
+    """(allocated or, on CPU, RSS; reserved, None on CPU), each the peak so far in GB."""
     import torch
 
     if _cuda_in_use():
-        return torch.cuda.max_memory_allocated() / 1e9
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+        return torch.cuda.max_memory_allocated() / 1e9, torch.cuda.max_memory_reserved() / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, None
 
 
 class _StepProfiler:
@@ -180,7 +183,8 @@ def _worker_ours(a) -> dict:
     )
     return {
         "times": times[: a.steps],
-        "peak_mem_gb": mem[a.steps - 1],
+        "peak_mem_gb": mem[a.steps - 1][0],
+        "peak_reserved_gb": mem[a.steps - 1][1],
         "summary": summary,
         "profile": profiler.result,
         "dynamo": _dynamo_counts(),
@@ -246,7 +250,11 @@ def _worker_peer(a) -> dict:
 
     torch.set_num_threads(a.threads)
     runpy.run_path(a.script, run_name="__main__")
-    return {"times": times, "peak_mem_gb": mem[-1] if mem else None}
+    return {
+        "times": times,
+        "peak_mem_gb": mem[-1][0] if mem else None,
+        "peak_reserved_gb": mem[-1][1] if mem else None,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,10 +276,15 @@ def _figures(r: dict, warmup: int) -> tuple[float, dict]:
     return it_s, {
         "it_s": round(it_s, 3),
         "peak_mem_gb": round(r["peak_mem_gb"], 3),
+        "peak_reserved_gb": _round(r.get("peak_reserved_gb")),
+        # the job ends with one validation image: does it push memory above training's?
+        "peak_mem_with_validation_gb": r["summary"].get("peak_mem_with_validation_gb"),
+        "peak_reserved_with_validation_gb": r["summary"].get("peak_mem_reserved_with_validation_gb"),
         "paper_finetune_h_extrapolated": _paper_hours(it_s),
         "dynamo": r.get("dynamo"),
         "compiled": r["summary"].get("compile"),
         "compile_check": r["summary"].get("compile_check"),
+        "cuda_graphs": r["summary"].get("cuda_graphs"),  # null where the mode records none
         "process_s": round(r["process_s"], 1),  # the whole job: load, compilation, steps, save
         "profile": r.get("profile"),
     }
@@ -467,12 +480,13 @@ def _compare(a, work: Path, gpu: bool) -> dict:
         )
         print(f"ours: {ours_it_s:.3f} it/s, peak {ours['peak_mem_gb']:.2f} GB", file=sys.stderr, flush=True)
         # the rest of ours' figures too, so a run cut short by a time limit still has them in its log
-        extra = {k: ours[k] for k in ("dynamo", "profile", "compile_check")}
+        keys = ("peak_reserved_gb", "peak_mem_with_validation_gb", "peak_reserved_with_validation_gb")
+        extra = {k: ours[k] for k in (*keys, "cuda_graphs", "dynamo", "profile", "compile_check")}
         print(f"ours: {json.dumps(extra)}", file=sys.stderr, flush=True)
     except Exception as e:  # a setting under trial (--set) that fails must not cost the peer and variants
         ours_error = str(e)[:500]
         print(f"ours failed: {ours_error}", file=sys.stderr, flush=True)
-    peer_it_s = peer_mem = peer_error = None
+    peer_it_s = peer_mem = peer_reserved = peer_error = None
     peer_lora_loads = None
     try:
         # --peer-python may be a command on PATH (python3 on a machine that has torchvision)
@@ -483,6 +497,7 @@ def _compare(a, work: Path, gpu: bool) -> dict:
             )
         peer = _run_worker(a.peer_python, "peer", a, work, script=a.peer_script)
         peer_it_s, peer_mem = _it_s(peer["times"], a.warmup), peer["peak_mem_gb"]
+        peer_reserved = peer.get("peak_reserved_gb")
         print(f"peer: {peer_it_s:.3f} it/s, peak {peer_mem:.2f} GB", file=sys.stderr, flush=True)
         # the peer's LoRA file loads in our generate stage
         from dermsynth.diffusion.pipeline import load_pipeline
@@ -514,6 +529,8 @@ def _compare(a, work: Path, gpu: bool) -> dict:
         "ours_peak_mem_gb": ours.get("peak_mem_gb"),
         "ours_settings": ours_settings,  # finetune settings --set changed from the benchmark's
         "peer_peak_mem_gb": _round(peer_mem),
+        "ours_peak_reserved_gb": ours.get("peak_reserved_gb"),
+        "peer_peak_reserved_gb": _round(peer_reserved),
         "device": torch.cuda.get_device_name(0) if gpu else "cpu",
         "resolution": a.resolution,
         "batch": a.batch,

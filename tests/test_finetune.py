@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import _diffusion_fixtures as fx
 import numpy as np
@@ -464,7 +465,6 @@ def _smk(wd, *args, **kw):
 
 def test_finetune_killed_through_snakemake_resumes_to_the_same_lora(tmp_path):
     import os
-    import shutil
     import signal
     import time
     from pathlib import Path
@@ -690,7 +690,6 @@ def test_flat_parameters_take_autograd_gradients_in_place_and_train_as_separate_
 
 
 def test_compile_probe_names_a_broken_toolchain_and_passes_a_working_one(monkeypatch):
-    import shutil
 
     from dermsynth.diffusion import pipeline
 
@@ -753,6 +752,8 @@ def _miscompiling_backend(from_call: int):
     [
         ("eager", "default", [1], None),
         ("eager", "reduce-overhead", [1, 3], None),  # CUDA-graph modes: the first replay too
+        # Inductor itself: it records no CUDA graph of a CPU step, and the summary must say so
+        ("inductor", "reduce-overhead", [1, 3], None),
         ("miscompiling", "default", [1], 1),
         ("miscompiling-on-replay", "reduce-overhead", [1, 3], 3),
     ],
@@ -769,7 +770,12 @@ def test_compiled_gradients_are_checked_against_eager_ones_and_a_miscompile_trai
     # torch.compile on CPU, with dynamo's own eager backend or one whose backward negates the gradients
     monkeypatch.setattr(train, "_compiles_on", lambda device: True)
     monkeypatch.setattr(train, "compile_unavailable", lambda dev: None)
-    chosen = "eager" if backend == "eager" else _miscompiling_backend(3 if "replay" in backend else 1)
+    if backend == "inductor" and not (shutil.which("g++") or shutil.which("c++")):
+        pytest.skip("Inductor's CPU kernels need a C++ compiler")
+    if backend in ("eager", "inductor"):
+        chosen = backend
+    else:
+        chosen = _miscompiling_backend(3 if "replay" in backend else 1)
     monkeypatch.setattr(train, "_compile_backend", lambda: chosen)
     torch._dynamo.reset()
     _MISCOMPILED_CALLS.clear()
@@ -781,19 +787,21 @@ def test_compiled_gradients_are_checked_against_eager_ones_and_a_miscompile_trai
     assert s2["compile"] is False and s2["compile_check"] is None
     assert [c["step"] for c in s1["compile_check"]] == checked
     errors = [c["grad_rel_error"] for c in s1["compile_check"]]
+    # Inductor's own kernels sum in another order than eager: fp32 rounding, not a miscompile
+    tol = 1e-5 if backend == "inductor" else 1e-6
+    assert s1["cuda_graphs"] is (False if backend == "inductor" else None)
     if fails_at is None:
-        assert s1["compile"] is True and max(errors) < 1e-6
+        assert s1["compile"] is True and max(errors) < tol
     else:
         # the check saw the negated gradient, restored the eager one and trained the rest eager
         assert s1["compile"] is False and errors[-1] == pytest.approx(2.0, abs=1e-3)
         assert max(errors[:-1], default=0.0) < 1e-6
         # the compiled code ran up to the failed check, not for the steps after nor the validation
         assert len(_MISCOMPILED_CALLS) == fails_at
-    assert _max_diff(compiled, eager) < 1e-6
+    assert _max_diff(compiled, eager) < tol
 
 
 def test_upsampling_without_scatter_keeps_values_and_layout_and_compiles_to_the_eager_gradient():
-    import shutil
 
     import torch.nn.functional as F
     from diffusers.models.resnet import ResnetBlock2D

@@ -508,6 +508,33 @@ def _peak_mem_gb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux: KiB
 
 
+def _peak_figures(peaks: dict, device: str) -> dict:
+    """The summary's memory figures from the peaks of training and of validation, in GB."""
+    if not device.startswith("cuda"):
+        rss = round(_peak_mem_gb(device), 3)  # a process's RSS peak cannot be split by stretch
+        return {
+            "peak_mem_gb": rss,
+            "peak_mem_with_validation_gb": rss,
+            "peak_mem_reserved_gb": None,
+            "peak_mem_reserved_with_validation_gb": None,
+        }
+    (alloc, reserved), (val_alloc, val_reserved) = peaks["train"], peaks["validation"]
+    return {
+        "peak_mem_gb": round(alloc, 3),
+        "peak_mem_with_validation_gb": round(max(alloc, val_alloc), 3),
+        "peak_mem_reserved_gb": round(reserved, 3),
+        "peak_mem_reserved_with_validation_gb": round(max(reserved, val_reserved), 3),
+    }
+
+
+def _peak_reserved_gb(device: str) -> float | None:
+    """The most GPU memory the process held (allocated + cached). Under CUDA graphs it is the figure
+    to read: their memory pool stays reserved between replays, which max_memory_allocated misses."""
+    import torch
+
+    return torch.cuda.max_memory_reserved() / 1e9 if device.startswith("cuda") else None
+
+
 # ---------------------------------------------------------------------------------------------
 # speed options, latent cache, validation
 
@@ -594,10 +621,22 @@ def _compile_backend() -> str:
     return "inductor"
 
 
+def _records_cuda_graphs(mode: str) -> bool:
+    """Whether torch.compile's ``mode`` replays the step as CUDA graphs (where the device allows)."""
+    return mode in ("reduce-overhead", "max-autotune")
+
+
 def _compile_checks(mode: str) -> int:
     """How many steps of a compiled job are checked against eager: 2 where the mode records CUDA
     graphs (the first run and the first replay), else 1."""
-    return 2 if mode in ("reduce-overhead", "max-autotune") else 1
+    return 2 if _records_cuda_graphs(mode) else 1
+
+
+def _cudagraph_skips() -> int:
+    """How many times Inductor declined CUDA graphs in this process (it logs each reason on CUDA)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["cudagraph_skips"])
 
 
 def _grad_rel_error(ref: list, got: list) -> float:
@@ -1000,7 +1039,7 @@ def _train_one(
         dynamic_ncols=True,
     )
     pending: list = []  # (step, epoch, lr, loss tensor) not yet synced to the host
-    train_peak = 0.0
+    peaks = {"train": [0.0, 0.0], "validation": [0.0, 0.0]}  # GB (allocated, reserved), CUDA only
 
     def flush():
         """Sync the pending losses to the host (one transfer), check them, append them to the history."""
@@ -1021,11 +1060,22 @@ def _train_one(
         bar.set_postfix(loss=f"{history[-1][2]:.4f}", refresh=False)
         pending.clear()
 
-    def validate(step_, epoch_):
-        nonlocal train_peak, val_s
-        t0 = time.perf_counter()
+    def note_peak(kind):
+        """Adds the GPU memory peaks since the last call to training's or validation's, then restarts
+        them: each figure is then of its own stretches only."""
         if device.startswith("cuda"):
-            train_peak = max(train_peak, torch.cuda.max_memory_allocated() / 1e9)
+            peaks[kind] = [
+                max(old, new)
+                for old, new in zip(
+                    peaks[kind], (_peak_mem_gb(device), _peak_reserved_gb(device)), strict=True
+                )
+            ]
+            torch.cuda.reset_peak_memory_stats()
+
+    def validate(step_, epoch_):
+        nonlocal val_s
+        t0 = time.perf_counter()
+        note_peak("train")
         if is_main:
             # a compiled UNet would compile a second (eval, no-grad) graph for a few images: run eager
             with _eager():
@@ -1052,6 +1102,7 @@ def _train_one(
                         dataformats="HWC",
                     )
         accelerator.wait_for_everyone()
+        note_peak("validation")
         val_s += time.perf_counter() - t0
 
     # one micro-batch's loss; the step whose compiled gradient is checked runs it eager first
@@ -1076,6 +1127,7 @@ def _train_one(
     checks_left = 0 if not compiled or s["compile_check_tol"] is None else _compile_checks(s["compile_mode"])
     next_check = start
     compile_check: list = []
+    skips_before = _cudagraph_skips() if compiled else 0
     stance = contextlib.ExitStack()  # holds the eager fallback, if the check fails, until the loop ends
 
     try:
@@ -1201,7 +1253,19 @@ def _train_one(
             loader.close()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-        train_peak = max(train_peak, torch.cuda.max_memory_allocated() / 1e9)
+    note_peak("train")
+    cuda_graphs = None
+    if compiled and _records_cuda_graphs(s["compile_mode"]) and _compile_backend() == "inductor":
+        # Inductor records no graph of a CPU step, and may decline a GPU one (e.g. a CPU tensor in it)
+        skipped = _cudagraph_skips() - skips_before
+        cuda_graphs = skipped == 0
+        if skipped and device.startswith("cuda"):
+            log.warning(
+                "compile_mode %s: torch.compile replayed no CUDA graphs for %d graph(s) (the "
+                "torch._inductor.cudagraph warnings above say why): the step ran as in mode default",
+                s["compile_mode"],
+                skipped,
+            )
     loop_s = time.perf_counter() - t_loop - val_s  # it/s of training, not of validation
 
     # -- outputs (main process only; every process passes the same barriers)
@@ -1228,8 +1292,7 @@ def _train_one(
         "steps_this_run": ran,
         "wall_s": round(time.perf_counter() - t_start, 3),
         "it_s": round(ran / loop_s, 3) if loop_s > 0 else None,
-        "peak_mem_gb": round(train_peak if device.startswith("cuda") else _peak_mem_gb(device), 3),
-        "peak_mem_with_validation_gb": round(_peak_mem_gb(device), 3),
+        **_peak_figures(peaks, device),
         "device": device,
         "num_processes": n_proc,
         "mixed_precision": mp,
@@ -1241,6 +1304,7 @@ def _train_one(
         "compile": compiled,
         "compile_mode": s["compile_mode"] if compiled else None,
         "compile_check": compile_check or None,
+        "cuda_graphs": cuda_graphs,
         "n_images": data.n,
         "labels": sorted(embeds),
         "resumed_from": resumed_from,
@@ -1257,14 +1321,21 @@ def _train_one(
         writer.close()
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     accelerator.wait_for_everyone()
+    reserved = ""
+    if summary["peak_mem_reserved_gb"] is not None:
+        reserved = (
+            f" (reserved {summary['peak_mem_reserved_gb']:.2f} / "
+            f"{summary['peak_mem_reserved_with_validation_gb']:.2f} GB)"
+        )
     log.info(
-        "LoRA written to %s (%d steps, %.2f it/s, peak memory %.2f GB training / %.2f GB with validation, "
+        "LoRA written to %s (%d steps, %.2f it/s, peak memory %.2f GB training / %.2f GB with validation%s, "
         "%.0f s)",
         lora_path,
         total_steps,
         summary["it_s"] or 0.0,
         summary["peak_mem_gb"],
         summary["peak_mem_with_validation_gb"],
+        reserved,
         summary["wall_s"],
     )
     return summary
