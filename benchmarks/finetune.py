@@ -71,6 +71,13 @@ class _StepProfiler:
         self.prof, self.t0, self.result = None, None, None
 
     def on_step(self, step: int) -> None:
+        try:
+            self._on_step(step)
+        except Exception as e:  # a profiler failure (CUPTI under CUDA graphs) must not cost the timing
+            self.result = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+            self.last = -1
+
+    def _on_step(self, step: int) -> None:
         import torch
 
         if self.prof is None and step == self.first and self.last > self.first:

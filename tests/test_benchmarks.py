@@ -43,6 +43,21 @@ def test_no_profile_asked_is_no_profile(finetune_bench):
     assert prof.result is None and prof.prof is None
 
 
+def test_a_failing_profiler_reports_its_error_and_the_steps_go_on(finetune_bench, monkeypatch):
+    class Broken:
+        def __init__(self, **kw):
+            pass
+
+        def start(self):
+            raise RuntimeError("CUPTI_ERROR_NOT_INITIALIZED")
+
+    monkeypatch.setattr(torch.profiler, "profile", Broken)
+    prof = finetune_bench._StepProfiler(first=2, n=3)
+    for step in range(1, 8):  # raises nothing: the timing of the steps around it is kept
+        prof.on_step(step)
+    assert prof.result == {"error": "RuntimeError: CUPTI_ERROR_NOT_INITIALIZED"}
+
+
 def test_variant_specs_and_step_rate(finetune_bench):
     name, settings = finetune_bench._parse_variant(
         "cg:compile_mode=reduce-overhead,gradient_checkpointing=false"
