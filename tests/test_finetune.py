@@ -197,6 +197,9 @@ def test_fp16_adamw8bit_training_on_gpu(tiny_sd, images, tmp_path):
     summary = train_lora(str(tiny_sd), images, tmp_path / "o", cfg, tmp_path / "c", device="cuda")
     assert summary["device"] == "cuda" and summary["mixed_precision"] == "fp16"
     assert summary["optimizer"] == "AdamW8bit" and summary["peak_mem_gb"] > 0
+    # what the process held covers what it allocated, in training and with validation
+    assert summary["peak_mem_reserved_gb"] >= summary["peak_mem_gb"]
+    assert summary["peak_mem_reserved_with_validation_gb"] >= summary["peak_mem_with_validation_gb"]
     sd = load_file(tmp_path / "o" / LORA)
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in sd.values())
     assert np.isfinite(pd.read_csv(tmp_path / "o" / "loss.csv")["loss"]).all()
