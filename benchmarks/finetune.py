@@ -505,7 +505,8 @@ def _compare(a, work: Path, gpu: bool) -> dict:
         peer = _run_worker(a.peer_python, "peer", a, work, script=a.peer_script)
         peer_it_s, peer_mem = _it_s(peer["times"], a.warmup), peer["peak_mem_gb"]
         peer_reserved = peer.get("peak_reserved_gb")
-        print(f"peer: {peer_it_s:.3f} it/s, peak {peer_mem:.2f} GB", file=sys.stderr, flush=True)
+        held = "" if peer_reserved is None else f" (reserved {peer_reserved:.2f} GB)"
+        print(f"peer: {peer_it_s:.3f} it/s, peak {peer_mem:.2f} GB{held}", file=sys.stderr, flush=True)
         # the peer's LoRA file loads in our generate stage
         from dermsynth.diffusion.pipeline import load_pipeline
 
