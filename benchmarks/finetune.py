@@ -75,7 +75,6 @@ class _StepProfiler:
             self._on_step(step)
         except Exception as e:  # a profiler failure (CUPTI under CUDA graphs) must not cost the timing
             self.result = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
-            self.last = -1
 
     def _on_step(self, step: int) -> None:
         import torch

@@ -527,14 +527,6 @@ def _peak_figures(peaks: dict, device: str) -> dict:
     }
 
 
-def _peak_reserved_gb(device: str) -> float | None:
-    """The most GPU memory the process held (allocated + cached). Under CUDA graphs it is the figure
-    to read: their memory pool stays reserved between replays, which max_memory_allocated misses."""
-    import torch
-
-    return torch.cuda.max_memory_reserved() / 1e9 if device.startswith("cuda") else None
-
-
 # ---------------------------------------------------------------------------------------------
 # speed options, latent cache, validation
 
@@ -1064,12 +1056,10 @@ def _train_one(
         """Adds the GPU memory peaks since the last call to training's or validation's, then restarts
         them: each figure is then of its own stretches only."""
         if device.startswith("cuda"):
-            peaks[kind] = [
-                max(old, new)
-                for old, new in zip(
-                    peaks[kind], (_peak_mem_gb(device), _peak_reserved_gb(device)), strict=True
-                )
-            ]
+            # reserved is the figure to read under CUDA graphs: their memory pool stays reserved
+            # between replays, which max_memory_allocated misses
+            now = (torch.cuda.max_memory_allocated() / 1e9, torch.cuda.max_memory_reserved() / 1e9)
+            peaks[kind] = [max(old, new) for old, new in zip(peaks[kind], now, strict=True)]
             torch.cuda.reset_peak_memory_stats()
 
     def validate(step_, epoch_):
@@ -1127,7 +1117,7 @@ def _train_one(
     checks_left = 0 if not compiled or s["compile_check_tol"] is None else _compile_checks(s["compile_mode"])
     next_check = start
     compile_check: list = []
-    skips_before = _cudagraph_skips() if compiled else 0
+    skips_before = _cudagraph_skips()
     stance = contextlib.ExitStack()  # holds the eager fallback, if the check fails, until the loop ends
 
     try:
