@@ -659,6 +659,28 @@ def test_adamw8bit_takes_fp16_overflow_steps_back_on_the_device_as_grad_scaler_s
         assert not torch.equal(p, p0)
 
 
+@pytest.mark.parametrize("n, bs", [(5, 2), (7, 3), (6, 2), (1, 2)])
+def test_every_batch_is_full_and_every_epoch_shows_every_image(n, bs):
+    from dermsynth.diffusion.train import _Data
+
+    images = pd.DataFrame({"path": [f"{i}.png" for i in range(n)], "label": ["benign"] * n})
+    s = {"train_batch_size": bs, "resolution": 64, "center_crop": True, "random_flip": True, "seed": 3}
+    data = _Data(images, s)
+    assert data.nb == -(-n // bs)
+    orders = []
+    for epoch in range(3):
+        batches = [data.indices(epoch * data.nb + b)[0] for b in range(data.nb)]
+        assert all(len(idx) == bs for idx in batches)
+        seen = np.concatenate(batches)
+        # the first n are the epoch's shuffle of every image; the rest repeat its first ones
+        assert sorted(seen[:n].tolist()) == list(range(n))
+        assert seen[n:].tolist() == seen[: len(seen) - n].tolist()
+        assert all(data.epoch_of(epoch * data.nb + b) == epoch for b in range(data.nb))
+        orders.append(seen[:n].tolist())
+    if n > 2:
+        assert len({tuple(o) for o in orders}) == 3  # each epoch its own order
+
+
 def test_flat_parameters_take_autograd_gradients_in_place_and_train_as_separate_ones():
     from dermsynth.diffusion.flat_params import FlatParams
 
@@ -764,6 +786,8 @@ def _miscompiling_backend(from_call: int):
 def test_compiled_gradients_are_checked_against_eager_ones_and_a_miscompile_trains_eager(
     backend, mode, checked, fails_at, tiny_sd, images, tmp_path, monkeypatch
 ):
+    from torch._dynamo.utils import counters
+
     from dermsynth.diffusion import train
 
     # no reference (an fp16 overflow of the eager pass): nan, the check waits; a compiled inf: inf, it fails
@@ -781,12 +805,17 @@ def test_compiled_gradients_are_checked_against_eager_ones_and_a_miscompile_trai
         chosen = _miscompiling_backend(3 if "replay" in backend else 1)
     monkeypatch.setattr(train, "_compile_backend", lambda: chosen)
     torch._dynamo.reset()
+    counters.clear()
     _MISCOMPILED_CALLS.clear()
+    # 5 images in batches of 2: step 3 ends an epoch, and its batch must have the others' shapes
+    five = images.iloc[:5]
     compiled, s1 = _train(
-        tiny_sd, images, tmp_path, "compiled", compile=True, compile_mode=mode, max_train_steps=5
+        tiny_sd, five, tmp_path, "compiled", compile=True, compile_mode=mode, max_train_steps=5
     )
+    # one graph for the whole job: no recompilation at the epoch's end, nor for the eager check steps
+    assert counters["stats"]["unique_graphs"] == 1
     torch._dynamo.reset()
-    eager, s2 = _train(tiny_sd, images, tmp_path, "eager", compile=False, max_train_steps=5)
+    eager, s2 = _train(tiny_sd, five, tmp_path, "eager", compile=False, max_train_steps=5)
     assert s2["compile"] is False and s2["compile_check"] is None
     assert [c["step"] for c in s1["compile_check"]] == checked
     errors = [c["grad_rel_error"] for c in s1["compile_check"]]

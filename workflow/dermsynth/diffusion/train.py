@@ -178,7 +178,8 @@ def _seed_int(*parts) -> int:
 
 
 class _Data:
-    """Deterministic batches: micro-batch ``m`` is batch ``m % nb`` of epoch ``m // nb``."""
+    """Deterministic batches: micro-batch ``m`` is batch ``m % nb`` of epoch ``m // nb``; an epoch
+    shows every image once, and its last batch repeats up to ``bs - 1`` of them."""
 
     def __init__(self, images: pd.DataFrame, s: dict):
         self.paths = [str(p) for p in images["path"]]
@@ -205,10 +206,13 @@ class _Data:
         return m // self.nb
 
     def indices(self, m: int):
-        """(image indices, flip flags, crop fractions) of micro-batch ``m``."""
+        """(image indices, flip flags, crop fractions) of micro-batch ``m``: always ``bs`` images, the
+        last batch of an epoch topped up with the epoch's first ones."""
         epoch, b = divmod(m, self.nb)
         perm, flips, crops = self._plan(epoch)
-        idx = perm[b * self.bs : (b + 1) * self.bs]
+        # a smaller last batch would change the step's shapes: a compiled UNet would compile again
+        # for it (minutes on a GPU), and under CUDA graphs record and keep a second graph
+        idx = perm[np.arange(b * self.bs, (b + 1) * self.bs) % self.n]
         return idx, (flips[idx] & self.random_flip), crops[idx]
 
     def pixels(self, idx, flips, crops):
