@@ -19,7 +19,8 @@ The last line printed is one JSON object: ours_it_s, peer_it_s, speed_ratio, our
 peer_peak_mem_gb, device, resolution, batch (and the settings, the extrapolated paper fine-tune, the
 graphs torch.compile built and, with --profile, the GPU busy fraction and the top operators).
 The peer fields are null, with ``peer_error``, when the peer venv or script is missing or fails;
-ours are null, with ``ours_error``, when ours fails (a ``--set`` on trial), and the rest still runs.
+ours are null, with ``ours_error``, when ours fails (a ``--set`` on trial), and the rest still runs;
+a worker that dies in its profiled steps keeps its timed figures (``profile`` then holds the error).
 """
 
 from __future__ import annotations
@@ -124,6 +125,29 @@ class _StepProfiler:
         }
 
 
+def _write_json(path, obj) -> None:
+    """Atomically: the parent never reads half a result, even from a worker that dies mid-write."""
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(obj, default=str))
+    os.replace(tmp, path)
+
+
+def _cuda_graphs_so_far(settings: dict, device: str) -> bool | None:
+    """train_lora's summary field ``cuda_graphs``, read before the job ends: null where the job
+    records no CUDA graphs, else whether Inductor has declined none so far."""
+    from dermsynth.diffusion import train
+
+    s = {**train.DEFAULTS, **settings}
+    if not (
+        device.startswith("cuda")
+        and s["compile"]
+        and train._records_cuda_graphs(s["compile_mode"])
+        and train._compile_backend() == "inductor"
+    ):
+        return None
+    return train._cudagraph_skips() == 0
+
+
 def _dynamo_counts() -> dict:
     """Graphs torch.compile built and where it broke them: many small graphs cost launches and guards."""
     from torch._dynamo.utils import counters
@@ -147,9 +171,22 @@ def _worker_ours(a) -> dict:
     # the profiled steps come after the timed ones, so profiling does not slow the figure
     profiler = _StepProfiler(a.steps, a.profile)
 
+    def timed() -> dict:
+        return {
+            "times": times[: a.steps],
+            "peak_mem_gb": mem[a.steps - 1][0],
+            "peak_reserved_gb": mem[a.steps - 1][1],
+            "dynamo": _dynamo_counts(),
+        }
+
     def on_step(step, loss):
         times.append(time.perf_counter())
         mem.append(_peak_mem_gb())
+        if step == a.steps and a.profile:
+            # the timed figures before the profiled steps: a profiler that kills the process (CUPTI
+            # under CUDA graphs has, in some CUDA versions) then costs the profile only
+            partial = {"summary": {"cuda_graphs": _cuda_graphs_so_far(cfg, a.device)}, "partial": True}
+            _write_json(a.result, {**timed(), **partial})
         profiler.on_step(step)
 
     cfg = {
@@ -187,14 +224,7 @@ def _worker_ours(a) -> dict:
         device=a.device,
         on_step=on_step,
     )
-    return {
-        "times": times[: a.steps],
-        "peak_mem_gb": mem[a.steps - 1][0],
-        "peak_reserved_gb": mem[a.steps - 1][1],
-        "summary": summary,
-        "profile": profiler.result,
-        "dynamo": _dynamo_counts(),
-    }
+    return {**timed(), "summary": summary, "profile": profiler.result}
 
 
 def _worker_peer(a) -> dict:
@@ -354,11 +384,20 @@ def _run_worker(
     if a.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=a.timeout)
-    if proc.returncode != 0 or not result.exists():
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise RuntimeError(f"{kind} exited with {proc.returncode}: {' | '.join(tail)}")
-    r = json.loads(result.read_text())
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=a.timeout)
+        rc, err = proc.returncode, proc.stderr or proc.stdout
+    except subprocess.TimeoutExpired as e:
+        rc, err = f"no end within {a.timeout} s", e.stderr or e.stdout  # bytes, even with text=True
+    if isinstance(err, bytes):
+        err = err.decode(errors="replace")
+    tail = " | ".join((err or "").strip().splitlines()[-3:])
+    r = json.loads(result.read_text()) if result.exists() else {}
+    if rc != 0 and r.get("partial"):
+        # it died in the profiled steps, after the timed ones: the timing stands, the profile is lost
+        r["profile"] = {"error": f"{name} exited with {rc} while profiling: {tail}"[:500]}
+    elif rc != 0 or not r:
+        raise RuntimeError(f"{name} exited with {rc}: {tail}")
     r["process_s"] = time.perf_counter() - t0
     return r
 
@@ -441,9 +480,10 @@ def main(argv=None) -> None:
             gradient_checkpointing=a._gradient_checkpointing,
             overrides=json.loads(a._set or "{}"),
             profile=a.profile,
+            result=a._result,
         )
         r = _worker_ours(w) if a._worker == "ours" else _worker_peer(w)
-        Path(a._result).write_text(json.dumps(r, default=str))
+        _write_json(a._result, r)
         return
 
     import torch

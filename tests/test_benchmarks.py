@@ -1,6 +1,8 @@
 """The benchmarks' own measuring code: step profiler, variant parsing, step-rate arithmetic."""
 
+import argparse
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,18 @@ def _load_benchmark(name: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+class _Factory:
+    """tmp_path_factory's mktemp over one folder, for the shared fixtures' builders."""
+
+    def __init__(self, root):
+        self.root = root
+
+    def mktemp(self, name):
+        d = self.root / name
+        d.mkdir()
+        return d
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +70,82 @@ def test_a_failing_profiler_reports_its_error_and_the_steps_go_on(finetune_bench
     for step in range(1, 8):  # raises nothing: the timing of the steps around it is kept
         prof.on_step(step)
     assert prof.result == {"error": "RuntimeError: CUPTI_ERROR_NOT_INITIALIZED"}
+
+
+def test_a_worker_dying_while_profiling_keeps_its_timed_steps(finetune_bench, tmp_path, monkeypatch):
+    import _diffusion_fixtures as fx
+
+    class Died(BaseException):  # as a segfault would, it gets past every `except Exception`
+        pass
+
+    def die(self, step):
+        if step >= self.first:  # the profiled steps start
+            raise Died
+
+    monkeypatch.setattr(finetune_bench._StepProfiler, "_on_step", die)
+    images = tmp_path / "images"
+    finetune_bench._write_images(images, 4, 64)
+    w = argparse.Namespace(
+        model=str(fx.tiny_sd(tmp_path_factory=_Factory(tmp_path))),
+        images=str(images),
+        out=str(tmp_path / "ours"),
+        resolution=64,
+        batch=2,
+        steps=3,
+        rank=4,
+        threads=1,
+        device="cpu",
+        precision="no",
+        adam8bit=False,
+        gradient_checkpointing=False,
+        overrides={"compile": False},
+        profile=2,
+        result=str(tmp_path / "ours.json"),
+    )
+    with pytest.raises(Died):
+        finetune_bench._worker_ours(w)
+    r = json.loads((tmp_path / "ours.json").read_text())
+    assert r["partial"] is True and len(r["times"]) == 3 and r["times"] == sorted(r["times"])
+    assert r["peak_mem_gb"] > 0 and r["summary"] == {"cuda_graphs": None}  # CPU: no CUDA graphs
+
+
+_TIMED = """echo '{"partial": true, "times": [1, 2]}'"""
+
+
+def _fake_worker(tmp_path, body: str) -> str:
+    """An 'interpreter' that writes its --_result as a worker would, then runs ``body``."""
+    script = tmp_path / "fake-python"
+    script.write_text(
+        f'#!/bin/sh\nwhile [ $# -gt 0 ]; do [ "$1" = --_result ] && R=$2; shift; done\n{body}\n'
+    )
+    script.chmod(0o755)
+    return str(script)
+
+
+@pytest.mark.parametrize(
+    "body, kept, error",
+    [
+        # died after the timed steps: the partial result stands, the profile names the death
+        (f"{_TIMED} > $R; echo CUPTI fault >&2; kill -SEGV $$", True, "-11"),
+        (f"{_TIMED} > $R; exec sleep 30", True, "no end within 2 s"),
+        # died before: nothing to keep
+        ("echo out of memory >&2; exit 1", False, "exited with 1: out of memory"),
+        ("echo '{\"partial\": true}' > $R.tmp; kill -SEGV $$", False, "exited with -11"),
+    ],
+)
+def test_the_parent_keeps_a_dead_workers_timed_steps_only(finetune_bench, tmp_path, body, kept, error):
+    a = argparse.Namespace(
+        model="m", images="i", resolution=64, batch=2, steps=2, rank=4, threads=1, device="cpu",
+        precision="no", profile=1, adam8bit=False, gradient_checkpointing=False, timeout=2,
+    )  # fmt: skip
+    python = _fake_worker(tmp_path, body)
+    if kept:
+        r = finetune_bench._run_worker(python, "ours", a, tmp_path, name="paper")
+        assert r["times"] == [1, 2] and error in r["profile"]["error"]
+        assert r["profile"]["error"].startswith("paper exited with")
+    else:
+        with pytest.raises(RuntimeError, match=error):
+            finetune_bench._run_worker(python, "ours", a, tmp_path)
 
 
 def test_variant_specs_and_step_rate(finetune_bench):
