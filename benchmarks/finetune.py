@@ -320,6 +320,7 @@ def _figures(r: dict, warmup: int) -> tuple[float, dict]:
         "dynamo": r.get("dynamo"),
         "compiled": r["summary"].get("compile"),
         "compile_check": r["summary"].get("compile_check"),
+        "compile_error": r["summary"].get("compile_error"),  # compiling failed: the rest ran eager
         "cuda_graphs": r["summary"].get("cuda_graphs"),  # null where the mode records none
         "process_s": round(r["process_s"], 1),  # the whole job: load, compilation, steps, save
         "profile": r.get("profile"),
@@ -527,7 +528,8 @@ def _compare(a, work: Path, gpu: bool) -> dict:
         print(f"ours: {ours_it_s:.3f} it/s, peak {ours['peak_mem_gb']:.2f} GB", file=sys.stderr, flush=True)
         # the rest of ours' figures too, so a run cut short by a time limit still has them in its log
         keys = ("peak_reserved_gb", "peak_mem_with_validation_gb", "peak_reserved_with_validation_gb")
-        extra = {k: ours[k] for k in (*keys, "cuda_graphs", "dynamo", "profile", "compile_check")}
+        keys += ("cuda_graphs", "compile_error", "dynamo", "profile", "compile_check")
+        extra = {k: ours[k] for k in keys}
         print(f"ours: {json.dumps(extra)}", file=sys.stderr, flush=True)
     except Exception as e:  # a setting under trial (--set) that fails must not cost the peer and variants
         ours_error = str(e)[:500]
@@ -596,6 +598,7 @@ def _compare(a, work: Path, gpu: bool) -> dict:
         "dynamo": ours.get("dynamo"),
         # compiled runs: the checked steps' gradients against eager ones (finetune.compile_check_tol)
         "compile_check": ours.get("compile_check"),
+        "compile_error": ours.get("compile_error"),
         "ours_process_s": ours.get("process_s"),  # load, compilation, steps and save of ours
         "profile": ours.get("profile"),
         "variants": [

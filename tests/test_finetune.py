@@ -833,6 +833,59 @@ def test_compiled_gradients_are_checked_against_eager_ones_and_a_miscompile_trai
     assert _max_diff(compiled, eager) < tol
 
 
+def _failing_backend(at_call: int):
+    """A dynamo backend that fails to compile (``at_call`` 1) or whose graph raises at its
+    ``at_call``-th call, as Inductor failing to record a CUDA graph there would."""
+    calls = []
+
+    def backend(gm, example_inputs, **kw):
+        if at_call == 1:
+            raise RuntimeError("a lowering failed\nInductor's traceback")
+
+        def run(*args):
+            calls.append(1)
+            if len(calls) == at_call:
+                raise RuntimeError(f"CUDA graph recording failed at call {at_call}")
+            return gm(*args)
+
+        return run
+
+    return backend
+
+
+@pytest.mark.parametrize(
+    "mode, at_call, error",
+    [
+        ("default", 1, "RuntimeError: a lowering failed"),
+        ("reduce-overhead", 2, "RuntimeError: CUDA graph recording failed at call 2"),
+        ("reduce-overhead", 4, None),  # after the compile's trial calls: a real error, the job fails
+    ],
+)
+def test_a_torch_compile_failure_trains_eager_to_the_same_lora(
+    mode, at_call, error, tiny_sd, images, tmp_path, monkeypatch
+):
+    from dermsynth.diffusion import train
+
+    monkeypatch.setattr(train, "_compiles_on", lambda device: True)
+    monkeypatch.setattr(train, "compile_unavailable", lambda dev: None)
+    monkeypatch.setattr(train, "_compile_backend", lambda: _failing_backend(at_call))
+    torch._dynamo.reset()
+    kw = {"compile_mode": mode, "max_train_steps": 4}
+    if error is None:
+        with pytest.raises(RuntimeError, match="recording failed at call 4"):
+            _train(tiny_sd, images, tmp_path, "late", compile=True, **kw)
+        return
+    fell_back, s1 = _train(tiny_sd, images, tmp_path, "fell-back", compile=True, **kw)
+    torch._dynamo.reset()
+    eager, s2 = _train(tiny_sd, images, tmp_path, "eager", compile=False, **kw)
+    assert s1["compile"] is False and s1["compile_mode"] is None and s1["compile_error"] == error
+    assert s2["compile_error"] is None
+    # the failed micro-batch ran again eager from the gradients it started from: the same LoRA
+    assert _max_diff(fell_back, eager) < 1e-6
+    # a check before the failure stands in the summary; none runs after it
+    assert [c["step"] for c in s1["compile_check"] or []] == ([1] if at_call > 1 else [])
+
+
 def test_upsampling_without_scatter_keeps_values_and_layout_and_compiles_to_the_eager_gradient():
 
     import torch.nn.functional as F

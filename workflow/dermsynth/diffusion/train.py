@@ -1121,6 +1121,10 @@ def _train_one(
     checks_left = 0 if not compiled or s["compile_check_tol"] is None else _compile_checks(s["compile_mode"])
     next_check = start
     compile_check: list = []
+    compile_error = None
+    # the compiled calls in which torch.compile builds its graphs (and, with CUDA graphs, records
+    # and first replays them): a failure there trains eager instead of ending the job
+    trial_calls = (3 if _records_cuda_graphs(s["compile_mode"]) else 1) if compiled else 0
     skips_before = _cudagraph_skips()
     stance = contextlib.ExitStack()  # holds the eager fallback, if the check fails, until the loop ends
 
@@ -1169,8 +1173,31 @@ def _train_one(
                             accelerator.backward(forward_loss(noisy, t, cond, target))
                         eager_grads = [f.grad.clone() for f in flat.flat]
                         flat.zero_grad()
-                    loss = forward_loss(noisy, t, cond, target)
-                    accelerator.backward(loss)
+                    before = [f.grad.clone() for f in flat.flat] if trial_calls > 0 else None
+                    try:
+                        loss = forward_loss(noisy, t, cond, target)
+                        accelerator.backward(loss)
+                    except Exception as e:
+                        if before is None:
+                            raise
+                        cause = getattr(e, "inner_exception", None) or e  # dynamo's wrapper names the backend
+                        lines = str(cause).strip().splitlines()
+                        compile_error = f"{type(cause).__name__}: {lines[0][:300] if lines else ''}"
+                        log.warning(
+                            "torch.compile failed at step %d (%s): training eager, about 2.4x slower; "
+                            "finetune.compile: false skips compiling",
+                            step + 1,
+                            compile_error,
+                        )
+                        # the micro-batch again, eager, from the gradients it started from
+                        for f, b in zip(flat.flat, before, strict=True):
+                            f.grad.copy_(b)
+                        stance.enter_context(_eager())
+                        compiled, check_now, checks_left, trial_calls = False, False, 0, 0
+                        loss = forward_loss(noisy, t, cond, target)
+                        accelerator.backward(loss)
+                    trial_calls = max(0, trial_calls - 1)
+                    del before
                     if check_now:
                         err = _grad_rel_error(eager_grads, [f.grad for f in flat.flat])
                         if not math.isnan(err):  # fp16: the scaler's first scales may overflow; next step
@@ -1188,7 +1215,7 @@ def _train_one(
                                 for f, e in zip(flat.flat, eager_grads, strict=True):
                                     f.grad.copy_(e)
                                 stance.enter_context(_eager())
-                                compiled = False
+                                compiled, trial_calls = False, 0
                             else:
                                 log.info("compiled gradients match eager ones (relative error %.3g)", err)
                         del eager_grads
@@ -1298,6 +1325,7 @@ def _train_one(
         "compile": compiled,
         "compile_mode": s["compile_mode"] if compiled else None,
         "compile_check": compile_check or None,
+        "compile_error": compile_error,
         "cuda_graphs": cuda_graphs,
         "n_images": data.n,
         "labels": sorted(embeds),
