@@ -380,6 +380,11 @@ def test_leakage_counts_table(tmp_path):
     assert "0 near-duplicate" in report._section_leakage(str(p))
 
 
+def _write_json(path, obj):
+    path.write_text(json.dumps(obj))
+    return path
+
+
 def test_finetune_section_has_one_column_per_class_lora(tmp_path):
     from dermsynth.report import _section_finetune
 
@@ -396,3 +401,22 @@ def test_finetune_section_has_one_column_per_class_lora(tmp_path):
     assert "LoRA benign" in text and "LoRA malignant" in text
     row = next(line for line in text.splitlines() if line.startswith("| n_images"))
     assert "6" in row and "4" in row
+    # a CPU run has no GPU memory rows nor compile rows; a GPU run's failed compile is flagged
+    assert "reserved" not in text and "compile" not in text
+    per_class["runs"]["benign"].update(peak_mem_gb=1.0, peak_mem_with_validation_gb=1.0)  # CPU: one RSS
+    text = _section_finetune(str(_write_json(tmp_path / "cpu.json", per_class)))
+    assert "with_validation" not in text
+    per_class["runs"]["malignant"].update(
+        peak_mem_gb=2.0,
+        peak_mem_with_validation_gb=2.2,
+        peak_mem_reserved_gb=3.1,
+        compile_mode=None,
+        compile_error="RuntimeError: a lowering failed | x",
+    )
+    (tmp_path / "per_class.json").write_text(json.dumps(per_class))
+    text = _section_finetune(str(tmp_path / "per_class.json"))
+    row = next(line for line in text.splitlines() if line.startswith("| compile_error"))
+    assert row.endswith("| None | RuntimeError: a lowering failed \\| x |")
+    assert "| peak_mem_reserved_gb | None | 3.1 |" in text and "compile_mode" not in text
+    assert "| peak_mem_with_validation_gb | 1.0 | 2.2 |" in text
+    assert "**torch.compile failed** (malignant)" in text

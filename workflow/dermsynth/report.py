@@ -1260,9 +1260,34 @@ def _section_finetune(path: str) -> str:
             "resumed_from",
         )
     ]
+    # shown where some run has them: GPU memory, the compiled step and how it went (on CPU the
+    # memory with validation is the process's one RSS peak, peak_mem_gb again)
+    if all(r.get("peak_mem_with_validation_gb") == r.get("peak_mem_gb") for r in runs.values()):
+        runs = {k: {**r, "peak_mem_with_validation_gb": None} for k, r in runs.items()}
+    optional = (
+        "peak_mem_with_validation_gb",
+        "peak_mem_reserved_gb",
+        "peak_mem_reserved_with_validation_gb",
+        "compile_mode",
+        "cuda_graphs",
+        "compile_error",
+    )
+    rows += [
+        [k, *(r.get(k) for r in runs.values())]
+        for k in optional
+        if any(r.get(k) is not None for r in runs.values())
+    ]
+    failed = [k for k, r in runs.items() if r.get("compile_error")]
+    warning = (
+        f"\n**torch.compile failed** ({', '.join(failed)}): those LoRAs trained eager, about 2.4x slower "
+        "(the row compile_error says why).\n"
+        if failed
+        else ""
+    )
     return (
         "## Fine-tuning (DreamBooth-LoRA)\n\n"
         + md_table(["", *(k if k == "value" else f"LoRA {k}" for k in runs)], rows)
+        + warning
         + "\nLoss curve: `"
         + str(Path(path).with_name("loss.png"))
         + "` (the paper's Fig. 3).\n"
