@@ -1128,6 +1128,11 @@ def _train_one(
     skips_before = _cudagraph_skips()
     stance = contextlib.ExitStack()  # holds the eager fallback, if the check fails, until the loop ends
 
+    def train_eager_from_now():
+        nonlocal compiled, checks_left, trial_calls
+        stance.enter_context(_eager())
+        compiled, checks_left, trial_calls = False, 0, 0
+
     try:
         for step in range(start, total_steps):
             step_loss = None
@@ -1192,8 +1197,8 @@ def _train_one(
                         # the micro-batch again, eager, from the gradients it started from
                         for f, b in zip(flat.flat, before, strict=True):
                             f.grad.copy_(b)
-                        stance.enter_context(_eager())
-                        compiled, check_now, checks_left, trial_calls = False, False, 0, 0
+                        train_eager_from_now()
+                        check_now = False
                         loss = forward_loss(noisy, t, cond, target)
                         accelerator.backward(loss)
                     trial_calls = max(0, trial_calls - 1)
@@ -1205,7 +1210,6 @@ def _train_one(
                             next_check = step + 2  # this step's call is the warm-up; +2 is the replay
                             compile_check.append({"step": step + 1, "grad_rel_error": err})
                             if err > float(s["compile_check_tol"]):
-                                checks_left = 0
                                 log.warning(
                                     "torch.compile's gradients differ from eager ones (relative error %.3g > "
                                     "finetune.compile_check_tol %s): training eager, about 2.4x slower",
@@ -1214,8 +1218,7 @@ def _train_one(
                                 )
                                 for f, e in zip(flat.flat, eager_grads, strict=True):
                                     f.grad.copy_(e)
-                                stance.enter_context(_eager())
-                                compiled, trial_calls = False, 0
+                                train_eager_from_now()
                             else:
                                 log.info("compiled gradients match eager ones (relative error %.3g)", err)
                         del eager_grads
