@@ -1179,6 +1179,7 @@ def _train_one(
                         eager_grads = [f.grad.clone() for f in flat.flat]
                         flat.zero_grad()
                     before = [f.grad.clone() for f in flat.flat] if trial_calls > 0 else None
+                    loss, failed = None, None
                     try:
                         loss = forward_loss(noisy, t, cond, target)
                         accelerator.backward(loss)
@@ -1187,14 +1188,17 @@ def _train_one(
                             raise
                         cause = getattr(e, "inner_exception", None) or e  # dynamo's wrapper names the backend
                         lines = str(cause).strip().splitlines()
-                        compile_error = f"{type(cause).__name__}: {lines[0][:300] if lines else ''}"
+                        failed = f"{type(cause).__name__}: {lines[0][:300] if lines else ''}"
+                    if failed is not None:
+                        # out of the except block, so the failed call's traceback no longer holds its
+                        # activations: the micro-batch again, eager, from the gradients it started from
+                        compile_error, loss = failed, None
                         log.warning(
                             "torch.compile failed at step %d (%s): training eager, about 2.4x slower; "
                             "finetune.compile: false skips compiling",
                             step + 1,
                             compile_error,
                         )
-                        # the micro-batch again, eager, from the gradients it started from
                         for f, b in zip(flat.flat, before, strict=True):
                             f.grad.copy_(b)
                         train_eager_from_now()
