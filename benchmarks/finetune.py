@@ -126,26 +126,20 @@ class _StepProfiler:
 
 
 def _write_json(path, obj) -> None:
-    """Atomically: the parent never reads half a result, even from a worker that dies mid-write."""
+    """Atomically: the parent never reads half a result, even from a worker that dies mid-write.
+    (Not dermsynth.io.write_json: the peer worker runs in diffusers' venv, which has no pandas.)"""
     tmp = Path(f"{path}.tmp")
     tmp.write_text(json.dumps(obj, default=str))
     os.replace(tmp, path)
 
 
 def _cuda_graphs_so_far(settings: dict, device: str) -> bool | None:
-    """train_lora's summary field ``cuda_graphs``, read before the job ends: null where the job
-    records no CUDA graphs, else whether Inductor has declined none so far."""
+    """train_lora's summary field ``cuda_graphs``, read before the job ends (in a fresh worker
+    process, whose Inductor has declined nothing before the job)."""
     from dermsynth.diffusion import train
 
     s = {**train.DEFAULTS, **settings}
-    if not (
-        device.startswith("cuda")
-        and s["compile"]
-        and train._records_cuda_graphs(s["compile_mode"])
-        and train._compile_backend() == "inductor"
-    ):
-        return None
-    return train._cudagraph_skips() == 0
+    return train._cuda_graphs_ran(s["compile"] and train._compiles_on(device), s["compile_mode"])
 
 
 def _dynamo_counts() -> dict:

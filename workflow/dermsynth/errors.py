@@ -1,6 +1,13 @@
 """Errors that carry one human-readable line: the scripts print them and exit non-zero."""
 
 
+def one_line(e: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message`` (cut at ``limit``), for a warning that names a failure
+    whose full text (a compiler's traceback) would bury it."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:limit] if lines else ''}".rstrip(": ")
+
+
 class DermsynthError(Exception):
     """Base class: the message is one line that tells the user what is wrong and what to do."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..errors import ConfigError, ModelNotFoundError
+from ..errors import ConfigError, ModelNotFoundError, one_line
 from ..hub import load_pretrained
 
 log = logging.getLogger("dermsynth")
@@ -94,8 +94,7 @@ def compile_unavailable(device) -> str | None:
         if not torch.allclose(torch.compile(f, fullgraph=True)(x), f(x), atol=1e-5):
             return "a compiled probe gave a wrong result"
     except Exception as e:  # any failure of the toolchain: the caller runs eager
-        lines = str(e).strip().splitlines()
-        return f"{type(e).__name__}: {lines[0][:200] if lines else ''}".rstrip(": ")
+        return one_line(e)
     return None
 
 

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from .. import io
-from ..errors import ConfigError, TrainingError
+from ..errors import ConfigError, TrainingError, one_line
 from ..hub import load_pretrained
 from .adamw8bit import adamw8bit_class
 from .flat_params import BNB_BLOCK, BNB_MIN_8BIT_SIZE, FlatParams
@@ -628,6 +628,21 @@ def _compile_checks(mode: str) -> int:
     return 2 if _records_cuda_graphs(mode) else 1
 
 
+def _compile_trial_calls(mode: str) -> int:
+    """The compiled calls in which torch.compile builds its graphs: the first; where the mode records
+    CUDA graphs, up to the first replay (warm-up, record, replay)."""
+    return 3 if _records_cuda_graphs(mode) else 1
+
+
+def _cuda_graphs_ran(compiled: bool, mode: str, skips_before: int = 0) -> bool | None:
+    """The summary's ``cuda_graphs``: null where the job records none, else whether Inductor has
+    declined none since ``skips_before`` (it records no graph of a CPU step, and may decline a GPU
+    one, e.g. for a CPU tensor in it)."""
+    if not (compiled and _records_cuda_graphs(mode) and _compile_backend() == "inductor"):
+        return None
+    return _cudagraph_skips() == skips_before
+
+
 def _cudagraph_skips() -> int:
     """How many times Inductor declined CUDA graphs in this process (it logs each reason on CUDA)."""
     from torch._dynamo.utils import counters
@@ -1124,7 +1139,7 @@ def _train_one(
     compile_error = None
     # the compiled calls in which torch.compile builds its graphs (and, with CUDA graphs, records
     # and first replays them): a failure there trains eager instead of ending the job
-    trial_calls = (3 if _records_cuda_graphs(s["compile_mode"]) else 1) if compiled else 0
+    trial_calls = _compile_trial_calls(s["compile_mode"]) if compiled else 0
     skips_before = _cudagraph_skips()
     stance = contextlib.ExitStack()  # holds the eager fallback, if the check fails, until the loop ends
 
@@ -1186,9 +1201,8 @@ def _train_one(
                     except Exception as e:
                         if before is None:
                             raise
-                        cause = getattr(e, "inner_exception", None) or e  # dynamo's wrapper names the backend
-                        lines = str(cause).strip().splitlines()
-                        failed = f"{type(cause).__name__}: {lines[0][:300] if lines else ''}"
+                        # dynamo's wrapper names the backend; the cause names what failed
+                        failed = one_line(getattr(e, "inner_exception", None) or e, limit=300)
                     if failed is not None:
                         # out of the except block, so the failed call's traceback no longer holds its
                         # activations: the micro-batch again, eager, from the gradients it started from
@@ -1282,18 +1296,14 @@ def _train_one(
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     note_peak("train")
-    cuda_graphs = None
-    if compiled and _records_cuda_graphs(s["compile_mode"]) and _compile_backend() == "inductor":
-        # Inductor records no graph of a CPU step, and may decline a GPU one (e.g. a CPU tensor in it)
-        skipped = _cudagraph_skips() - skips_before
-        cuda_graphs = skipped == 0
-        if skipped and device.startswith("cuda"):
-            log.warning(
-                "compile_mode %s: torch.compile replayed no CUDA graphs for %d graph(s) (the "
-                "torch._inductor.cudagraph warnings above say why): the step ran as in mode default",
-                s["compile_mode"],
-                skipped,
-            )
+    cuda_graphs = _cuda_graphs_ran(compiled, s["compile_mode"], skips_before)
+    if cuda_graphs is False and device.startswith("cuda"):
+        log.warning(
+            "compile_mode %s: torch.compile replayed no CUDA graphs for %d graph(s) (the "
+            "torch._inductor.cudagraph warnings above say why): the step ran as in mode default",
+            s["compile_mode"],
+            _cudagraph_skips() - skips_before,
+        )
     loop_s = time.perf_counter() - t_loop - val_s  # it/s of training, not of validation
 
     # -- outputs (main process only; every process passes the same barriers)
