@@ -19,18 +19,6 @@ def _load_benchmark(name: str):
     return mod
 
 
-class _Factory:
-    """tmp_path_factory's mktemp over one folder, for the shared fixtures' builders."""
-
-    def __init__(self, root):
-        self.root = root
-
-    def mktemp(self, name):
-        d = self.root / name
-        d.mkdir()
-        return d
-
-
 @pytest.fixture(scope="module")
 def finetune_bench():
     return _load_benchmark("finetune")
@@ -72,7 +60,9 @@ def test_a_failing_profiler_reports_its_error_and_the_steps_go_on(finetune_bench
     assert prof.result == {"error": "RuntimeError: CUPTI_ERROR_NOT_INITIALIZED"}
 
 
-def test_a_worker_dying_while_profiling_keeps_its_timed_steps(finetune_bench, tmp_path, monkeypatch):
+def test_a_worker_dying_while_profiling_keeps_its_timed_steps(
+    finetune_bench, tmp_path, tmp_path_factory, monkeypatch
+):
     import _diffusion_fixtures as fx
 
     class Died(BaseException):  # as a segfault would, it gets past every `except Exception`
@@ -86,7 +76,7 @@ def test_a_worker_dying_while_profiling_keeps_its_timed_steps(finetune_bench, tm
     images = tmp_path / "images"
     finetune_bench._write_images(images, 4, 64)
     w = argparse.Namespace(
-        model=str(fx.tiny_sd(tmp_path_factory=_Factory(tmp_path))),
+        model=str(fx.tiny_sd(tmp_path_factory)),
         images=str(images),
         out=str(tmp_path / "ours"),
         resolution=64,

@@ -389,15 +389,13 @@ def test_finetune_section_has_one_column_per_class_lora(tmp_path):
     from dermsynth.report import _section_finetune
 
     shared = {"n_images": 10, "it_s": 3.5, "peak_mem_gb": 2.7}
-    (tmp_path / "shared.json").write_text(json.dumps(shared))
-    text = _section_finetune(str(tmp_path / "shared.json"))
+    text = _section_finetune(str(_write_json(tmp_path / "shared.json", shared)))
     assert "| value |" in text and "3.5" in text
     per_class = {
         "lora_mode": "per_class",
         "runs": {"benign": {"n_images": 6, "it_s": 3.0}, "malignant": {"n_images": 4, "it_s": 2.0}},
     }
-    (tmp_path / "per_class.json").write_text(json.dumps(per_class))
-    text = _section_finetune(str(tmp_path / "per_class.json"))
+    text = _section_finetune(str(_write_json(tmp_path / "per_class.json", per_class)))
     assert "LoRA benign" in text and "LoRA malignant" in text
     row = next(line for line in text.splitlines() if line.startswith("| n_images"))
     assert "6" in row and "4" in row
@@ -413,8 +411,7 @@ def test_finetune_section_has_one_column_per_class_lora(tmp_path):
         compile_mode=None,
         compile_error="RuntimeError: a lowering failed | x",
     )
-    (tmp_path / "per_class.json").write_text(json.dumps(per_class))
-    text = _section_finetune(str(tmp_path / "per_class.json"))
+    text = _section_finetune(str(_write_json(tmp_path / "gpu.json", per_class)))
     row = next(line for line in text.splitlines() if line.startswith("| compile_error"))
     assert row.endswith("| None | RuntimeError: a lowering failed \\| x |")
     assert "| peak_mem_reserved_gb | None | 3.1 |" in text and "compile_mode" not in text
