@@ -174,3 +174,24 @@ def test_lora_optimizer_benchmark_times_sd15_lora_shapes_and_both_sides_end_iden
     r = optimizer_bench.run("cpu", rank=4, steps=2, warmup=1)
     assert r["bit_identical"] is True and r["n_flat_buffers"] == 2 and r["n_tensors"] == 256
     assert r["speed_ratio"] == pytest.approx(r["peer_ms_per_step"] / r["ours_ms_per_step"], rel=1e-2)
+
+
+def test_the_dynamo_counts_leave_out_the_compile_probe(finetune_bench, monkeypatch):
+    import shutil
+
+    from torch._dynamo.utils import counters
+
+    from dermsynth.diffusion import train
+    from dermsynth.diffusion.pipeline import compile_unavailable
+
+    if not (shutil.which("g++") or shutil.which("c++")):
+        pytest.skip("Inductor's CPU kernels need a C++ compiler")
+    counters["stats"]["unique_graphs"] += 5  # earlier work of this process
+    finetune_bench._without_the_compile_probe({"compile": False}, "cpu")
+    assert counters["stats"]["unique_graphs"] == 5  # nothing compiles: nothing is touched
+    monkeypatch.setattr(train, "_compiles_on", lambda device: True)
+    finetune_bench._without_the_compile_probe({}, "cpu")
+    assert compile_unavailable("cpu") is None  # train_lora's own probe, after the benchmark's
+    assert finetune_bench._dynamo_counts()["unique_graphs"] == 0
+    torch.compile(lambda x: x * 3)(torch.ones(2))  # what the UNet's compilation adds is counted
+    assert finetune_bench._dynamo_counts()["unique_graphs"] == 1
