@@ -854,21 +854,33 @@ def _failing_backend(at_call: int):
 
 
 @pytest.mark.parametrize(
-    "mode, at_call, error",
+    "mode, fails_at, compiled_as, error",
     [
-        ("default", 1, "RuntimeError: a lowering failed"),
-        ("reduce-overhead", 2, "RuntimeError: CUDA graph recording failed at call 2"),
-        ("reduce-overhead", 4, None),  # after the compile's trial calls: a real error, the job fails
+        ("default", [1], None, "RuntimeError: a lowering failed"),
+        ("reduce-overhead", [1], None, "RuntimeError: a lowering failed"),  # no kernels: eager
+        # the kernels ran once, so recording the CUDA graphs failed: compiled again without them
+        ("reduce-overhead", [2], "default", "RuntimeError: CUDA graph recording failed at call 2"),
+        (
+            "max-autotune",
+            [3],
+            "max-autotune-no-cudagraphs",
+            "RuntimeError: CUDA graph recording failed at call 3",
+        ),
+        # ... and where that compile fails too: eager
+        ("reduce-overhead", [2, 1], None, "RuntimeError: a lowering failed"),
+        ("reduce-overhead", [4], "", None),  # after the compile's trial calls: a real error, the job fails
     ],
 )
-def test_a_torch_compile_failure_trains_eager_to_the_same_lora(
-    mode, at_call, error, tiny_sd, images, tmp_path, monkeypatch
+def test_a_torch_compile_failure_trains_on_without_cuda_graphs_or_eager_to_the_same_lora(
+    mode, fails_at, compiled_as, error, tiny_sd, images, tmp_path, monkeypatch
 ):
     from dermsynth.diffusion import train
 
     monkeypatch.setattr(train, "_compiles_on", lambda device: True)
     monkeypatch.setattr(train, "compile_unavailable", lambda dev: None)
-    monkeypatch.setattr(train, "_compile_backend", lambda: _failing_backend(at_call))
+    # each compilation of the job gets the next backend; once they run out, dynamo's own (no failure)
+    backends = iter([_failing_backend(n) for n in fails_at])
+    monkeypatch.setattr(train, "_compile_backend", lambda: next(backends, "eager"))
     torch._dynamo.reset()
     kw = {"compile_mode": mode, "max_train_steps": 4}
     if error is None:
@@ -876,14 +888,17 @@ def test_a_torch_compile_failure_trains_eager_to_the_same_lora(
             _train(tiny_sd, images, tmp_path, "late", compile=True, **kw)
         return
     fell_back, s1 = _train(tiny_sd, images, tmp_path, "fell-back", compile=True, **kw)
+    assert next(backends, None) is None  # every compilation asked for took place
     torch._dynamo.reset()
     eager, s2 = _train(tiny_sd, images, tmp_path, "eager", compile=False, **kw)
-    assert s1["compile"] is False and s1["compile_mode"] is None and s1["compile_error"] == error
-    assert s2["compile_error"] is None
-    # the failed micro-batch ran again eager from the gradients it started from: the same LoRA
+    assert s1["compile"] is (compiled_as is not None) and s1["compile_mode"] == compiled_as
+    assert s1["compile_error"] == error and s2["compile_error"] is None
+    # the failed micro-batch ran again from the gradients it started from: the same LoRA
     assert _max_diff(fell_back, eager) < 1e-6
-    # a check before the failure stands in the summary; none runs after it
-    assert [c["step"] for c in s1["compile_check"] or []] == ([1] if at_call > 1 else [])
+    # checks before the failure stand in the summary; compiled on, the checks go on (the first
+    # replay's check, at step 3, is then the new compile's); eager, none runs after the failure
+    checks = [c["step"] for c in s1["compile_check"] or []]
+    assert checks == ([1, 3] if compiled_as else [1] if fails_at[0] > 1 else [])
 
 
 def test_upsampling_without_scatter_keeps_values_and_layout_and_compiles_to_the_eager_gradient():

@@ -416,4 +416,9 @@ def test_finetune_section_has_one_column_per_class_lora(tmp_path):
     assert row.endswith("| None | RuntimeError: a lowering failed \\| x |")
     assert "| peak_mem_reserved_gb | None | 3.1 |" in text and "compile_mode" not in text
     assert "| peak_mem_with_validation_gb | 1.0 | 2.2 |" in text
-    assert "**torch.compile failed** (malignant)" in text
+    assert "**torch.compile failed** (malignant): those LoRAs trained eager" in text
+    # a LoRA whose CUDA graphs failed to record trained compiled without them: another warning
+    per_class["runs"]["benign"].update(compile=True, compile_mode="default", compile_error="RuntimeError: y")
+    text = _section_finetune(str(_write_json(tmp_path / "no_graphs.json", per_class)))
+    assert "**torch.compile failed** (malignant): those LoRAs trained eager" in text
+    assert "**torch.compile failed** (benign): recording CUDA graphs failed" in text

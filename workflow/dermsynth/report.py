@@ -1277,12 +1277,15 @@ def _section_finetune(path: str) -> str:
         for k in optional
         if any(r.get(k) is not None for r in runs.values())
     ]
-    failed = [k for k, r in runs.items() if r.get("compile_error")]
-    warning = (
-        f"\n**torch.compile failed** ({', '.join(failed)}): those LoRAs trained eager, about 2.4x slower "
-        "(the row compile_error says why).\n"
-        if failed
-        else ""
+    eager = [k for k, r in runs.items() if r.get("compile_error") and not r.get("compile")]
+    no_graphs = [k for k, r in runs.items() if r.get("compile_error") and r.get("compile")]
+    warning = "".join(
+        f"\n**torch.compile failed** ({', '.join(names)}): {what} (the row compile_error says why).\n"
+        for names, what in (
+            (eager, "those LoRAs trained eager, about 2.4x slower"),
+            (no_graphs, "recording CUDA graphs failed, those LoRAs trained compiled without them"),
+        )
+        if names
     )
     return (
         "## Fine-tuning (DreamBooth-LoRA)\n\n"
