@@ -64,7 +64,8 @@ class _StepProfiler:
     """torch.profiler over the ``n`` optimizer steps after step ``first``: where a step's time goes.
 
     Reports per step: wall time, the time the GPU spent in kernels (busy fraction: the rest is the
-    GPU waiting on Python, launches or syncs), and the top operators by GPU and by host self time.
+    GPU waiting on Python, launches or syncs), the operators run outside compiled graphs, and the top
+    operators by GPU and by host self time.
     """
 
     def __init__(self, first: int, n: int):
@@ -120,9 +121,29 @@ class _StepProfiler:
             "wall_ms_per_step": round(wall / n * 1e3, 2),
             "gpu_kernel_ms_per_step": round(kernel_us / n / 1e3, 2),
             "gpu_busy_fraction": round(kernel_us / 1e6 / wall, 3) if kernel_us else None,
+            "eager_ops_per_step": round(_eager_ops(self.prof.events()) / n, 1),
             "top_gpu_ops": top(dev),
             "top_host_ops": top(lambda e: e.self_cpu_time_total),
         }
+
+
+#: profiler events of torch.compile's code: what runs under them is compiled (or a CUDA-graph replay)
+_COMPILED_EVENTS = ("Torch-Compiled Region", "CompiledFunction", "CompiledFunctionBackward")
+
+
+def _eager_ops(events) -> int:
+    """Operators called outside torch.compile's graphs (not counting those they call): on a GPU each
+    launches its kernels one by one, CUDA graphs or not (autograd adding each LoRA gradient into its
+    buffer, the loss, the optimizer, the noise)."""
+    n = 0
+    for e in events:
+        if not e.name.startswith("aten::"):
+            continue
+        p = e.cpu_parent
+        while p is not None and not p.name.startswith("aten::") and not p.name.startswith(_COMPILED_EVENTS):
+            p = p.cpu_parent
+        n += p is None
+    return n
 
 
 def _write_json(path, obj) -> None:
@@ -329,7 +350,9 @@ def _figures(r: dict, warmup: int) -> tuple[float, dict]:
         "dynamo": r.get("dynamo"),
         "compiled": r["summary"].get("compile"),
         "compile_check": r["summary"].get("compile_check"),
-        "compile_error": r["summary"].get("compile_error"),  # compiling failed: the rest ran eager
+        # compiling failed (the rest ran eager) or recording CUDA graphs did (compile_mode: what ran)
+        "compile_error": r["summary"].get("compile_error"),
+        "compile_mode": r["summary"].get("compile_mode"),
         "cuda_graphs": r["summary"].get("cuda_graphs"),  # null where the mode records none
         "process_s": round(r["process_s"], 1),  # the whole job: load, compilation, steps, save
         "profile": r.get("profile"),
@@ -537,7 +560,7 @@ def _compare(a, work: Path, gpu: bool) -> dict:
         print(f"ours: {ours_it_s:.3f} it/s, peak {ours['peak_mem_gb']:.2f} GB", file=sys.stderr, flush=True)
         # the rest of ours' figures too, so a run cut short by a time limit still has them in its log
         keys = ("peak_reserved_gb", "peak_mem_with_validation_gb", "peak_reserved_with_validation_gb")
-        keys += ("cuda_graphs", "compile_error", "dynamo", "profile", "compile_check")
+        keys += ("cuda_graphs", "compile_error", "compile_mode", "dynamo", "profile", "compile_check")
         extra = {k: ours[k] for k in keys}
         print(f"ours: {json.dumps(extra)}", file=sys.stderr, flush=True)
     except Exception as e:  # a setting under trial (--set) that fails must not cost the peer and variants
@@ -608,6 +631,7 @@ def _compare(a, work: Path, gpu: bool) -> dict:
         # compiled runs: the checked steps' gradients against eager ones (finetune.compile_check_tol)
         "compile_check": ours.get("compile_check"),
         "compile_error": ours.get("compile_error"),
+        "compile_mode": ours.get("compile_mode"),
         "ours_process_s": ours.get("process_s"),  # load, compilation, steps and save of ours
         "profile": ours.get("profile"),
         "variants": [

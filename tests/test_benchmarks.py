@@ -38,6 +38,25 @@ def test_step_profiler_counts_the_ops_of_the_profiled_steps_only(finetune_bench)
     assert r["gpu_busy_fraction"] is None and r["top_gpu_ops"] == []  # CPU only: no kernels
 
 
+def test_step_profiler_counts_the_ops_outside_compiled_graphs(finetune_bench):
+    import shutil
+
+    if not (shutil.which("g++") or shutil.which("c++")):
+        pytest.skip("Inductor's CPU kernels need a C++ compiler")
+    w = torch.randn(8, 8, requires_grad=True)
+    f = torch.compile(lambda x: (x @ w).tanh().sum())
+    x = torch.randn(4, 8)
+    prof = finetune_bench._StepProfiler(first=1, n=2)
+    for step in range(1, 4):
+        # compiled: the forward and backward (mm, tanh, sum); eager: ones_like (the seed gradient),
+        # autograd's add into w.grad (from step 2 on) and the two ops after it
+        f(x).backward()
+        w.grad.mul_(0.5)
+        w.grad.sub_(1)
+        prof.on_step(step)
+    assert prof.result["eager_ops_per_step"] == 4
+
+
 def test_no_profile_asked_is_no_profile(finetune_bench):
     prof = finetune_bench._StepProfiler(first=2, n=0)
     for step in range(1, 5):
@@ -186,7 +205,8 @@ def test_the_dynamo_counts_leave_out_the_compile_probe(finetune_bench, monkeypat
 
     if not (shutil.which("g++") or shutil.which("c++")):
         pytest.skip("Inductor's CPU kernels need a C++ compiler")
-    counters["stats"]["unique_graphs"] += 5  # earlier work of this process
+    counters.clear()
+    counters["stats"]["unique_graphs"] = 5  # earlier work of this process
     finetune_bench._without_the_compile_probe({"compile": False}, "cpu")
     assert counters["stats"]["unique_graphs"] == 5  # nothing compiles: nothing is touched
     monkeypatch.setattr(train, "_compiles_on", lambda device: True)
