@@ -901,6 +901,34 @@ def test_a_torch_compile_failure_trains_on_without_cuda_graphs_or_eager_to_the_s
     assert checks == ([1, 3] if compiled_as else [1] if fails_at[0] > 1 else [])
 
 
+@pytest.mark.parametrize("mode, graphs", [("default", 1), ("reduce-overhead", 2)])
+def test_cuda_graphs_are_freed_for_a_validation_and_recorded_again_after_it(
+    mode, graphs, tiny_sd, images, tmp_path, monkeypatch
+):
+    from torch._dynamo.utils import counters
+
+    from dermsynth.diffusion import train
+
+    monkeypatch.setattr(train, "_compiles_on", lambda device: True)
+    monkeypatch.setattr(train, "compile_unavailable", lambda dev: None)
+    monkeypatch.setattr(train, "_compile_backend", lambda: "eager")
+    torch._dynamo.reset()
+    counters.clear()
+    # 6 images at batch 2: a validation after step 3, mid-run, and one at the end
+    kw = {"max_train_steps": 6, "validation_epochs": 1, "compile_check_tol": None}
+    compiled, s1 = _train(tiny_sd, images, tmp_path, "compiled", compile=True, compile_mode=mode, **kw)
+    # with CUDA graphs the mid-run validation dropped the compiled step, which compiled again after it
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert s1["compile"] is True and s1["compile_mode"] == mode and s1["compile_error"] is None
+    assert sorted(p.name for p in (tmp_path / "compiled" / "validation").iterdir()) == [
+        "step-0000003",
+        "step-0000006",
+    ]
+    torch._dynamo.reset()
+    eager, _ = _train(tiny_sd, images, tmp_path, "eager", compile=False, **kw)
+    assert _max_diff(compiled, eager) < 1e-6
+
+
 def test_upsampling_without_scatter_keeps_values_and_layout_and_compiles_to_the_eager_gradient():
 
     import torch.nn.functional as F

@@ -1093,9 +1093,18 @@ def _train_one(
             torch.cuda.reset_peak_memory_stats()
 
     def validate(step_, epoch_):
-        nonlocal val_s
+        nonlocal val_s, trial_calls
         t0 = time.perf_counter()
         note_peak("train")
+        if compiled and _records_cuda_graphs(compile_mode):
+            # the CUDA graphs' memory pool stays reserved and validation's eager allocations cannot use
+            # it: freed here, so validation needs no memory beyond training's; the next step compiles
+            # again (from Inductor's caches: 20 s against 3 min cold for SD1.5's step on CPU) and
+            # records anew, with the compile's trial calls again
+            torch._dynamo.reset()
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            trial_calls = _compile_trial_calls(compile_mode)
         if is_main:
             # a compiled UNet would compile a second (eval, no-grad) graph for a few images: run eager
             with _eager():
