@@ -1093,18 +1093,13 @@ def _train_one(
             torch.cuda.reset_peak_memory_stats()
 
     def validate(step_, epoch_):
-        nonlocal val_s, trial_calls
+        nonlocal val_s
         t0 = time.perf_counter()
         note_peak("train")
         if compiled and _records_cuda_graphs(compile_mode):
             # the CUDA graphs' memory pool stays reserved and validation's eager allocations cannot use
-            # it: freed here, so validation needs no memory beyond training's; the next step compiles
-            # again (from Inductor's caches: 20 s against 3 min cold for SD1.5's step on CPU) and
-            # records anew, with the compile's trial calls again
-            torch._dynamo.reset()
-            if device.startswith("cuda"):
-                torch.cuda.empty_cache()
-            trial_calls = _compile_trial_calls(compile_mode)
+            # it: freed here, so validation needs no memory beyond training's
+            drop_compiled_step(compile_mode)
         if is_main:
             # a compiled UNet would compile a second (eval, no-grad) graph for a few images: run eager
             with _eager():
@@ -1169,14 +1164,18 @@ def _train_one(
         stance.enter_context(_eager())
         compiled, checks_left, trial_calls = False, 0, 0
 
-    def compile_without_cuda_graphs():
-        # the kernels compiled, so only the graphs failed: the same kernels launched one by one beat
-        # eager by 2.4x on an H100; the reset frees the failed graphs' memory pool
+    def drop_compiled_step(mode):
+        """Drops the compiled step and its CUDA graphs (dynamo's reset frees their memory pool): the next
+        call compiles ``mode`` again, from Inductor's caches (20 s against 3 min cold for SD1.5's step
+        on CPU), and records anew, with the compile's trial calls again."""
         nonlocal compile_mode, trial_calls
         torch._dynamo.reset()
-        compile_mode = _without_cuda_graphs(compile_mode)
-        compile_unet(compile_mode)
-        trial_calls = _compile_trial_calls(compile_mode)
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        if mode != compile_mode:
+            compile_mode = mode
+            compile_unet(mode)
+        trial_calls = _compile_trial_calls(mode)
 
     try:
         for step in range(start, total_steps):
@@ -1251,7 +1250,8 @@ def _train_one(
                                 compile_error,
                                 _without_cuda_graphs(compile_mode),
                             )
-                            compile_without_cuda_graphs()
+                            # the same kernels launched one by one still beat eager by 2.4x on an H100
+                            drop_compiled_step(_without_cuda_graphs(compile_mode))
                         else:
                             log.warning(
                                 "torch.compile failed at step %d (%s): training eager, about 2.4x slower; "
