@@ -6,6 +6,7 @@ and the trained LoRA be built once per pytest session even when several modules 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,19 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 _CACHE: dict[str, object] = {}
+
+
+def has_cxx() -> bool:
+    """Whether Inductor can build its CPU kernels here: they are C++, compiled at the first call."""
+    return bool(shutil.which("g++") or shutil.which("c++"))
+
+
+def skip_without_cxx() -> None:
+    import pytest
+
+    if not has_cxx():
+        pytest.skip("Inductor's CPU kernels need a C++ compiler")
+
 
 #: a small but real fine-tune config: the schema's keys, tiny sizes, CPU-friendly optimizer/precision
 FINETUNE = {

@@ -5,6 +5,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import _diffusion_fixtures as fx
 import pytest
 import torch
 
@@ -39,10 +40,7 @@ def test_step_profiler_counts_the_ops_of_the_profiled_steps_only(finetune_bench)
 
 
 def test_step_profiler_counts_the_ops_outside_compiled_graphs(finetune_bench):
-    import shutil
-
-    if not (shutil.which("g++") or shutil.which("c++")):
-        pytest.skip("Inductor's CPU kernels need a C++ compiler")
+    fx.skip_without_cxx()
     w = torch.randn(8, 8, requires_grad=True)
     f = torch.compile(lambda x: (x @ w).tanh().sum())
     x = torch.randn(4, 8)
@@ -82,8 +80,6 @@ def test_a_failing_profiler_reports_its_error_and_the_steps_go_on(finetune_bench
 def test_a_worker_dying_while_profiling_keeps_its_timed_steps(
     finetune_bench, tmp_path, tmp_path_factory, monkeypatch
 ):
-    import _diffusion_fixtures as fx
-
     class Died(BaseException):  # as a segfault would, it gets past every `except Exception`
         pass
 
@@ -196,15 +192,12 @@ def test_lora_optimizer_benchmark_times_sd15_lora_shapes_and_both_sides_end_iden
 
 
 def test_the_dynamo_counts_leave_out_the_compile_probe(finetune_bench, monkeypatch):
-    import shutil
-
     from torch._dynamo.utils import counters
 
     from dermsynth.diffusion import train
     from dermsynth.diffusion.pipeline import compile_unavailable
 
-    if not (shutil.which("g++") or shutil.which("c++")):
-        pytest.skip("Inductor's CPU kernels need a C++ compiler")
+    fx.skip_without_cxx()
     counters.clear()
     counters["stats"]["unique_graphs"] = 5  # earlier work of this process
     finetune_bench._without_the_compile_probe({"compile": False}, "cpu")

@@ -715,10 +715,9 @@ def test_flat_parameters_take_autograd_gradients_in_place_and_train_as_separate_
 
 
 def test_compile_probe_names_a_broken_toolchain_and_passes_a_working_one(monkeypatch):
-
     from dermsynth.diffusion import pipeline
 
-    if shutil.which("g++") or shutil.which("c++"):  # inductor's CPU kernels are C++: a real compile
+    if fx.has_cxx():  # a real compile
         assert pipeline.compile_unavailable("cpu") is None
 
     def broken(fn, **kw):
@@ -797,8 +796,8 @@ def test_compiled_gradients_are_checked_against_eager_ones_and_a_miscompile_trai
     # torch.compile on CPU, with dynamo's own eager backend or one whose backward negates the gradients
     monkeypatch.setattr(train, "_compiles_on", lambda device: True)
     monkeypatch.setattr(train, "compile_unavailable", lambda dev: None)
-    if backend == "inductor" and not (shutil.which("g++") or shutil.which("c++")):
-        pytest.skip("Inductor's CPU kernels need a C++ compiler")
+    if backend == "inductor":
+        fx.skip_without_cxx()
     if backend in ("eager", "inductor"):
         chosen = backend
     else:
@@ -930,7 +929,6 @@ def test_cuda_graphs_are_freed_for_a_validation_and_recorded_again_after_it(
 
 
 def test_upsampling_without_scatter_keeps_values_and_layout_and_compiles_to_the_eager_gradient():
-
     import torch.nn.functional as F
     from diffusers.models.resnet import ResnetBlock2D
     from diffusers.models.upsampling import Upsample2D
@@ -954,8 +952,7 @@ def test_upsampling_without_scatter_keeps_values_and_layout_and_compiles_to_the_
         assert ups(x).is_contiguous(memory_format=layout) == ref(x).is_contiguous(memory_format=layout)
     assert torch.equal(ups(x, output_size=(7, 5)), ref(x, output_size=(7, 5)))  # not 2x: diffusers' own
 
-    if not (shutil.which("g++") or shutil.which("c++")):
-        pytest.skip("Inductor's CPU kernels need a C++ compiler")
+    fx.skip_without_cxx()
     # SD's up-block boundary: ResnetBlock2D (ends in "/ output_scale_factor") into Upsample2D, where
     # torch 2.13's Inductor (CPU) returned a zero input gradient with interpolate's scatter backward
     res = ResnetBlock2D(in_channels=64, out_channels=32, temb_channels=16, groups=16).requires_grad_(False)
