@@ -154,13 +154,20 @@ def _write_json(path, obj) -> None:
     os.replace(tmp, path)
 
 
+def _ours_compile(settings: dict, device: str) -> tuple[bool, str]:
+    """(whether train_lora compiles the UNet with these finetune settings on ``device``, its mode)."""
+    from dermsynth.diffusion import train
+
+    s = {**train.DEFAULTS, **settings}
+    return bool(s["compile"]) and train._compiles_on(device), s["compile_mode"]
+
+
 def _cuda_graphs_so_far(settings: dict, device: str) -> bool | None:
     """train_lora's summary field ``cuda_graphs``, read before the job ends (in a fresh worker
     process, whose Inductor has declined nothing before the job)."""
     from dermsynth.diffusion import train
 
-    s = {**train.DEFAULTS, **settings}
-    return train._cuda_graphs_ran(s["compile"] and train._compiles_on(device), s["compile_mode"])
+    return train._cuda_graphs_ran(*_ours_compile(settings, device))
 
 
 def _dynamo_counts() -> dict:
@@ -181,10 +188,9 @@ def _without_the_compile_probe(settings: dict, device: str) -> None:
     (unique_graphs 1 unless it recompiled; an H100 run read 2, the probe's graph and the UNet's)."""
     from torch._dynamo.utils import counters
 
-    from dermsynth.diffusion import train
     from dermsynth.diffusion.pipeline import compile_unavailable
 
-    if {**train.DEFAULTS, **settings}["compile"] and train._compiles_on(device):
+    if _ours_compile(settings, device)[0]:
         compile_unavailable(device)
         counters.clear()
 
