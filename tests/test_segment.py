@@ -42,11 +42,37 @@ def test_classical_on_a_few_ham10000_masks():
         preds.append(
             segment.classical_mask(np.asarray(Image.open(HAM / "images" / f"{i}.jpg").convert("RGB")))
         )
-        truths.append(np.asarray(Image.open(HAM / "masks" / f"{i}_segmentation.png")) > 127)
+        truths.append(segment.load_mask(HAM / "masks" / f"{i}_segmentation.png"))
     s = segment.score_masks(preds, truths, n_boot=200)
     assert s["dice"]["median"] > 0.8 and s["dice"]["mean"] > 0.65
     assert s["dice"]["lo"] <= s["dice"]["mean"] <= s["dice"]["hi"]
     assert s["iou"]["mean"] <= s["dice"]["mean"]
+
+
+def test_load_mask_reads_a_reversed_palette_png_as_its_picture(tmp_path):
+    truth = np.zeros((30, 40), bool)
+    truth[10:20, 12:30] = True
+    Image.fromarray(np.where(truth, 255, 0).astype(np.uint8), "L").save(tmp_path / "l.png")
+    # index 0 = white, 255 = black: the raw indices are the inverse of what the picture shows
+    pal = Image.fromarray(np.where(truth, 0, 255).astype(np.uint8), "P")
+    pal.putpalette([c for v in range(255, -1, -1) for c in (v, v, v)])
+    pal.save(tmp_path / "p.png")
+    assert (np.asarray(Image.open(tmp_path / "p.png")) > 127).mean() > 0.5  # a raw reader sees skin
+    assert np.array_equal(segment.load_mask(tmp_path / "l.png"), truth)
+    assert np.array_equal(segment.load_mask(tmp_path / "p.png"), truth)
+
+
+@pytest.mark.skipif(not HAM.exists(), reason="shared HAM10000 masks not present")
+def test_every_real_palette_mask_reads_with_the_lesion_inside():
+    """The 402 palette masks of the shared HAM10000 copy: read right, the lesion is not the border."""
+    palette = [p for p in sorted((HAM / "masks").glob("*.png")) if Image.open(p).mode == "P"]
+    assert len(palette) == 402
+    border = []
+    for p in palette:
+        m = segment.load_mask(p)
+        border.append(np.concatenate([m[0], m[-1], m[:, 0], m[:, -1]]).mean())
+    # a lesion filling the whole frame is rare: most masks have skin all round
+    assert np.median(border) < 0.05, np.median(border)
 
 
 def test_shape_stats_separate_round_from_irregular():

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 from tqdm.auto import tqdm
 
 from . import io, metrics
@@ -267,6 +268,19 @@ class SamSegmenter:
 
 
 # ---------------------------------------------------------------- measurement
+
+
+def load_mask(path: str | Path) -> np.ndarray:
+    """A ground-truth lesion mask as booleans (lesion = white once converted to greyscale).
+
+    Read through PIL's ``convert("L")``, never as raw values: some HAM10000 masks are palette PNGs
+    whose palette is reversed (index 0 = white), and their raw indices read as an inverted mask.
+    """
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("L")) > 127
+    except (OSError, ValueError) as e:
+        raise ImageError(f"mask {path}: cannot be read as an image ({e})") from None
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
