@@ -44,8 +44,8 @@ def preflight_check():
     """Before the first job of a real run (onstart: never for -n, nor inside a job): every model
     the jobs about to run load is found, or Snakemake stops with one line per missing one.
     """
-    if not preflight.enabled(config["preflight"]):
-        return
+    if workflow.touch or not preflight.enabled(config["preflight"]):
+        return  # --touch only marks outputs as up to date: nothing is loaded
     jobs = [(job.rule.name, job.wildcards_dict) for job in workflow.dag.needrun_jobs()]
     # with conda, containers or modules the jobs' Python is not this one: check models only
     modules = not workflow.deployment_settings.deployment_method
