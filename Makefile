@@ -15,13 +15,18 @@ install: $(STAMP)
 
 # torch first and alone: anything that pulls torch later would swap the CPU wheel for a CUDA build.
 # open-clip-torch only ships the CLIP BPE vocabulary for the offline tokenizer; --no-deps keeps
-# torchvision out.
+# torchvision out. The fid extra (torch-fidelity, Inception FID) pins torchvision to torch 2.13.0's
+# release, so torch stays; a torchvision of the other build (CUDA beside a CPU torch) fails at import
+# and breaks transformers' image processors, so it is removed again then.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q --no-deps open-clip-torch==3.3.0
+	{ $(PY) -m pip install -q -e '.[fid]' && $(PY) -c 'import torch_fidelity' 2>/dev/null; } || { \
+	  $(PY) -m pip uninstall -q -y torch-fidelity torchvision; \
+	  echo "torch-fidelity left out: torchvision 0.28.0 from PyPI does not load beside torch $$($(PY) -c 'import torch; print(torch.__version__)'); quality.features: inception needs the same build (CPU: pip install torchvision==0.28.0+cpu --index-url https://download.pytorch.org/whl/cpu, then torch-fidelity==0.4.0); domain and tiny work without it"; }
 	touch $(STAMP)
 
 demo: install

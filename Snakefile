@@ -32,6 +32,10 @@ include: "rules/report.smk"
 report: "workflow/report/workflow.rst"
 
 
+onstart:
+    preflight_check()
+
+
 rule all:
     default_target: True
     input:

@@ -6,6 +6,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from dermsynth.config import sampler_counts, validate  # noqa: E402
 from dermsynth.errors import ConfigError  # noqa: E402
+from dermsynth import preflight  # noqa: E402
 from dermsynth.regimes import regime_fraction, regime_names, sweep_points  # noqa: E402
 
 try:
@@ -37,6 +38,20 @@ wildcard_constraints:
     seed=r"\d+",
     testset="|".join(TEST_SETS),
     kind="sd|vit|mobilenet_v2|sam",
+
+
+def preflight_check():
+    """Before the first job of a real run (onstart: never for -n, nor inside a job): every model
+    the jobs about to run load is found, or Snakemake stops with one line per missing one.
+    """
+    if workflow.touch or not preflight.enabled(config["preflight"]):
+        return  # --touch only marks outputs as up to date: nothing is loaded
+    jobs = [(job.rule.name, job.wildcards_dict) for job in workflow.dag.needrun_jobs()]
+    # with conda, containers or modules the jobs' Python is not this one: check models only
+    modules = not workflow.deployment_settings.deployment_method
+    missing = preflight.check(config, jobs, tiny_prefix=TINY_PREFIX, modules=modules)
+    if missing:
+        raise SystemExit(preflight.report(missing))
 
 
 def model_ref(name):

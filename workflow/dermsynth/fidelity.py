@@ -3,7 +3,9 @@
 Every metric works on features from one pluggable extractor (config ``quality.features``):
 
 - ``inception``: the standard FID network (torch-fidelity's InceptionV3 weights, as torchmetrics uses
-  them). It needs the weights file; offline without it the job stops with one line naming it.
+  them). It needs torch-fidelity and the weights file, which a networked job downloads; offline
+  without it the job stops with one line naming the file, its folder and the command that fetches it
+  (the preflight check before any job says the same, dermsynth.preflight).
 - ``domain``: the penultimate features (the classification head's input) of the project's own
   real-only classifier, the way medigan reports a RadImageNet-FID: distances a dermoscopy model sees.
 - ``tiny``: a fixed random conv net (seeded, no weights file), for the offline demo and the tests.
@@ -17,7 +19,6 @@ near-duplicate pairs. A set smaller than ``min_images`` gets ``None`` with the r
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 import warnings
@@ -28,15 +29,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import io
-from .errors import ConfigError, ModelNotFoundError
+from . import hub, io, preflight
+from .errors import ConfigError, ModelNotFoundError, one_line
 
 log = logging.getLogger("dermsynth.fidelity")
 
 FEATURES = ("inception", "domain", "tiny")
-#: torch-fidelity's FID InceptionV3 weights (the TF-ported network every published FID uses)
-INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
-INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + INCEPTION_FILE
+INCEPTION_FILE, INCEPTION_URL = preflight.INCEPTION_FILE, preflight.INCEPTION_URL
 METRICS = (
     "fid",
     "kid",
@@ -114,21 +113,27 @@ class TinyEncoder(torch.nn.Module):
 
 
 def inception_weights_path(path: str | None = None) -> Path:
-    """The InceptionV3 FID weights, or one ModelNotFoundError line saying where to put them."""
-    if path:
-        p = Path(path)
-    else:
-        p = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+    """The InceptionV3 FID weights file (downloaded there when missing and online), or one
+    ModelNotFoundError line naming the file, its folder and the command that fetches it."""
+    p = preflight.inception_file(path)
+    if not p.is_file() and not hub.offline():
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            # writes a temporary file beside it and renames: no half file is left behind
+            torch.hub.download_url_to_file(INCEPTION_URL, str(p), progress=False)
+        except Exception as e:  # the message below says what to do; the cause goes to the log
+            log.warning("downloading %s failed: %s", INCEPTION_URL, one_line(e))
     if not p.is_file():
+        why = "the network is off (HF_HUB_OFFLINE)" if hub.offline() else "downloading it failed"
+        raise ModelNotFoundError(f"quality.inception_weights: {preflight.missing_weights(p, why)}")
+    try:
+        import torch_fidelity  # noqa: F401
+    except Exception as e:  # ImportError, or a RuntimeError from a torchvision of another build
         raise ModelNotFoundError(
-            f"FID InceptionV3 weights {INCEPTION_FILE} not found at {p}: download {INCEPTION_URL} "
-            "there (or set quality.inception_weights), or use quality.features: domain|tiny offline"
-        )
-    if importlib.util.find_spec("torch_fidelity") is None:
-        raise ModelNotFoundError(
-            "quality.features: inception needs torch-fidelity (`pip install torch-fidelity`, which "
-            "pulls torchvision), or use quality.features: domain|tiny"
-        )
+            f"quality.features: inception needs torch-fidelity, which fails to import ({one_line(e, 120)}): "
+            f"`pip install {preflight.FIDELITY_PACKAGES}` (torchvision built for the installed torch), "
+            "or use quality.features: domain|tiny"
+        ) from None
     return p
 
 
