@@ -472,11 +472,10 @@ def _weight_dtype(mixed_precision: str):
 def _save_lora(unet, output_dir: Path, kohya_name: str | None = None) -> Path:
     """Write the LoRA in diffusers' format (+ kohya's as ``kohya_name``); return the diffusers file.
 
-    The adapter's LoraConfig goes into the file's metadata, as diffusers' newer DreamBooth-LoRA scripts
-    save it: without it ``load_lora_weights`` assumes alpha = rank.
+    The adapter's LoraConfig goes into the file's metadata, as diffusers' DreamBooth-LoRA scripts save it
+    (their ``_collate_lora_metadata``): without it ``load_lora_weights`` assumes alpha = rank.
     """
     from diffusers import StableDiffusionPipeline
-    from diffusers.training_utils import _collate_lora_metadata
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
@@ -488,7 +487,7 @@ def _save_lora(unet, output_dir: Path, kohya_name: str | None = None) -> Path:
         unet_lora_layers=convert_state_dict_to_diffusers(peft_sd),
         safe_serialization=True,
         weight_name=LORA_WEIGHT_NAME,
-        **_collate_lora_metadata({"unet": unet}),
+        unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
     )
     final = output_dir / LORA_WEIGHT_NAME
     os.replace(tmp / LORA_WEIGHT_NAME, final)
@@ -871,11 +870,12 @@ def train_lora(
 ) -> dict:
     """Train DreamBooth LoRA(s) on ``images`` (columns path,label); return the training summary.
 
-    Writes ``pytorch_lora_weights.safetensors`` (with export kohya also ``<run>_kohya.safetensors``),
-    ``loss.csv``, ``loss.png``, ``train_summary.json``, ``validation/`` and ``validation_grid.png`` into
-    ``output_dir``, ``<run>`` being its name. With ``lora_mode: per_class`` each
-    class gets its own LoRA in ``output_dir/<label>/`` and the top-level files gather them. Resumes from
-    the newest complete checkpoint in ``checkpoint_dir`` and deletes that folder at the end.
+    Writes ``pytorch_lora_weights.safetensors`` (with export kohya also ``<run>_kohya.safetensors``,
+    ``<run>`` being the folder's name), ``loss.csv``, ``loss.png``, ``train_summary.json``, ``validation/``
+    and ``validation_grid.png`` into ``output_dir``. With ``lora_mode: per_class`` each class gets its own
+    LoRA in ``output_dir/<label>/`` (kohya: ``<run>_<label>_kohya.safetensors``) and the top-level files
+    gather them. Resumes from the newest complete checkpoint in ``checkpoint_dir`` and deletes that
+    folder at the end.
     ``on_step(step, loss)`` is called after every optimizer step (``loss`` is a float on logging steps).
     """
     s = settings(cfg)
