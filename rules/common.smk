@@ -144,6 +144,18 @@ def lora_outputs(run="{run}"):
     return list(dict.fromkeys(lora_file_of(run, label) for label in CLASSES))
 
 
+def kohya_outputs(run="{run}"):
+    """The kohya/web-UI copies of the run's LoRA(s) (finetune.export), each beside its diffusers file."""
+    if "kohya" not in config["finetune"]["export"]:
+        return []
+    if config["finetune"]["lora_mode"] == "per_class":
+        return [
+            f"results/lora/{run}/{label}/{run}_{label}_kohya.safetensors"
+            for label in CLASSES
+        ]
+    return [f"results/lora/{run}/{run}_kohya.safetensors"]
+
+
 def generation_model(wildcards):
     """Inputs naming the weights: base model (+ LoRA), or a merged single-file checkpoint."""
     merged = config["generate"].get("checkpoint")

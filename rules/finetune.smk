@@ -5,6 +5,7 @@ rule finetune:
         model=model_input("sd"),
     output:
         lora=lora_outputs(),
+        kohya=kohya_outputs(),
         loss=report(
             "results/lora/{run}/loss.png",
             caption="../workflow/report/loss.rst",
@@ -42,3 +43,4 @@ rule finetune:
 rule finetune_all:
     input:
         lora_outputs(RUN),
+        kohya_outputs(RUN),

@@ -55,6 +55,7 @@ def test_defaults_fill_missing_sections():
         (lambda c: c["finetune"].update(lr=1), "finetune.lr", "learning_rate"),
         (lambda c: c["classify"].update(models=["resnet"]), "classify.models.0", "mobilenet_v2"),
         (lambda c: c["split"].update(test_datasets=["nope"]), "split.test_datasets", "ham10000"),
+        (lambda c: c["finetune"].update(export=["kohya"]), "finetune.export", "must include 'diffusers'"),
     ],
 )
 def test_bad_values_give_one_line_with_key_and_allowed(mutate, key, allowed):

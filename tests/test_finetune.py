@@ -290,6 +290,11 @@ def test_per_class_mode_trains_one_lora_per_class(tiny_sd, images, tmp_path):
         assert run["labels"] == [label] and run["n_images"] == 3
         pipe = load_pipeline(str(tiny_sd), str(tmp_path / "pc" / label), device="cpu")
         assert np.isfinite(_images(pipe, n=1)).all()
+        # each class's kohya copy holds that class's LoRA, named after run and class
+        q = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+        ours = load_file(tmp_path / "pc" / label / LORA)[f"unet.{q}.lora.down.weight"]
+        kohya = load_file(tmp_path / "pc" / label / f"pc_{label}_kohya.safetensors")
+        torch.testing.assert_close(kohya[f"lora_unet_{q.replace('.', '_')}.lora_down.weight"], ours)
     loss = pd.read_csv(tmp_path / "pc" / "loss.csv")
     assert sorted(loss["lora"].unique()) == ["benign", "malignant"] and len(loss) == 6
     assert (tmp_path / "pc" / "validation_grid.png").exists() and not (tmp_path / "pc.ckpt").exists()

@@ -236,6 +236,8 @@ def test_per_class_loras_each_generate_their_own_class(tmp_path):
     loras = {lb: f"results/lora/{run}/{lb}/pytorch_lora_weights.safetensors" for lb in classes}
     (finetune,) = [b for b in blocks if b.startswith("rule finetune:")]
     assert all(f in finetune for f in loras.values())
+    # their web-UI copies (finetune.export: kohya, the default) are declared outputs too
+    assert all(f"results/lora/{run}/{lb}/{run}_{lb}_kohya.safetensors" in finetune for lb in classes)
     generate = [b for b in blocks if b.startswith("rule generate:")]
     assert len(generate) >= 2 * len(classes)
     for b in generate:

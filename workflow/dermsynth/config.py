@@ -64,6 +64,8 @@ def _explain(error: jsonschema.ValidationError) -> str:
         return f"{error.instance!r} violates {v} {error.validator_value}"
     if v == "type":
         return f"{error.instance!r} must be of type {error.validator_value}"
+    if v == "contains" and "const" in error.validator_value:
+        return f"{error.instance!r} must include {error.validator_value['const']!r}"
     if v == "oneOf":
         return f"{error.instance!r} must be an integer or a [min, max] pair of integers"
     return error.message.splitlines()[0]

@@ -13,6 +13,8 @@ log = logging.getLogger("dermsynth")
 #: LoRA adapter name; not "train", which clashes with ``nn.Module.train``.
 ADAPTER = "derm"
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+#: the kohya/web-UI export of a LoRA is ``<run>[_<label>]_kohya.safetensors`` beside it
+KOHYA_SUFFIX = "_kohya.safetensors"
 
 #: sampler name -> (diffusers scheduler class name, extra config, A1111 display name).
 #: ``dpmpp_2s_a``: diffusers has no ancestral DPM++ 2S; its closest equivalent is the second-order

@@ -42,7 +42,7 @@ from ..errors import ConfigError, TrainingError, one_line
 from ..hub import load_pretrained
 from .adamw8bit import adamw8bit_class
 from .flat_params import BNB_BLOCK, BNB_MIN_8BIT_SIZE, FlatParams
-from .pipeline import LORA_WEIGHT_NAME, compile_unavailable, resolve_device
+from .pipeline import KOHYA_SUFFIX, LORA_WEIGHT_NAME, compile_unavailable, resolve_device
 
 log = logging.getLogger("dermsynth")
 
@@ -92,11 +92,13 @@ DEFAULTS = {
     "validation_guidance_scale": 7.0,
     "validation_sampler": "euler",
     "tensorboard": True,
+    "export": ["diffusers", "kohya"],
 }
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 OPTIMIZERS = ("adamw8bit", "adamw")
 PRECISIONS = ("no", "fp16", "bf16")
 LORA_MODES = ("shared", "per_class")
+EXPORTS = ("diffusers", "kohya")
 ATTENTIONS = ("sdpa", "eager")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 #: keys that may change between a checkpoint and its resume without changing the result
@@ -114,6 +116,7 @@ _RESUME_NEUTRAL = (
     "validation_guidance_scale",
     "validation_sampler",
     "tensorboard",
+    "export",
 )
 
 
@@ -148,6 +151,11 @@ def settings(cfg: dict) -> dict:
     ):
         if int(s[key]) < 1:
             raise ConfigError(f"finetune.{key} must be >= 1, got {s[key]}")
+    if "diffusers" not in s["export"] or not set(s["export"]) <= set(EXPORTS):
+        raise ConfigError(
+            f"finetune.export = {s['export']} is not allowed: list diffusers (generate loads it), "
+            f"optionally with {', '.join(EXPORTS[1:])}"
+        )
     if s["snr_gamma"] is not None and float(s["snr_gamma"]) <= 0:
         raise ConfigError(f"finetune.snr_gamma must be > 0 or null, got {s['snr_gamma']}")
     if s["compile_check_tol"] is not None and float(s["compile_check_tol"]) <= 0:
@@ -461,21 +469,52 @@ def _weight_dtype(mixed_precision: str):
 # outputs
 
 
-def _save_lora(unet, output_dir: Path) -> Path:
+def _save_lora(unet, output_dir: Path, kohya_name: str | None = None) -> Path:
+    """Write the LoRA in diffusers' format (+ kohya's as ``kohya_name``); return the diffusers file.
+
+    The adapter's LoraConfig goes into the file's metadata, as diffusers' DreamBooth-LoRA scripts save it
+    (their ``_collate_lora_metadata``): without it ``load_lora_weights`` assumes alpha = rank.
+    """
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    peft_sd = get_peft_model_state_dict(unet)
     tmp = output_dir / f".tmp-lora-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     StableDiffusionPipeline.save_lora_weights(
-        tmp, unet_lora_layers=layers, safe_serialization=True, weight_name=LORA_WEIGHT_NAME
+        tmp,
+        unet_lora_layers=convert_state_dict_to_diffusers(peft_sd),
+        safe_serialization=True,
+        weight_name=LORA_WEIGHT_NAME,
+        unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
     )
     final = output_dir / LORA_WEIGHT_NAME
     os.replace(tmp / LORA_WEIGHT_NAME, final)
     shutil.rmtree(tmp, ignore_errors=True)
+    if kohya_name:
+        _save_kohya(peft_sd, unet.peft_config["default"], output_dir / kohya_name)
     return final
+
+
+def _save_kohya(peft_sd: dict, config, path: Path) -> None:
+    """The LoRA as kohya/AUTOMATIC1111 web UI read it: ``lora_unet_*.lora_{down,up}.weight`` + ``.alpha``."""
+    import torch
+    from diffusers.utils import convert_state_dict_to_kohya
+    from safetensors.torch import save_file
+
+    sd = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in peft_sd.items()})
+    # diffusers writes alpha = rank (its scripts train so); the web UI scales by alpha / rank
+    alpha = float(config.lora_alpha)
+    sd = {k: torch.tensor(alpha) if k.endswith(".alpha") else v.contiguous() for k, v in sd.items()}
+    # kohya's own metadata keys, which the web UI shows and kohya's tools read
+    meta = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(config.r),
+        "ss_network_alpha": str(alpha),
+    }
+    with io.atomic_path(path) as tmp:
+        save_file(sd, str(tmp), metadata=meta)
 
 
 def plot_loss(history: pd.DataFrame, path) -> None:
@@ -831,24 +870,26 @@ def train_lora(
 ) -> dict:
     """Train DreamBooth LoRA(s) on ``images`` (columns path,label); return the training summary.
 
-    Writes ``pytorch_lora_weights.safetensors``, ``loss.csv``, ``loss.png``, ``train_summary.json``,
-    ``validation/`` and ``validation_grid.png`` into ``output_dir``. With ``lora_mode: per_class`` each
-    class gets its own LoRA in ``output_dir/<label>/`` and the top-level files gather them. Resumes from
-    the newest complete checkpoint in ``checkpoint_dir`` and deletes that folder at the end.
+    Writes ``pytorch_lora_weights.safetensors`` (with export kohya also ``<run>_kohya.safetensors``,
+    ``<run>`` being the folder's name), ``loss.csv``, ``loss.png``, ``train_summary.json``, ``validation/``
+    and ``validation_grid.png`` into ``output_dir``. With ``lora_mode: per_class`` each class gets its own
+    LoRA in ``output_dir/<label>/`` (kohya: ``<run>_<label>_kohya.safetensors``) and the top-level files
+    gather them. Resumes from the newest complete checkpoint in ``checkpoint_dir`` and deletes that
+    folder at the end.
     ``on_step(step, loss)`` is called after every optimizer step (``loss`` is a float on logging steps).
     """
     s = settings(cfg)
     if len(images) == 0:
         raise TrainingError("no training images: the fine-tune split is empty, check the split stage")
-    if s["lora_mode"] == "shared":
-        return _train_one(
-            pretrained, images, Path(output_dir), s, Path(checkpoint_dir), threads, device, on_step
-        )
     out, ckpt = Path(output_dir), Path(checkpoint_dir)
+    if s["lora_mode"] == "shared":
+        return _train_one(pretrained, images, out, s, ckpt, threads, device, on_step, out.name)
     runs = {}
     for label in sorted(images["label"].astype(str).unique()):
         part = images[images["label"].astype(str) == label].reset_index(drop=True)
-        runs[label] = _train_one(pretrained, part, out / label, s, ckpt / label, threads, device, on_step)
+        runs[label] = _train_one(
+            pretrained, part, out / label, s, ckpt / label, threads, device, on_step, f"{out.name}_{label}"
+        )
     hist = pd.concat([pd.read_csv(out / lb / "loss.csv").assign(lora=lb) for lb in runs], ignore_index=True)
     io.write_csv(out / "loss.csv", hist)
     plot_loss(hist, out / "loss.png")
@@ -888,7 +929,9 @@ def _train_one(
     threads: int,
     device: str,
     on_step,
+    name: str,
 ) -> dict:
+    """One LoRA into ``out``; ``name`` names its kohya export (the web UI's ``<lora:name:w>``)."""
     import torch
     import torch.nn.functional as F
     from accelerate.utils import set_seed
@@ -1363,7 +1406,7 @@ def _train_one(
     out.mkdir(parents=True, exist_ok=True)
     if int(s["num_validation_images"]) > 0:
         validation_grid(out, out / "validation_grid.png")
-    lora_path = _save_lora(unet, out)
+    lora_path = _save_lora(unet, out, f"{name}{KOHYA_SUFFIX}" if "kohya" in s["export"] else None)
     hist = pd.DataFrame(history, columns=["step", "epoch", "loss", "lr"])
     io.write_csv(out / "loss.csv", hist)
     plot_loss(hist, out / "loss.png")
