@@ -241,3 +241,26 @@ def test_pigment_network_is_not_hair_but_a_long_hair_over_it_is():
     assert (mask[on_hair & blob] > 0).mean() > 0.9 and (mask[on_hair & ~blob] > 0).mean() > 0.9
     near = cv2.dilate(line, np.ones((25, 25), np.uint8)) > 0
     assert (mask[blob & ~near] > 0).mean() < 0.01
+
+
+def test_hair_section_shows_the_largest_masks(tmp_path):
+    src = _demo_manifest(tmp_path)
+    df = hair.remove_hair_dataset(src, tmp_path / "clean", tmp_path / "clean.csv", CFG, threads=1)
+    md, png = tmp_path / "sections" / "dullrazor.md", tmp_path / "sections" / "dullrazor_largest.png"
+    text = hair.write_hair_section([src], [tmp_path / "clean.csv"], md, png, n=3, tile=64)
+    assert md.read_text() == text and "(sections/dullrazor_largest.png)" in text
+    assert f"largest {100 * df['hair_fraction'].max():.2f} %" in text
+    assert f"{int((df['hair_fraction'] > 0).sum())} images have any hair masked" in text
+    sheet = np.asarray(io.load_rgb(png))
+    assert sheet.shape[0] == 22 + 3 * (64 + 4) and sheet.shape[1] == 3 * (64 + 4) - 4
+    # the first row is the image with the largest mask: its mask tile is the brightest of the rows
+    masks = [sheet[22 + r * 68 : 22 + r * 68 + 64, 68:132].mean() for r in range(3)]
+    assert masks[0] >= max(masks[1:]) - 1e-9
+    with pytest.raises(ConfigError, match="rows"):
+        hair.write_hair_section([src], [_short(tmp_path)], md, png)
+
+
+def _short(tmp_path):
+    df = io.read_csv(tmp_path / "clean.csv")
+    io.write_csv(tmp_path / "short.csv", df.head(2))
+    return tmp_path / "short.csv"

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from . import io
 from .errors import ConfigError
-from .imaging import check_unique_stems, image_threads
+from .imaging import check_unique_stems, contact_sheet, image_threads, square_resize
 
 log = logging.getLogger("dermsynth")
 
@@ -376,3 +376,43 @@ def remove_hair_dataset(manifest_in, out_dir, manifest_out, cfg: dict, threads: 
             )
     io.write_csv(manifest_out, df)
     return df
+
+
+def write_hair_section(raw: list, clean: list, out_md, out_png, n: int = 12, tile: int = 160) -> str:
+    """Report fragment: the ``n`` images of the run with the largest hair masks, before / mask / after.
+
+    ``raw`` and ``clean`` are the per-dataset manifests before and after :func:`remove_hair_dataset`
+    (same rows, same order). Tiles show the whole image padded to a square, so no hair is cropped
+    away. The figure is referenced relative to the report folder, where summary.md lives.
+    """
+    frames = []
+    for r, c in zip(raw, clean, strict=True):
+        before, after = io.read_csv(r), io.read_csv(c)
+        if len(before) != len(after):
+            raise ConfigError(f"hair section: {c} has {len(after)} rows, {r} has {len(before)}")
+        frames.append(after.assign(raw_path=before["path"].to_numpy()))
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    hf = pd.to_numeric(df.get("hair_fraction", pd.Series(dtype=float)), errors="coerce")
+    df = df.assign(hf=hf).sort_values("hf", ascending=False, kind="stable")
+    rows = []
+    for r in df.head(n).itertuples():
+        tiles = [np.asarray(io.load_rgb(p)) for p in (r.raw_path, r.mask_path, r.path)]
+        name = str(getattr(r, "source_id", Path(r.path).stem))[-18:]
+        rows.append((name, [square_resize(t, tile, "pad") for t in tiles], f"hair {100 * r.hf:.1f}%"))
+    if not rows:  # nothing to show: a blank tile keeps the declared output
+        rows = [("no images", [np.full((tile, tile, 3), 255, np.uint8)] * 3, "")]
+    contact_sheet(rows, ["before", "mask", "after"], out_png)
+    text = (
+        "## Hair removal: the largest hair masks\n\n"
+        f"The {min(n, len(df))} images of {len(df)} with the largest DullRazor hair masks: before, mask, "
+        "after. A mask that follows pigment network, dots or the lesion border instead of hairs shows "
+        "here first.\n\n"
+        f"Hair-mask fraction over all images: median {100 * hf.median():.2f} %, "
+        f"mean {100 * hf.mean():.2f} %, largest {100 * hf.max():.2f} %; "
+        f"{int((hf > 0).sum())} images have any hair masked.\n\n"
+        f"![DullRazor: largest hair masks](sections/{Path(out_png).name})\n"
+        if len(df)
+        else "## Hair removal: the largest hair masks\n\nNo images.\n"
+    )
+    io.write_text(out_md, text)
+    return text
