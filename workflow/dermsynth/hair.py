@@ -27,10 +27,11 @@ log = logging.getLogger("dermsynth")
 
 #: inpainting methods: OpenCV Telea / Navier-Stokes, scikit-image biharmonic, and "closing": each hair
 #: pixel takes the value of the colour image's morphological closing (the black-hat's own background
-#: estimate). Measured with ``benchmarks/dullrazor.py --quick`` (512 px, one core, CPU time; PSNR vs
-#: the hair-free truth on demo images / on real ISIC skin with drawn hairs, same masks): closing
-#: 47.1 / 45.9 dB at 123 img/s, biharmonic 47.5 / 44.6 dB at 12 img/s, ns 46.1 / 44.0 dB at 68 img/s,
-#: telea 45.7 / 43.2 dB at 61 img/s. Closing is the default: best on real skin, fastest.
+#: estimate). Measured with ``benchmarks/dullrazor.py --quick`` (512 px, one core, CPU time, whole
+#: DullRazor with the default guard; PSNR vs the hair-free truth on demo images / on real ISIC skin with
+#: drawn hairs, same masks): closing 46.2 / 48.1 dB at 29 img/s, biharmonic 46.4 / 46.2 dB at 8 img/s,
+#: ns 45.6 / 46.5 dB at 23 img/s, telea 45.4 / 45.9 dB at 23 img/s. Closing is the default: best on
+#: real skin, fastest.
 METHODS = ("closing", "telea", "ns", "biharmonic")
 DEFAULT_METHOD = "closing"
 _CV_METHODS = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
