@@ -35,3 +35,29 @@ rule resize:
         policy=config["preprocess"]["resize"]["policy"],
     script:
         "../workflow/scripts/resize.py"
+
+
+rule dullrazor_section:
+    """Report fragment: the run's twelve largest hair masks, before / mask / after."""
+    input:
+        raw=expand("results/data/{dataset}/raw/manifest.csv", dataset=DATASETS),
+        clean=expand("results/data/{dataset}/clean/manifest.csv", dataset=DATASETS),
+    output:
+        section="results/report/sections/dullrazor.md",
+        sheet=report(
+            "results/report/sections/dullrazor_largest.png",
+            caption="../workflow/report/dullrazor_largest.rst",
+            category="Data",
+        ),
+    log:
+        "results/logs/dullrazor/section.log",
+    conda:
+        "../envs/data.yaml"
+    threads: 1
+    params:
+        n=12,
+    script:
+        "../workflow/scripts/dullrazor_section.py"
+
+
+REPORT_SECTIONS.append("results/report/sections/dullrazor.md")
