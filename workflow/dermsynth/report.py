@@ -357,7 +357,7 @@ def table4_markdown(t4: pd.DataFrame, ci: float = 0.95) -> str:
         note += (
             "\n⚠ degenerate: in that many seeds the classifier predicts one class only (sensitivity or "
             f"specificity 0) or ranks no better than chance (AUROC ≤ {DEGENERATE_AUROC}); its accuracy "
-            "is the class share, not a skill (see What was run).\n"
+            "then says nothing about skill (see What was run).\n"
         )
     return md_table(headers, rows) + note
 
@@ -1218,8 +1218,8 @@ def degenerate_runs_markdown(evals: pd.DataFrame) -> str:
     if not len(bad):
         return ""
     lines = [
-        f"- **Degenerate classifiers** ({len(bad)} of {len(evals)} evaluations; their accuracy is the "
-        "share of one class, not a skill):"
+        f"- **Degenerate classifiers** ({len(bad)} of {len(evals)} evaluations; their accuracy says "
+        "nothing about skill):"
     ]
     for _, r in bad.iterrows():
         lines.append(
