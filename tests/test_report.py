@@ -554,7 +554,7 @@ def test_sd_only_with_two_or_more_seeds(tmp_path):
     assert f"85.00 ± {np.std([80, 90], ddof=1):.2f}" in md and "mean ± sd over 2 seeds" in md
 
 
-def test_validation_accuracy_beside_fig10(tmp_path):
+def test_validation_accuracy_beside_fig10(tmp_path, monkeypatch):
     paper_val = _validated("config.yaml")["report"]["paper_val_accuracy"]
     assert paper_val == {
         "mobilenet_v2": {"real": 76.61, "hybrid": 86.57},
@@ -564,10 +564,15 @@ def test_validation_accuracy_beside_fig10(tmp_path):
     # vit/real: two seeds, lowest val loss at epoch 2 (seed 0) and 3 (seed 1); later epochs are worse
     for seed, vl, va in ((0, [0.6, 0.4, 0.5], [0.7, 0.9, 0.95]), (1, [0.6, 0.5, 0.3], [0.6, 0.7, 0.8])):
         p = tmp_path / f"vit_real_{seed}.csv"
-        pd.DataFrame({"epoch": [1, 2, 3], "val_loss": vl, "val_accuracy": va}).to_csv(p, index=False)
+        pd.DataFrame(
+            {"epoch": [1, 2, 3], "train_loss": 0.5, "val_loss": vl, "val_accuracy": va, "val_auroc": 0.7}
+        ).to_csv(p, index=False)
         hist[f"vit/real/{seed}"] = str(p)
     p = tmp_path / "mob_hybrid_0.csv"  # no validation set: the last epoch is kept
-    pd.DataFrame({"epoch": [1, 2], "val_loss": [np.nan] * 2, "val_accuracy": [np.nan, np.nan]}).to_csv(p)
+    nan = [np.nan, np.nan]
+    pd.DataFrame(
+        {"epoch": [1, 2], "train_loss": 0.5, "val_loss": nan, "val_accuracy": nan, "val_auroc": nan}
+    ).to_csv(p)
     hist["mobilenet_v2/hybrid/0"] = str(p)
     va = report.val_accuracy_table(hist, paper_val).set_index(["model", "regime"])
     assert len(va) == 4  # every paper cell, ours or not
@@ -579,6 +584,20 @@ def test_validation_accuracy_beside_fig10(tmp_path):
     assert r["paper_val_accuracy"] == 91.16 and r["diff_vs_paper"] == pytest.approx(85.0 - 91.16)
     assert va.loc[("mobilenet_v2", "hybrid"), "epochs"] == "2"
     assert va.loc[("mobilenet_v2", "real"), "n_seeds"] == 0
+    # curves.png: the paper's value as a dashed line on each model's accuracy panel
+    import matplotlib
+
+    figs = []
+    monkeypatch.setattr(report, "_savefig", lambda fig, path: figs.append(fig) or path)
+    report.fig_curves(hist, tmp_path / "curves.png", paper_val)
+    acc_axes = [ax for ax in figs[0].axes if ax.get_ylabel() == "val accuracy (%)"]
+    assert [ax.get_title() for ax in acc_axes] == ["ViT-B/16", "MobileNetV2"]
+    for ax, model in zip(acc_axes, ("vit", "mobilenet_v2"), strict=True):
+        dashed = {
+            ln.get_label(): ln.get_ydata()[0] for ln in ax.get_lines() if ln.get_label().endswith("Fig. 10")
+        }
+        assert sorted(dashed.values()) == pytest.approx(sorted(paper_val[model].values()))
+    matplotlib.pyplot.close("all")
     md = report._val_accuracy_markdown(va.reset_index())
     assert "| ViT-B/16 | Baseline (real) | 2 | 2 3 | 85.00 ± 7.07 | 91.16 | -6.16 |" in md
     assert "| MobileNetV2 | Hybrid (synthetic + real) | 1 | 2 | — | 86.57 | — |" in md

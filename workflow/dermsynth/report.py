@@ -547,7 +547,9 @@ def fig_accuracy(t4: pd.DataFrame, out: Path) -> Path:
     return _savefig(fig, out)
 
 
-def fig_curves(histories: dict[str, str] | None, out: Path) -> Path:
+def fig_curves(histories: dict[str, str] | None, out: Path, paper_val: dict | None = None) -> Path:
+    """Loss, validation accuracy and AUROC per epoch; the paper's Fig. 10 validation accuracy
+    (``paper_val``, model -> regime -> %) as dashed lines on the accuracy panels."""
     plt = _plt()
     runs = []
     for key, path in (histories or {}).items():
@@ -570,6 +572,14 @@ def fig_curves(histories: dict[str, str] | None, out: Path) -> Path:
             axes[i][0].plot(h["epoch"], h["val_loss"], ls, color=color, marker="o", ms=3, label=lab)
             axes[i][1].plot(h["epoch"], 100 * h["val_accuracy"], ls, color=color, marker="o", ms=3, label=lab)
             axes[i][2].plot(h["epoch"], h["val_auroc"], ls, color=color, marker="o", ms=3, label=lab)
+        for regime, v in ((paper_val or {}).get(model) or {}).items():
+            axes[i][1].axhline(
+                float(v),
+                ls=(0, (5, 3)),
+                lw=1,
+                color=REGIME_COLORS.get(regime, "C2"),
+                label=f"{_nice(regime, REGIME_NAMES)}: paper Fig. 10",
+            )
         for ax, yl in zip(axes[i], ("loss (faint: train)", "val accuracy (%)", "val AUROC"), strict=True):
             ax.set_xlabel("epoch")
             ax.set_ylabel(yl)
@@ -1458,7 +1468,8 @@ def build(
     written["paired_csv"] = out_dir / "paired.csv"
 
     written["accuracy_png"] = fig_accuracy(t4, out_dir / "accuracy.png")
-    written["curves_png"] = fig_curves(histories, out_dir / "curves.png")
+    paper_val = _g(cfg, "report", "paper_val_accuracy")
+    written["curves_png"] = fig_curves(histories, out_dir / "curves.png", paper_val)
     written["confusion_png"] = fig_confusion(evals, classes, out_dir / "confusion.png")
     written["roc_png"] = fig_roc(evals, out_dir / "roc.png")
 
@@ -1506,7 +1517,7 @@ def build(
                 rows,
             )
         )
-    va = val_accuracy_table(histories, _g(cfg, "report", "paper_val_accuracy"))
+    va = val_accuracy_table(histories, paper_val)
     if len(va):
         sections.append(_val_accuracy_markdown(va))
     if len(comp):
