@@ -1358,7 +1358,9 @@ def hybrid_composition(train_csvs: Iterable[str], cfg: dict | None, classes: lis
                 }
             )
     cols = ["regime", "label", "n_real", "n_synthetic", "fraction", "configured", "short"]
-    return pd.DataFrame(rows, columns=cols)
+    out = pd.DataFrame(rows, columns=cols)
+    ro = _order(out["regime"], REGIME_NAMES)
+    return out.iloc[np.argsort([ro.index(r) for r in out["regime"]], kind="stable")].reset_index(drop=True)
 
 
 def composition_warnings(comp: pd.DataFrame, tol: float) -> list[str]:
