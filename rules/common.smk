@@ -223,6 +223,11 @@ def regime_fraction_param(wildcards):
     return regime_fraction(wildcards.regime, config["hybrid"])
 
 
+def hybrid_train_sets():
+    """Every regime's training list: the report states the synthetic share each actually reached."""
+    return expand("results/hybrid/{regime}/train.csv", regime=REGIMES)
+
+
 def realism_jsons():
     """The realism check needs the real-only classifiers: none without the real regime."""
     if "real" not in REGIMES:

@@ -31,6 +31,7 @@ rule report:
         evals=eval_jsons(),
         histories=histories(),
         realism=realism_jsons(),
+        hybrid=hybrid_train_sets(),
         samples=f"results/synthetic/{RUN}/filtered.csv",
         leakage="results/splits/leakage.csv",
         finetune=f"results/lora/{RUN}/train_summary.json",

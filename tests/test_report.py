@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -8,13 +9,15 @@ from PIL import Image
 
 from dermsynth import io, metrics, report
 
+# Derm-T2IM Table IV, test accuracy (%): regime real = the paper's baseline
 PAPER = {
-    "vit": {"real": {"isic": 78.89, "ham10000": 67.21}, "hybrid": {"isic": 85.17, "ham10000": 71.44}},
     "mobilenet_v2": {
-        "real": {"isic": 74.26, "ham10000": 63.12},
-        "hybrid": {"isic": 80.03, "ham10000": 66.58},
+        "real": {"isic": 78.89, "ham10000": 70.33},
+        "hybrid": {"isic": 81.35, "ham10000": 73.58},
     },
+    "vit": {"real": {"isic": 90.74, "ham10000": 81.50}, "hybrid": {"isic": 93.03, "ham10000": 85.02}},
 }
+ROOT = Path(__file__).resolve().parents[1]
 MODELS, REGIMES, SEEDS, TESTSETS = (
     ["vit", "mobilenet_v2"],
     ["real", "hybrid"],
@@ -205,6 +208,10 @@ def test_build_table4_matches_inputs(fabricated, tmp_path):
         - t4v.loc[("vit", "real", "isic"), "accuracy_mean"]
     )
     assert mean_row["hi"] - mean_row["lo"] < r["hi"] - r["lo"]  # averaging seeds narrows the interval
+    # Holm within each seed row's family (model × test set × metric), never below the raw p
+    for _, fam in pr.groupby("seed"):
+        assert fam["p_holm"].to_numpy() == pytest.approx(report.holm(fam["p"]))
+    assert (pr["p_holm"] >= pr["p"] - 1e-12).all()
 
     summary = (tmp_path / "report" / "summary.md").read_text()
     for text in (
@@ -422,3 +429,270 @@ def test_finetune_section_has_one_column_per_class_lora(tmp_path):
     text = _section_finetune(str(_write_json(tmp_path / "no_graphs.json", per_class)))
     assert "**torch.compile failed** (malignant): those LoRAs trained eager" in text
     assert "**torch.compile failed** (benign): recording CUDA graphs failed" in text
+
+
+# ---------------------------------------------------------------- issue 22: the report tells the truth
+
+
+def _validated(name):
+    import yaml
+
+    from dermsynth.config import validate
+
+    return validate(yaml.safe_load((ROOT / "config" / name).read_text()), ROOT / "config" / "schema.yaml")
+
+
+def _eval(tmp_path, model, regime, seed, testset, acc, sens=0.7, spec=0.8, auroc=0.8, n=100):
+    """A minimal eval JSON (no predictions CSV: CIs come from the JSON)."""
+    m = {
+        k: {"value": v, "lo": None if v is None else v - 0.05, "hi": None if v is None else v + 0.05}
+        for k, v in (
+            ("accuracy", acc),
+            ("balanced_accuracy", (sens + spec) / 2),
+            ("auroc", auroc),
+            ("sensitivity", sens),
+            ("specificity", spec),
+            ("f1", 0.5),
+        )
+    }
+    doc = {"model": model, "regime": regime, "seed": seed, "testset": testset, "n": n, "metrics": m}
+    p = tmp_path / "evals" / f"{model}_{regime}_{seed}_{testset}.json"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    io.write_json(p, doc)
+    return str(p)
+
+
+def test_paper_table_default_is_table_iv_on_the_right_rows(tmp_path, monkeypatch):
+    paper = _validated("config.yaml")["report"]["paper_table"]
+    table_iv = {  # Derm-T2IM Table IV, test accuracy (%)
+        ("mobilenet_v2", "real", "isic"): 78.89,
+        ("mobilenet_v2", "real", "ham10000"): 70.33,
+        ("vit", "real", "isic"): 90.74,
+        ("vit", "real", "ham10000"): 81.50,
+        ("mobilenet_v2", "hybrid", "isic"): 81.35,
+        ("mobilenet_v2", "hybrid", "ham10000"): 73.58,
+        ("vit", "hybrid", "isic"): 93.03,
+        ("vit", "hybrid", "ham10000"): 85.02,
+    }
+    cells = {(m, r, t): v for m, rs in paper.items() for r, ts in rs.items() for t, v in ts.items()}
+    assert cells == pytest.approx(table_iv)
+    # ours: a distinct accuracy per cell, so a swapped row shows in diff_vs_paper
+    ours = {k: 0.5 + 0.01 * i for i, k in enumerate(sorted(table_iv))}
+    jsons = [_eval(tmp_path, *k[:2], 0, k[2], acc) for k, acc in ours.items()]
+    t4 = report.table4(report.load_evals(jsons), paper, n_boot=0)
+    assert len(t4) == 8 and (t4["n_seeds"] == 1).all()
+    for r in t4.itertuples():
+        key = (r.model, r.regime, r.testset)
+        assert r.paper_accuracy == pytest.approx(table_iv[key])
+        assert r.diff_vs_paper == pytest.approx(100 * ours[key] - table_iv[key])
+    # accuracy.png: each hatched (paper) bar stands over its model's tick in its regime's colour
+    import matplotlib.colors as mcolors
+
+    figs = []
+    monkeypatch.setattr(report, "_savefig", lambda fig, path: figs.append(fig) or path)
+    report.fig_accuracy(t4, tmp_path / "acc.png")
+    models = report._order(t4["model"], report.MODEL_NAMES)
+    seen = {}
+    for ax in figs[0].axes:
+        ts = next(k for k, v in report.TESTSET_NAMES.items() if v == ax.get_title())
+        for bar in ax.patches:
+            if bar.get_hatch() != "//":
+                continue
+            model = models[round(bar.get_x() + bar.get_width() / 2)]
+            regime = next(
+                reg
+                for reg, c in report.REGIME_COLORS.items()
+                if np.allclose(bar.get_edgecolor()[:3], mcolors.to_rgb(c))
+            )
+            seen[(model, regime, ts)] = bar.get_height()
+    assert seen == pytest.approx(table_iv)
+
+
+def test_holm_step_down_matches_hand_computation():
+    # sorted: 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 = 0.04 -> 0.06 (step-down monotone)
+    adj = report.holm([0.01, 0.04, 0.03, 0.005, float("nan")])
+    assert adj[:4] == pytest.approx([0.03, 0.06, 0.06, 0.02]) and math.isnan(adj[4])
+    assert report.holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # capped at 1, then monotone
+    assert report.holm([0.02]) == pytest.approx([0.02])
+    assert len(report.holm([])) == 0
+
+
+def test_degenerate_classifiers_are_flagged(tmp_path):
+    assert report.degenerate_reason(0.0, 1.0, 0.7) == "sensitivity 0"
+    assert "AUROC 0.500" in report.degenerate_reason(0.6, 0.4, 0.5)
+    assert report.degenerate_reason(0.6, 0.4, 0.51) == ""
+    assert report.degenerate_reason(float("nan"), 0.9, float("nan")) == ""
+    jsons = [
+        _eval(tmp_path, "vit", "real", 0, "isic", 0.6, sens=0.0, spec=1.0, auroc=0.62),
+        _eval(tmp_path, "vit", "real", 1, "isic", 0.8),
+        _eval(tmp_path, "vit", "hybrid", 0, "isic", 0.7, auroc=0.45),
+        _eval(tmp_path, "vit", "hybrid", 1, "isic", 0.75),
+    ]
+    evals = report.load_evals(jsons)
+    t4 = report.table4(evals, {}, n_boot=0).set_index("regime")
+    assert t4.loc["real", "n_degenerate"] == 1 and t4.loc["hybrid", "n_degenerate"] == 1
+    md = report.table4_markdown(t4.reset_index())
+    assert md.count("⚠ degenerate (1/2 seeds)") == 2 and "predicts one class only" in md
+    run = report._run_section(evals, ["benign", "malignant"])
+    assert "**Degenerate classifiers** (2 of 4 evaluations" in run
+    assert "seed 0 on ISIC Archive: sensitivity 0" in run and "AUROC 0.450 ≤ 0.5" in run
+    healthy = report.load_evals([j for j in jsons if "_1_" in j])
+    assert "Degenerate" not in report._run_section(healthy, ["benign", "malignant"])
+    assert "⚠" not in report.table4_markdown(report.table4(healthy, {}, n_boot=0))
+
+
+def test_sd_only_with_two_or_more_seeds(tmp_path):
+    assert report.seeds_phrase([1, 1]) == "one seed: the value of that seed alone, no sd"
+    assert report.seeds_phrase([3, 3, 0]) == "mean ± sd over 3 seeds"
+    assert "a cell with one seed" in report.seeds_phrase([1, 3])
+    one = report.load_evals([_eval(tmp_path, "vit", "real", 0, "isic", 0.8125)])
+    md = report.table4_markdown(report.table4(one, {}, n_boot=0))
+    assert "81.25 [76.25, 86.25]" in md and "±" not in md and "one seed" in md
+    assert "one seed" in report._run_section(one, ["benign", "malignant"])
+    two = report.load_evals([_eval(tmp_path, "vit", "real", s, "isic", a) for s, a in ((0, 0.8), (1, 0.9))])
+    md = report.table4_markdown(report.table4(two, {}, n_boot=0))
+    assert f"85.00 ± {np.std([80, 90], ddof=1):.2f}" in md and "mean ± sd over 2 seeds" in md
+
+
+def test_validation_accuracy_beside_fig10(tmp_path, monkeypatch):
+    paper_val = _validated("config.yaml")["report"]["paper_val_accuracy"]
+    assert paper_val == {
+        "mobilenet_v2": {"real": 76.61, "hybrid": 86.57},
+        "vit": {"real": 91.16, "hybrid": 94.74},
+    }
+    hist = {}
+    # vit/real: two seeds, lowest val loss at epoch 2 (seed 0) and 3 (seed 1); later epochs are worse
+    for seed, vl, va in ((0, [0.6, 0.4, 0.5], [0.7, 0.9, 0.95]), (1, [0.6, 0.5, 0.3], [0.6, 0.7, 0.8])):
+        p = tmp_path / f"vit_real_{seed}.csv"
+        pd.DataFrame(
+            {"epoch": [1, 2, 3], "train_loss": 0.5, "val_loss": vl, "val_accuracy": va, "val_auroc": 0.7}
+        ).to_csv(p, index=False)
+        hist[f"vit/real/{seed}"] = str(p)
+    p = tmp_path / "mob_hybrid_0.csv"  # no validation set: the last epoch is kept
+    nan = [np.nan, np.nan]
+    pd.DataFrame(
+        {"epoch": [1, 2], "train_loss": 0.5, "val_loss": nan, "val_accuracy": nan, "val_auroc": nan}
+    ).to_csv(p)
+    hist["mobilenet_v2/hybrid/0"] = str(p)
+    va = report.val_accuracy_table(hist, paper_val).set_index(["model", "regime"])
+    assert len(va) == 4  # every paper cell, ours or not
+    r = va.loc[("vit", "real")]
+    assert (r["n_seeds"], r["epochs"]) == (2, "2 3")
+    assert r["val_accuracy_mean"] == pytest.approx(85.0) and r["val_accuracy_sd"] == pytest.approx(
+        np.std([90, 80], ddof=1)
+    )
+    assert r["paper_val_accuracy"] == 91.16 and r["diff_vs_paper"] == pytest.approx(85.0 - 91.16)
+    assert va.loc[("mobilenet_v2", "hybrid"), "epochs"] == "2"
+    assert va.loc[("mobilenet_v2", "real"), "n_seeds"] == 0
+    # curves.png: the paper's value as a dashed line on each model's accuracy panel
+    import matplotlib
+
+    figs = []
+    monkeypatch.setattr(report, "_savefig", lambda fig, path: figs.append(fig) or path)
+    report.fig_curves(hist, tmp_path / "curves.png", paper_val)
+    acc_axes = [ax for ax in figs[0].axes if ax.get_ylabel() == "val accuracy (%)"]
+    assert [ax.get_title() for ax in acc_axes] == ["ViT-B/16", "MobileNetV2"]
+    for ax, model in zip(acc_axes, ("vit", "mobilenet_v2"), strict=True):
+        dashed = {
+            ln.get_label(): ln.get_ydata()[0] for ln in ax.get_lines() if ln.get_label().endswith("Fig. 10")
+        }
+        assert sorted(dashed.values()) == pytest.approx(sorted(paper_val[model].values()))
+    matplotlib.pyplot.close("all")
+    md = report._val_accuracy_markdown(va.reset_index())
+    assert "| ViT-B/16 | Baseline (real) | 2 | 2 3 | 85.00 ± 7.07 | 91.16 | -6.16 |" in md
+    assert "| MobileNetV2 | Hybrid (synthetic + real) | 1 | 2 | — | 86.57 | — |" in md
+
+
+def test_finetune_section_has_the_paper_figures():
+    pf = _validated("config.yaml")["report"]["paper_finetune"]
+    assert pf == {"final_loss": 0.1394, "wall_h": 10.4, "gpu_mem_gb": 5.3}
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = _write_json(Path(d) / "s.json", {"final_loss": 0.21, "wall_s": 120.5, "peak_mem_gb": 2.5})
+        text = report._section_finetune(str(path), pf)
+        assert "| final_loss | 0.21 | 0.1394 |" in text
+        assert "| wall_s | 120.5 | 37440 (10.4 h) |" in text
+        assert "| peak_mem_gb | 2.5 | 5.3 (GPU) |" in text
+        assert "| steps | None |  |" in text  # no paper figure: empty cell
+        assert "Derm-T2IM" not in report._section_finetune(str(path))
+
+
+def test_banner_for_tiny_models(fabricated, tmp_path):
+    assert report.not_comparable_reasons(_validated("config.yaml")) == []
+    demo = _validated("demo.yaml")
+    why = "\n".join(report.not_comparable_reasons(demo))
+    for key in ("models.sd", "models.vit", "models.mobilenet_v2", "quality.features", "segment.sam_model"):
+        assert key in why
+    demo["segment"]["methods"] = ["classical"]  # a tiny SAM that never runs changes nothing
+    assert "segment.sam_model" not in "\n".join(report.not_comparable_reasons(demo))
+    jsons = fabricated[0][:4]
+    out = report.build(jsons, tmp_path / "tiny", PAPER, extras={"config": demo}, n_boot=0)
+    head = Path(out["summary_md"]).read_text().split("## ")[0]
+    assert "**Not comparable to the paper.**" in head and "tiny-vit" in head
+    out = report.build(jsons, tmp_path / "paper", PAPER, n_boot=0)
+    assert "Not comparable" not in Path(out["summary_md"]).read_text()
+
+
+def _train_csv(path, counts):
+    """A hybrid-stage training list with counts[(origin, label)] rows."""
+    rows = [
+        {"path": f"{o}_{lb}_{i}.png", "label": lb, "origin": o}
+        for (o, lb), n in counts.items()
+        for i in range(n)
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return str(path)
+
+
+def test_hybrid_composition_and_methods_state_actual_fraction(tmp_path):
+    cfg = {"hybrid": {"synthetic_fraction": 0.75}, "report": {"hybrid_fraction_tolerance": 0.02}}
+    real = _train_csv(tmp_path / "real" / "train.csv", {("real", "benign"): 10, ("real", "malignant"): 10})
+    # benign has its 30 synthetic images (75 %); the filter left malignant 15 instead of 30 (60 %)
+    hybrid = _train_csv(
+        tmp_path / "hybrid" / "train.csv",
+        {
+            ("real", "benign"): 10,
+            ("synthetic", "benign"): 30,
+            ("real", "malignant"): 10,
+            ("synthetic", "malignant"): 15,
+        },
+    )
+    comp = report.hybrid_composition([real, hybrid], cfg, ["benign", "malignant"])
+    c = comp.set_index(["regime", "label"])
+    assert c.loc[("hybrid", "all"), "fraction"] == pytest.approx(45 / 65)
+    assert c.loc[("hybrid", "malignant"), "n_synthetic"] == 15 and c.loc[("hybrid", "benign"), "n_real"] == 10
+    assert c.loc[("real", "all"), "fraction"] == 0 and c.loc[("real", "all"), "configured"] == 0
+    assert comp[comp["short"]][["regime", "label"]].values.tolist() == [
+        ["hybrid", "all"],
+        ["hybrid", "malignant"],
+    ]
+    md = report._composition_markdown(comp, 0.02)
+    assert "| hybrid | malignant | 10 | 15 | 60.0 | 75.0 |" in md
+    assert (
+        "**Warning:** hybrid: synthetic share overall 69.2 %, malignant 60.0 %, below the configured 75 %"
+        in md
+    )
+    # a looser tolerance forgives the overall share (69.2 >= 75 - 10) but not malignant's 60 %
+    loose = report.hybrid_composition(
+        [hybrid], {**cfg, "report": {"hybrid_fraction_tolerance": 0.1}}, ["benign", "malignant"]
+    )
+    assert loose[loose["short"]]["label"].tolist() == ["malignant"]
+    text = report.methods_paragraph(cfg, comp)
+    assert "held 69.2 % synthetic images (45 synthetic and 20 real" in text
+    assert "benign 75.0 % (30 of 40), malignant 60.0 % (15 of 25)" in text and "75 % configured" in text
+    assert "configured to hold 75 %" in report.methods_paragraph(cfg)  # no list read: no claim of 75 %
+    bad = _train_csv(tmp_path / "x" / "train.csv", {("real", "benign"): 1})
+    pd.read_csv(bad).drop(columns="origin").to_csv(bad, index=False)
+    with pytest.raises(ValueError, match="no column origin"):
+        report.hybrid_composition([bad], cfg, ["benign"])
+    # build() puts the table, its warning and the actual share in summary.md
+    jsons = [_eval(tmp_path, "vit", r, 0, "isic", 0.8) for r in ("real", "hybrid")]
+    out = report.build(
+        jsons, tmp_path / "r", {}, extras={"config": cfg, "hybrid_sets": [real, hybrid]}, n_boot=0
+    )
+    summary = Path(out["summary_md"]).read_text()
+    assert "## Training sets after the filter" in summary and "**Warning:** hybrid" in summary
+    methods = summary.split("## Methods")[1].split("##")[0]
+    assert "69.2 % synthetic" in methods

@@ -17,7 +17,9 @@ import numpy as np
 import pandas as pd
 
 from . import io, metrics
+from .errors import ConfigError
 from .quality import contact_sheet
+from .regimes import regime_fraction
 
 log = logging.getLogger("dermsynth.report")
 
@@ -32,6 +34,10 @@ PERCENT_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity"
 TABLE_METRICS = ("accuracy", "balanced_accuracy", "auroc", "sensitivity", "specificity", "f1")
 PAIRED_METRICS = ("accuracy", "balanced_accuracy", "auroc")
 REGIME_COLORS = {"real": "#4c72b0", "hybrid": "#dd8452", "synthetic": "#55a868"}
+TINY_PREFIX = "results/models/tiny-"  # where the tiny_models rule builds random-weight models
+# a classifier no better than chance on one side: all one class (sensitivity or specificity 0) or
+# an AUROC at or below chance
+DEGENERATE_AUROC = 0.5
 
 
 # ---------------------------------------------------------------- small helpers
@@ -79,6 +85,49 @@ def _order(values: Iterable[str], preferred: Iterable[str]) -> list[str]:
     values = list(dict.fromkeys(values))
     pref = [p for p in preferred if p in values]
     return pref + sorted(v for v in values if v not in pref)
+
+
+def seeds_phrase(counts: Iterable[int]) -> str:
+    """How a cell summarises its seeds: 'mean ± sd over N seeds' only where every cell has two or more."""
+    ns = sorted({int(n) for n in counts if n and n > 0})
+    if not ns:
+        return "no runs"
+    if ns == [1]:
+        return "one seed: the value of that seed alone, no sd"
+    if ns[0] == 1:
+        return "mean ± sd over the seeds of each cell; a cell with one seed shows that seed's value alone"
+    if len(ns) == 1:
+        return f"mean ± sd over {ns[0]} seeds"
+    return f"mean ± sd over {ns[0]}-{ns[-1]} seeds"
+
+
+def holm(p: Iterable[float]) -> np.ndarray:
+    """Holm step-down adjusted p-values, in the input order; NaN stays NaN and is not counted in m.
+
+    Sorted ascending, p_(i) becomes max over j <= i of min(1, (m - j + 1) p_(j)).
+    """
+    p = np.asarray(list(p), dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    if not len(ok):
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = len(order)
+    adj = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    out[order] = np.maximum.accumulate(adj)
+    return out
+
+
+def degenerate_reason(sensitivity: float, specificity: float, auroc: float) -> str:
+    """Why a classifier is degenerate ('' when it is not); values in raw units ([0, 1])."""
+    why = []
+    if math.isfinite(sensitivity) and sensitivity <= 0:
+        why.append("sensitivity 0")
+    if math.isfinite(specificity) and specificity <= 0:
+        why.append("specificity 0")
+    if math.isfinite(auroc) and auroc <= DEGENERATE_AUROC:
+        why.append(f"AUROC {auroc:.3f} ≤ {DEGENERATE_AUROC}")
+    return ", ".join(why)
 
 
 def _resolve(path: str | None, base: Path) -> Path | None:
@@ -138,6 +187,11 @@ def load_evals(eval_jsons: list[str]) -> pd.DataFrame:
             )
         rows.append(row)
     df = pd.DataFrame(rows)
+    if len(df):
+        df["degenerate"] = [
+            degenerate_reason(a, b, c)
+            for a, b, c in zip(df["sensitivity"], df["specificity"], df["auroc"], strict=True)
+        ]
     if len(df) and df.duplicated(["model", "regime", "seed", "testset"]).any():
         dup = df[df.duplicated(["model", "regime", "seed", "testset"], keep=False)]["json"].tolist()
         raise ValueError(f"two eval JSONs for the same model/regime/seed/testset: {dup}")
@@ -221,6 +275,7 @@ def table4(
             "n_seeds": len(g),
             "seeds": " ".join(str(s) for s in g["seed"]),
             "n_test": int(first["n"]),
+            "n_degenerate": int((g["degenerate"] != "").sum()),
         }
         al = aligned_scores(list(g["predictions_path"])) if n_boot > 0 else None
         pooled = (
@@ -284,16 +339,26 @@ def table4_markdown(t4: pd.DataFrame, ci: float = 0.95) -> str:
                     _num(c.get("accuracy_lo")),
                     _num(c.get("accuracy_hi")),
                 )
+                k, n = _num(c.get("n_degenerate")), _num(c.get("n_seeds"))
+                if k > 0:
+                    ours += f" ⚠ degenerate ({int(k)}/{int(n)} seeds)"
                 r += [ours, _fmt(_num(c.get("paper_accuracy")))]
             else:
                 r += ["—", "—"]
         rows.append(r)
     src = "; ".join(sorted(set(t4.get("ci_source", pd.Series(dtype=str)).dropna().astype(str))))
     note = (
-        f"\nAccuracy (%) on each test set: mean ± sd over seeds [{int(round(ci * 100))} % percentile "
+        f"\nAccuracy (%) on each test set: {seeds_phrase(t4['n_seeds'].fillna(0))} "
+        f"[{int(round(ci * 100))} % percentile "
         f"bootstrap CI over test images; CI source: {src or 'n/a'} (pooled = the seed mean recomputed on "
-        "each resample; seed N = that seed alone)]; paper = Derm-T2IM Table IV.\n"
+        "each resample; seed N = that seed alone)]; paper = Derm-T2IM Table IV (real = its baseline).\n"
     )
+    if "n_degenerate" in t4 and (t4["n_degenerate"].fillna(0) > 0).any():
+        note += (
+            "\n⚠ degenerate: in that many seeds the classifier predicts one class only (sensitivity or "
+            f"specificity 0) or ranks no better than chance (AUROC ≤ {DEGENERATE_AUROC}); its accuracy "
+            "then says nothing about skill (see What was run).\n"
+        )
     return md_table(headers, rows) + note
 
 
@@ -364,9 +429,11 @@ def paired(
     model × testset for the seed-averaged metric (``seed`` = "mean") when two or more seeds pair up.
 
     Per seed this is ``metrics.paired_bootstrap_diff``; the "mean" row resamples images once and
-    averages each regime's metric over its seeds on that resample.
+    averages each regime's metric over its seeds on that resample. ``p_holm``: Holm-adjusted over the
+    family of rows that share a ``seed`` value (every model × test set × metric read together).
     """
-    cols = ["model", "testset", "seed", "metric", baseline, treatment, "diff", "lo", "hi", "p", "n", "n_boot"]
+    cols = ["model", "testset", "seed", "metric", baseline, treatment, "diff", "lo", "hi", "p", "p_holm"]
+    cols += ["n", "n_boot"]
     rows = []
     if not len(evals):
         return pd.DataFrame(columns=cols)
@@ -411,6 +478,8 @@ def paired(
                     }
                 )
     out = pd.DataFrame(rows, columns=cols)
+    for _, idx in out.groupby("seed", sort=False).groups.items():
+        out.loc[idx, "p_holm"] = holm(out.loc[idx, "p"])
     if len(out):
         mo, to = _order(out["model"], MODEL_NAMES), _order(out["testset"], TESTSET_NAMES)
         out["_k"] = [(mo.index(m), to.index(t)) for m, t in zip(out["model"], out["testset"], strict=True)]
@@ -478,7 +547,9 @@ def fig_accuracy(t4: pd.DataFrame, out: Path) -> Path:
     return _savefig(fig, out)
 
 
-def fig_curves(histories: dict[str, str] | None, out: Path) -> Path:
+def fig_curves(histories: dict[str, str] | None, out: Path, paper_val: dict | None = None) -> Path:
+    """Loss, validation accuracy and AUROC per epoch; the paper's Fig. 10 validation accuracy
+    (``paper_val``, model -> regime -> %) as dashed lines on the accuracy panels."""
     plt = _plt()
     runs = []
     for key, path in (histories or {}).items():
@@ -501,6 +572,14 @@ def fig_curves(histories: dict[str, str] | None, out: Path) -> Path:
             axes[i][0].plot(h["epoch"], h["val_loss"], ls, color=color, marker="o", ms=3, label=lab)
             axes[i][1].plot(h["epoch"], 100 * h["val_accuracy"], ls, color=color, marker="o", ms=3, label=lab)
             axes[i][2].plot(h["epoch"], h["val_auroc"], ls, color=color, marker="o", ms=3, label=lab)
+        for regime, v in ((paper_val or {}).get(model) or {}).items():
+            axes[i][1].axhline(
+                float(v),
+                ls=(0, (5, 3)),
+                lw=1,
+                color=REGIME_COLORS.get(regime, "C2"),
+                label=f"{_nice(regime, REGIME_NAMES)}: paper Fig. 10",
+            )
         for ax, yl in zip(axes[i], ("loss (faint: train)", "val accuracy (%)", "val AUROC"), strict=True):
             ax.set_xlabel("epoch")
             ax.set_ylabel(yl)
@@ -660,8 +739,12 @@ def _join(*fragments: str, sep: str = ", ") -> str:
     return sep.join(f for f in fragments if f)
 
 
-def methods_paragraph(cfg: dict | None) -> str:
-    """A methods paragraph from the config snapshot; clauses whose keys are absent are left out."""
+def methods_paragraph(cfg: dict | None, composition: pd.DataFrame | None = None) -> str:
+    """A methods paragraph from the config snapshot; clauses whose keys are absent are left out.
+
+    ``composition`` (hybrid_composition) gives the hybrid set's actual synthetic share; without it the
+    sentence says the share was configured, not reached.
+    """
     if not cfg:
         return ""
     parts = []
@@ -745,11 +828,7 @@ def methods_paragraph(cfg: dict | None) -> str:
             )
             + "."
         )
-    hy = cfg.get("hybrid")
-    if isinstance(hy, dict) and hy.get("synthetic_fraction") is not None:
-        parts.append(
-            f"Hybrid training sets held {100 * float(hy['synthetic_fraction']):.0f} % synthetic images."
-        )
+    parts.append(_hybrid_sentence(cfg, composition))
     cl = cfg.get("classify")
     if isinstance(cl, dict):
         models = ", ".join(
@@ -858,14 +937,16 @@ def _run_section(evals: pd.DataFrame, classes: list[str]) -> str:
     lines = ["## What was run\n"]
     lines.append(f"- Models: {', '.join(_nice(m, MODEL_NAMES) for m in _order(evals['model'], MODEL_NAMES))}")
     lines.append(f"- Training regimes: {', '.join(_order(evals['regime'], REGIME_NAMES))}")
-    lines.append(f"- Seeds: {', '.join(str(s) for s in sorted(evals['seed'].unique()))}")
+    seeds = sorted(evals["seed"].unique())
+    one = " (one seed: each value is that seed's alone, no sd)" if len(seeds) == 1 else ""
+    lines.append(f"- Seeds: {', '.join(str(s) for s in seeds)}{one}")
     for ts in _order(evals["testset"], TESTSET_NAMES):
         row = evals[evals["testset"] == ts].iloc[0]
         per = row["n_per_class"] or {}
         per_s = ", ".join(f"{per.get(c, 0)} {c}" for c in classes) if per else ""
         lines.append(f"- Test set {_nice(ts, TESTSET_NAMES)}: {row['n']} images ({per_s})")
     lines.append(f"- Evaluations: {len(evals)}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + degenerate_runs_markdown(evals)
 
 
 def _paired_markdown(pr: pd.DataFrame, baseline: str, treatment: str) -> str:
@@ -884,6 +965,7 @@ def _paired_markdown(pr: pd.DataFrame, baseline: str, treatment: str) -> str:
                 _fmt(r[treatment], digits),
                 f"{_fmt(r['diff'], digits)} [{_fmt(r['lo'], digits)}, {_fmt(r['hi'], digits)}]",
                 _fmt(r["p"], 3),
+                _fmt(_num(r.get("p_holm")), 3),
                 r["n"],
             ]
         )
@@ -897,6 +979,7 @@ def _paired_markdown(pr: pd.DataFrame, baseline: str, treatment: str) -> str:
             treatment,
             f"{treatment} − {baseline} [CI]",
             "p",
+            "p (Holm)",
             "n",
         ],
         rows,
@@ -1102,6 +1185,252 @@ def _wall_times_markdown(wt: pd.DataFrame) -> str:
     return md_table(["Rule", "Jobs", "Total (s)", "Mean (s)", "Max (s)", "Max RSS (MB)"], rows)
 
 
+# ---------------------------------------------------------------- truthfulness checks
+
+
+def not_comparable_reasons(cfg: dict | None) -> list[str]:
+    """What in the config makes the numbers incomparable to the paper's: tiny random-weight models,
+    tiny quality features, a tiny SAM, generated stand-in images."""
+    cfg = cfg or {}
+    why = [
+        f"models.{k} = {v} (tiny, random weights)"
+        for k, v in (cfg.get("models") or {}).items()
+        if str(v).startswith(TINY_PREFIX)
+    ]
+    if _g(cfg, "quality", "features") == "tiny":
+        why.append(
+            "quality.features = tiny (a fixed random conv net: FID/KID are not on the Inception scale)"
+        )
+    sam = str(_g(cfg, "segment", "sam_model", default=""))
+    if sam.startswith(TINY_PREFIX) and "sam" in (_g(cfg, "segment", "methods", default=["sam"]) or []):
+        why.append(f"segment.sam_model = {sam} (tiny, random weights)")
+    for name, spec in (cfg.get("datasets") or {}).items():
+        if isinstance(spec, dict) and spec.get("source") == "demo":
+            why.append(f"datasets.{name}.source = demo (generated dermoscopy-like images)")
+    return why
+
+
+def banner(cfg: dict | None) -> str:
+    why = not_comparable_reasons(cfg)
+    if not why:
+        return ""
+    return (
+        "> **Not comparable to the paper.** This run uses tiny random-weight models or stand-in data, so "
+        "its numbers test the pipeline, not the method:\n" + "".join(f"> - {w}\n" for w in why) + "\n"
+    )
+
+
+def degenerate_runs_markdown(evals: pd.DataFrame) -> str:
+    """A bullet list of the degenerate classifiers, '' when none."""
+    if not len(evals) or "degenerate" not in evals:
+        return ""
+    bad = evals[evals["degenerate"] != ""].sort_values(["model", "regime", "seed", "testset"])
+    if not len(bad):
+        return ""
+    lines = [
+        f"- **Degenerate classifiers** ({len(bad)} of {len(evals)} evaluations; their accuracy says "
+        "nothing about skill):"
+    ]
+    for _, r in bad.iterrows():
+        lines.append(
+            f"  - {_nice(r['model'], MODEL_NAMES)} · {r['regime']} · seed {r['seed']} on "
+            f"{_nice(r['testset'], TESTSET_NAMES)}: {r['degenerate']}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- validation accuracy (Fig. 10)
+
+
+def kept_epoch(history: pd.DataFrame) -> int:
+    """Row of the epoch whose weights were kept: the first lowest validation loss (as classify keeps
+    them), or the last epoch when there is no validation loss."""
+    vl = pd.to_numeric(history.get("val_loss", pd.Series(dtype=float)), errors="coerce")
+    return int(np.nanargmin(vl.to_numpy())) if vl.notna().any() else len(history) - 1
+
+
+def val_accuracy_table(histories: dict[str, str] | None, paper_val: dict | None) -> pd.DataFrame:
+    """Per model × regime: validation accuracy (%) at the kept epoch, over seeds, beside Fig. 10's."""
+    runs = []
+    for key, path in (histories or {}).items():
+        model, regime, seed = (str(key).split("/") + ["?", "?", "?"])[:3]
+        if not path or not Path(path).exists():
+            continue
+        h = pd.read_csv(path)
+        if not len(h) or "val_accuracy" not in h:
+            continue
+        row = h.iloc[kept_epoch(h)]
+        runs.append((model, regime, seed, int(row["epoch"]), 100 * _num(row["val_accuracy"])))
+    df = pd.DataFrame(runs, columns=["model", "regime", "seed", "epoch", "val_accuracy"])
+    keys = list(dict.fromkeys(zip(df["model"], df["regime"], strict=True)))
+    for model, regs in (paper_val or {}).items():
+        keys += [(model, r) for r in regs or {} if (model, r) not in keys]
+    rows = []
+    for model, regime in keys:
+        g = df[(df["model"] == model) & (df["regime"] == regime)]
+        mean, sd = metrics.mean_sd(g["val_accuracy"].to_numpy())
+        try:
+            paper = float(paper_val[model][regime])
+        except (KeyError, TypeError, ValueError):
+            paper = float("nan")
+        rows.append(
+            {
+                "model": model,
+                "regime": regime,
+                "n_seeds": len(g),
+                "epochs": " ".join(str(e) for e in g["epoch"]),
+                "val_accuracy_mean": mean,
+                "val_accuracy_sd": sd,
+                "paper_val_accuracy": paper,
+                "diff_vs_paper": mean - paper,
+            }
+        )
+    out = pd.DataFrame(rows)
+    if len(out):
+        mo, ro = _order(out["model"], MODEL_NAMES), _order(out["regime"], REGIME_NAMES)
+        out["_k"] = [(mo.index(m), ro.index(r)) for m, r in zip(out["model"], out["regime"], strict=True)]
+        out = out.sort_values("_k", kind="stable").drop(columns="_k").reset_index(drop=True)
+    return out
+
+
+def _val_accuracy_markdown(va: pd.DataFrame) -> str:
+    if not len(va):
+        return ""
+    rows = [
+        [
+            _nice(r["model"], MODEL_NAMES),
+            _nice(r["regime"], REGIME_NAMES),
+            int(r["n_seeds"]),
+            r["epochs"] or "—",
+            fmt_cell(r["val_accuracy_mean"], r["val_accuracy_sd"]),
+            _fmt(r["paper_val_accuracy"]),
+            _fmt(r["diff_vs_paper"]),
+        ]
+        for _, r in va.iterrows()
+    ]
+    return (
+        "## Validation accuracy, ours vs Derm-T2IM Fig. 10\n\n"
+        "Validation accuracy (%) at the epoch whose weights were kept (lowest validation loss), "
+        f"{seeds_phrase(va['n_seeds'])}; paper = Derm-T2IM Fig. 10.\n\n"
+        + md_table(
+            ["Model", "Training data", "Seeds", "Kept epoch", "Ours (%)", "Paper (%)", "Ours − paper"], rows
+        )
+    )
+
+
+# ---------------------------------------------------------------- training-set composition
+
+
+def hybrid_composition(train_csvs: Iterable[str], cfg: dict | None, classes: list[str]) -> pd.DataFrame:
+    """Real and synthetic counts per regime (folder name of each ``hybrid/{regime}/train.csv``), overall
+    (label "all") and per class, with the actual synthetic share beside the configured one; ``short``
+    marks a share more than ``report.hybrid_fraction_tolerance`` below the configured one."""
+    hy = _g(cfg, "hybrid", default={}) or {}
+    tol = float(_g(cfg, "report", "hybrid_fraction_tolerance", default=0.02))
+    rows = []
+    for path in train_csvs:
+        regime = Path(path).parent.name
+        df = io.read_csv(path)
+        missing = {"origin", "label"} - set(df.columns)
+        if missing:
+            raise ValueError(
+                f"{path}: no column {', '.join(sorted(missing))} (a hybrid stage training list?)"
+            )
+        try:
+            want = float(regime_fraction(regime, hy))
+        except ConfigError:
+            want = float("nan")
+        labels = ["all"] + [c for c in classes] + sorted(set(df["label"].astype(str)) - set(classes))
+        for label in labels:
+            g = df if label == "all" else df[df["label"].astype(str) == label]
+            n_syn = int((g["origin"].astype(str) == "synthetic").sum())
+            n_real = int((g["origin"].astype(str) == "real").sum())
+            frac = n_syn / (n_syn + n_real) if n_syn + n_real else float("nan")
+            rows.append(
+                {
+                    "regime": regime,
+                    "label": label,
+                    "n_real": n_real,
+                    "n_synthetic": n_syn,
+                    "fraction": frac,
+                    "configured": want,
+                    "short": bool(math.isfinite(frac) and math.isfinite(want) and frac < want - tol),
+                }
+            )
+    cols = ["regime", "label", "n_real", "n_synthetic", "fraction", "configured", "short"]
+    out = pd.DataFrame(rows, columns=cols)
+    ro = _order(out["regime"], REGIME_NAMES)
+    return out.iloc[np.argsort([ro.index(r) for r in out["regime"]], kind="stable")].reset_index(drop=True)
+
+
+def composition_warnings(comp: pd.DataFrame, tol: float) -> list[str]:
+    out = []
+    for regime, g in comp.groupby("regime", sort=False):
+        bad = g[g["short"]]
+        if not len(bad):
+            continue
+        what = ", ".join(
+            f"{'overall' if r['label'] == 'all' else r['label']} {100 * r['fraction']:.1f} %"
+            for _, r in bad.iterrows()
+        )
+        out.append(
+            f"{regime}: synthetic share {what}, below the configured {100 * g['configured'].iloc[0]:.0f} % "
+            f"(tolerance {100 * tol:.0f} points): the filter kept too few synthetic images for that ratio"
+        )
+    return out
+
+
+def _composition_markdown(comp: pd.DataFrame, tol: float) -> str:
+    if not len(comp):
+        return ""
+    rows = [
+        [
+            r["regime"],
+            r["label"],
+            r["n_real"],
+            r["n_synthetic"],
+            _fmt(100 * r["fraction"], 1),
+            _fmt(100 * r["configured"], 1),
+        ]
+        for _, r in comp.iterrows()
+    ]
+    text = (
+        "## Training sets after the filter\n\nReal and synthetic images in each regime's training list "
+        "(`results/hybrid/<regime>/train.csv`) and the synthetic share they actually reach.\n\n"
+        + md_table(["Regime", "Class", "Real", "Synthetic", "Synthetic (%)", "Configured (%)"], rows)
+    )
+    for w in composition_warnings(comp, tol):
+        log.warning("report: %s", w)
+        text += f"\n**Warning:** {w}.\n"
+    return text
+
+
+def _hybrid_sentence(cfg: dict, comp: pd.DataFrame | None) -> str:
+    """The methods sentence on the hybrid set: its actual share when the training list was read."""
+    hy = cfg.get("hybrid")
+    conf = hy.get("synthetic_fraction") if isinstance(hy, dict) else None
+    sel = comp[comp["regime"] == "hybrid"] if comp is not None and len(comp) else pd.DataFrame()
+    if not len(sel):
+        return _opt(
+            "Hybrid training sets were configured to hold {:.0f} % synthetic images.",
+            None if conf is None else 100 * float(conf),
+        )
+    tot = sel[sel["label"] == "all"].iloc[0]
+    per = ", ".join(
+        f"{r['label']} {100 * r['fraction']:.1f} % ({r['n_synthetic']} of {r['n_synthetic'] + r['n_real']})"
+        for _, r in sel[sel["label"] != "all"].iterrows()
+        if math.isfinite(r["fraction"])
+    )
+    return (
+        f"The hybrid training set held {100 * tot['fraction']:.1f} % synthetic images "
+        f"({tot['n_synthetic']} synthetic and {tot['n_real']} real"
+        + (f"; per class {per}" if per else "")
+        + ")"
+        + _opt(", against {:.0f} % configured", None if conf is None else 100 * float(conf))
+        + "."
+    )
+
+
 # ---------------------------------------------------------------- build
 
 
@@ -1141,12 +1470,15 @@ def build(
     written["paired_csv"] = out_dir / "paired.csv"
 
     written["accuracy_png"] = fig_accuracy(t4, out_dir / "accuracy.png")
-    written["curves_png"] = fig_curves(histories, out_dir / "curves.png")
+    paper_val = _g(cfg, "report", "paper_val_accuracy")
+    written["curves_png"] = fig_curves(histories, out_dir / "curves.png", paper_val)
     written["confusion_png"] = fig_confusion(evals, classes, out_dir / "confusion.png")
     written["roc_png"] = fig_roc(evals, out_dir / "roc.png")
 
+    tol = float(_g(cfg, "report", "hybrid_fraction_tolerance", default=0.02))
+    comp = hybrid_composition(extras.get("hybrid_sets") or [], cfg, classes)
     sections = [_run_section(evals, classes)]
-    methods = methods_paragraph(cfg)
+    methods = methods_paragraph(cfg, comp)
     if methods:
         sections.append("## Methods\n\n" + methods + "\n")
     sections.append("## Table IV: accuracy, ours vs Derm-T2IM\n\n" + t4_md + "\n![accuracy](accuracy.png)\n")
@@ -1154,7 +1486,9 @@ def build(
         f"## {treatment.capitalize()} vs {baseline}: paired bootstrap\n\n"
         f"Differences ({treatment} − {baseline}; accuracy and balanced accuracy in percentage points, "
         f"AUROC in [0, 1]) on the same test images, {n_boot} paired resamples, "
-        f"{int(round(100 * ci))} % CI, two-sided bootstrap p.\n\n" + _paired_markdown(pr, baseline, treatment)
+        f"{int(round(100 * ci))} % CI, two-sided bootstrap p; p (Holm) = Holm-adjusted over the "
+        "model × test set × metric comparisons of the same seed row (or of the seed mean).\n\n"
+        + _paired_markdown(pr, baseline, treatment)
     )
     more = t4[t4["n_seeds"] > 0] if len(t4) else t4
     if len(more):
@@ -1171,7 +1505,7 @@ def build(
             for _, r in more.iterrows()
         ]
         sections.append(
-            "## Other metrics (mean ± sd over seeds)\n\n"
+            f"## Other metrics ({seeds_phrase(more['n_seeds'])})\n\n"
             + md_table(
                 [
                     "Model",
@@ -1185,6 +1519,11 @@ def build(
                 rows,
             )
         )
+    va = val_accuracy_table(histories, paper_val)
+    if len(va):
+        sections.append(_val_accuracy_markdown(va))
+    if len(comp):
+        sections.append(_composition_markdown(comp, tol))
     points = extras.get("sweep") or []
     if points:
         sw = sweep_table(t4, points)
@@ -1193,8 +1532,8 @@ def build(
         written["sweep_png"] = fig_sweep(sw, out_dir / "sweep.png")
         sections.append(
             "## Ratio sweep\n\nAccuracy against the share of synthetic images in the training set, the real "
-            "images held fixed (0 % = the real-only baseline); mean ± sd over seeds [bootstrap CI of the "
-            "seed mean over test images].\n\n" + _sweep_markdown(sw) + "\n![sweep](sweep.png)\n"
+            f"images held fixed (0 % = the real-only baseline); {seeds_phrase(sw['n_seeds'])} [bootstrap CI "
+            "of the seed mean over test images].\n\n" + _sweep_markdown(sw) + "\n![sweep](sweep.png)\n"
         )
     if extras.get("realism"):
         rl = load_realism(extras["realism"])
@@ -1203,8 +1542,9 @@ def build(
         sections.append(
             "## Realism check\n\nAs in the paper: each classifier trained on real images only labels the "
             "kept synthetic images (label = the class they were generated for). High accuracy means the "
-            "generator draws the class features that the real images taught; mean ± sd over seeds [CI of "
-            "the first seed].\n\n" + _realism_markdown(rl)
+            "generator draws the class features that the real images taught; "
+            f"{seeds_phrase(rl[rl['group'] == ''].groupby('model').size())} [CI of the first seed].\n\n"
+            + _realism_markdown(rl)
         )
     sections.append(
         "## Figures\n\n- [Accuracy vs paper](accuracy.png)\n- [Validation curves](curves.png)\n"
@@ -1233,14 +1573,29 @@ def build(
     if extras.get("versions"):
         sections.append(_section_versions(extras["versions"]))
 
-    text = "# Derm-T2IM reproduction: results\n\n" + "\n".join(sections)
+    text = "# Derm-T2IM reproduction: results\n\n" + banner(cfg) + "\n".join(sections)
     io.write_text(out_dir / "summary.md", text)
     written["summary_md"] = out_dir / "summary.md"
     log.info("report: wrote %s", ", ".join(str(p) for p in written.values()))
     return {k: str(v) for k, v in written.items()}
 
 
-def _section_finetune(path: str) -> str:
+def _paper_finetune_cells(paper: dict | None) -> dict[str, str]:
+    """The paper's fine-tune figures in the units of our rows (wall_s in seconds, hours beside)."""
+    p = paper or {}
+    cells = {}
+    if p.get("final_loss") is not None:
+        cells["final_loss"] = f"{float(p['final_loss']):g}"
+    if p.get("wall_h") is not None:
+        cells["wall_s"] = f"{3600 * float(p['wall_h']):.0f} ({float(p['wall_h']):g} h)"
+    if p.get("gpu_mem_gb") is not None:
+        cells["peak_mem_gb"] = f"{float(p['gpu_mem_gb']):g} (GPU)"
+    return cells
+
+
+def _section_finetune(path: str, paper: dict | None = None) -> str:
+    """Our fine-tune figures, one column per LoRA, and a Derm-T2IM column where ``paper``
+    (report.paper_finetune) gives the same quantity."""
     s = json.loads(Path(path).read_text())
     runs = s.get("runs") or {"value": s}  # lora_mode per_class: one column per class's LoRA
     rows = [
@@ -1277,6 +1632,11 @@ def _section_finetune(path: str) -> str:
         for k in optional
         if any(r.get(k) is not None for r in runs.values())
     ]
+    headers = ["", *(k if k == "value" else f"LoRA {k}" for k in runs)]
+    pc = _paper_finetune_cells(paper)
+    if pc:
+        headers.append("Derm-T2IM")
+        rows = [[*r, pc.get(r[0], "")] for r in rows]
     eager = [k for k, r in runs.items() if r.get("compile_error") and not r.get("compile")]
     no_graphs = [k for k, r in runs.items() if r.get("compile_error") and r.get("compile")]
     warning = "".join(
@@ -1289,7 +1649,13 @@ def _section_finetune(path: str) -> str:
     )
     return (
         "## Fine-tuning (DreamBooth-LoRA)\n\n"
-        + md_table(["", *(k if k == "value" else f"LoRA {k}" for k in runs)], rows)
+        + md_table(headers, rows)
+        + (
+            "\nDerm-T2IM: the paper's reported final loss, wall time and GPU memory (ours: peak memory "
+            "allocated on the GPU, or the process's RSS peak on CPU).\n"
+            if pc
+            else ""
+        )
         + warning
         + "\nLoss curve: `"
         + str(Path(path).with_name("loss.png"))
@@ -1339,12 +1705,15 @@ def build_from_workflow(
     benchmarks_dir: str | None = None,
     config_snapshot: str | None = None,
     wall_times_csv: str | None = None,
+    hybrid_sets: list[str] = (),
 ) -> dict:
     """The report stage: Table IV, figures and summary.md from the outputs of every earlier stage.
 
-    ``sweep`` holds (synthetic fraction, regime) pairs (dermsynth.regimes.sweep_points); provenance
-    goes to ``config_snapshot`` (the validated config as YAML) and ``wall_times_csv`` (every benchmark
-    TSV under ``benchmarks_dir``, read at run time: see rules/report.smk for why).
+    ``hybrid_sets`` are the regimes' training lists (results/hybrid/{regime}/train.csv), read for the
+    synthetic share each reached after the filter. ``sweep`` holds (synthetic fraction, regime) pairs
+    (dermsynth.regimes.sweep_points); provenance goes to ``config_snapshot`` (the validated config as
+    YAML) and ``wall_times_csv`` (every benchmark TSV under ``benchmarks_dir``, read at run time: see
+    rules/report.smk for why).
     """
     # classifiers/{model}/{regime}/{seed}/history.csv -> "model/regime/seed"
     histories = {"/".join(Path(p).parts[-4:-1]): p for p in history_paths}
@@ -1362,6 +1731,7 @@ def build_from_workflow(
             "versions": _versions(),
             "realism": list(realism),
             "sweep": [tuple(x) for x in sweep or []],
+            "hybrid_sets": list(hybrid_sets),
         },
         n_boot=config["evaluate"]["bootstrap"],
         ci=config["evaluate"]["ci"],
@@ -1372,7 +1742,15 @@ def build_from_workflow(
     fragments = [Path(p).read_text() for p in sections]
     prov = _section_provenance(config, benchmarks_dir, config_snapshot, wall_times_csv, written)
     io.write_text(
-        summary, "\n".join([summary.read_text(), _section_finetune(finetune_summary), *fragments, prov])
+        summary,
+        "\n".join(
+            [
+                summary.read_text(),
+                _section_finetune(finetune_summary, _g(config, "report", "paper_finetune")),
+                *fragments,
+                prov,
+            ]
+        ),
     )
     return written
 

@@ -25,4 +25,5 @@ with logs.stage("report"):
         benchmarks_dir=snakemake.params.benchmarks,
         config_snapshot=snakemake.output.config,
         wall_times_csv=snakemake.output.wall_times,
+        hybrid_sets=list(snakemake.input.hybrid),
     )
