@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -293,6 +294,29 @@ def test_folder_threads_and_max_side_give_the_same_result(tmp_path, bad_inputs):
     )
     assert (small[["width", "height"]].max(axis=1) <= 40).all()
     assert small["note"].str.contains("downscaled from").all()
+
+
+def test_folder_per_class_is_a_seeded_sample_and_the_rest_is_listed(tmp_path, shared_data):
+    meta = pd.read_csv(shared_data / "ham10000" / "metadata.csv")
+    pick = pd.concat([meta[meta.dx == "mel"].head(5), meta[meta.dx == "nv"].head(3)])
+    root = tmp_path / "ham"
+    (root / "images").mkdir(parents=True)
+    for i in pick.image_id:
+        (root / "images" / f"{i}.jpg").symlink_to(shared_data / "ham10000" / "images" / f"{i}.jpg")
+    pick.to_csv(root / "metadata.csv", index=False)
+    label_map = {"mel": "malignant", "nv": "benign"}
+    spec = {"source": "folder", "folder": {"path": str(root), "per_class": 4, "label_map": label_map}}
+    a, rej = _acquire("ham10000", spec, tmp_path, seed=1, out="a")
+    b, _ = _acquire("ham10000", spec, tmp_path, seed=1, out="b")
+    # 4 of 5 melanomas, all 3 nevi (fewer than per_class); the one left out is listed with its reason
+    assert a["label"].value_counts().to_dict() == {"malignant": 4, "benign": 3}
+    assert rej["reason"].tolist() == ["not_selected"]
+    left = Path(rej["path"].iloc[0]).stem
+    assert left in set(pick.image_id) - set(a["source_id"])
+    assert list(a["source_id"]) == list(b["source_id"])
+    melanomas = set(pick[pick.dx == "mel"].image_id)
+    c, _ = _acquire("ham10000", spec, tmp_path, seed=0, out="c")
+    assert set(a["source_id"]) & melanomas != set(c["source_id"]) & melanomas  # another seed, another sample
 
 
 def test_folder_nothing_usable_raises_one_line(tmp_path):

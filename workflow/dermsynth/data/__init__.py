@@ -43,7 +43,7 @@ def acquire(
         manifest, rejected = demo.generate(dataset, spec.get("demo") or {}, out_dir, seed, classes)
     elif source == "folder":
         manifest, rejected = folder.import_folder(
-            dataset, spec.get("folder") or {}, out_dir, classes, threads=threads
+            dataset, spec.get("folder") or {}, out_dir, classes, threads=threads, seed=seed
         )
     elif source == "isic":
         manifest, rejected = isic.download(

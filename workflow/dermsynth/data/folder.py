@@ -12,7 +12,8 @@ Layouts understood (``folder.path`` is a directory, or ``folder.csv`` / ``folder
   ``diagnosis_1`` (or the older ``benign_malignant``).
 
 Every usable image is decoded once, converted to 8-bit RGB with EXIF orientation applied, and
-written as PNG without metadata. Every input that is not used becomes a row of rejected.csv.
+written as PNG without metadata. Every input that is not used becomes a row of rejected.csv, including
+those left out by ``per_class`` (reason ``not_selected``).
 """
 
 from __future__ import annotations
@@ -79,11 +80,12 @@ def safe_stem(text: str) -> str:
 
 
 def import_folder(
-    dataset: str, cfg: dict, out_dir, classes: list[str], threads: int = 1
+    dataset: str, cfg: dict, out_dir, classes: list[str], threads: int = 1, seed: int = 0
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The ``folder`` source: find the layout, then convert every image (see module docstring).
 
-    cfg keys: path, csv, label_map, filter_dataset (str or list), max_side (optional, px).
+    cfg keys: path, csv, label_map, filter_dataset (str or list), max_side (optional, px), per_class
+    (optional: a ``seed``-ed sample of at most this many images per class).
     """
     label_map = cfg.get("label_map") or {}
     table, root = cfg.get("csv"), cfg.get("path")
@@ -107,7 +109,16 @@ def import_folder(
             f"datasets.{dataset}.folder needs 'path' (a folder or CSV) or 'csv' for source: folder"
         )
     return ingest(
-        cands, dataset, out_dir, classes, label_map, rejected, threads=threads, max_side=cfg.get("max_side")
+        cands,
+        dataset,
+        out_dir,
+        classes,
+        label_map,
+        rejected,
+        threads=threads,
+        max_side=cfg.get("max_side"),
+        per_class=cfg.get("per_class"),
+        seed=seed,
     )
 
 
@@ -254,6 +265,17 @@ def reason_of(err: ImageError) -> str:
     return "unreadable"
 
 
+def sample_per_class(todo: list[tuple], n: int, seed: int) -> tuple[list[tuple], list[tuple]]:
+    """(kept, left out): at most ``n`` rows per label (rows are (candidate, label, ...)), drawn with
+    ``seed`` from the rows in input (sorted path) order, and returned in that order."""
+    rng = np.random.default_rng(seed)
+    keep = set()
+    for label in sorted({t[1] for t in todo}):
+        idx = [i for i, t in enumerate(todo) if t[1] == label]
+        keep.update(idx if len(idx) <= n else rng.choice(idx, size=n, replace=False).tolist())
+    return [t for i, t in enumerate(todo) if i in keep], [t for i, t in enumerate(todo) if i not in keep]
+
+
 def describe(path: Path) -> str:
     """Conversion note for a readable image: what was changed to make it 8-bit RGB."""
     notes = []
@@ -322,12 +344,16 @@ def ingest(
     rejected: list[dict] | None = None,
     threads: int = 1,
     max_side: int | None = None,
+    per_class: int | None = None,
+    seed: int = 0,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Convert candidates to PNG in ``out_dir/images``; return (manifest, rejected).
 
     Cheap checks (label, missing, empty, same file) run first and in order; decoding and PNG writing
     run on ``threads`` threads; pixel duplicates are then resolved in input order (first one kept).
     ``max_side`` (optional) downsizes larger images so that raw PNGs of 3000 px originals stay small.
+    ``per_class`` (optional) keeps a ``seed``-ed sample of that many inputs per class among those that
+    passed the cheap checks, before any decoding (a file that then fails to decode is not replaced).
     """
     out_dir = Path(out_dir)
     rejected = list(rejected or [])
@@ -363,6 +389,10 @@ def ingest(
             stem = f"{base}-{k}"
         stems.add(stem)
         todo.append((c, label, stem, out_dir / "images" / f"{stem}.png"))
+    if per_class:
+        todo, left_out = sample_per_class(todo, int(per_class), seed)
+        why = f"not in the sample of {per_class} per class (folder.per_class)"
+        rejected += [reject(t[0].src, "not_selected", why) for t in left_out]
 
     with ThreadPoolExecutor(max(1, int(threads))) as pool:
         results = pool.map(lambda t: _convert(t[0].src, t[3], max_side), todo)
