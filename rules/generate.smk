@@ -29,6 +29,7 @@ rule generate:
         pretrained=sd_model_ref,
         cfg=generation_params,
         shard=generation_count,
+        code=code_of("generate.py"),
     script:
         "../workflow/scripts/generate.py"
 
@@ -48,6 +49,7 @@ rule generate_merge:
     threads: 1
     params:
         block_size=generation_block_size,
+        code=code_of("generate_merge.py"),
     script:
         "../workflow/scripts/generate_merge.py"
 
@@ -71,6 +73,7 @@ rule generate_report:
     threads: 1
     params:
         sheets=generation_sheets(),
+        code=code_of("generate_report.py"),
     script:
         "../workflow/scripts/generate_report.py"
 
