@@ -45,7 +45,7 @@ rule generate_merge:
     wildcard_constraints:
         run=r"[^/]+",
     conda:
-        "../envs/data.yaml"
+        "../envs/torch.yaml"
     threads: 1
     params:
         block_size=generation_block_size,
@@ -69,7 +69,7 @@ rule generate_report:
     log:
         "results/logs/generate/report.log",
     conda:
-        "../envs/data.yaml"
+        "../envs/torch.yaml"
     threads: 1
     params:
         sheets=generation_sheets(),

@@ -56,7 +56,7 @@ rule quality_section:
     log:
         "results/logs/quality/{run}/section.log",
     conda:
-        "../envs/report.yaml"
+        "../envs/torch.yaml"
     threads: 1
     params:
         cfg=config["quality"],

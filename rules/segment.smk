@@ -62,7 +62,7 @@ rule segment_section:
     log:
         "results/logs/segment/section.log",
     conda:
-        "../envs/report.yaml"
+        "../envs/torch.yaml"
     threads: 1
     params:
         cfg=config["segment"],
