@@ -126,29 +126,18 @@ def import_closure(script: Path, root: Path, package: str = "dermsynth") -> Clos
     """
     script, root = Path(script), Path(root)
     closure = Closure()
-    queue: list[tuple[str, Path]] = [("", script)]
-    seen: set[Path] = set()
+    queue: list[tuple[str, Path]] = [("", script)]  # each module enters once: cycles end
 
-    def want(name: str) -> bool:
-        """Queue ``name`` and its parent packages; True when ``name`` is a module of the package."""
-        if name.split(".")[0] != package:
-            return False
-        found = False
+    def want(name: str) -> None:
+        """Queue package module ``name`` and the parent packages whose ``__init__`` importing it runs."""
         for mod in _parents(name):
             path = module_file(root, mod)
-            if path is None:
-                continue
-            found = mod == name
-            if mod not in closure.modules:
+            if path is not None and mod not in closure.modules:
                 closure.modules[mod] = path
                 queue.append((mod, path))
-        return found
 
     while queue:
         modname, path = queue.pop()
-        if path in seen:
-            continue
-        seen.add(path)
         try:
             tree = ast.parse(read_source(path), filename=str(path))
         except SyntaxError:
@@ -156,10 +145,11 @@ def import_closure(script: Path, root: Path, package: str = "dermsynth") -> Clos
         for node, optional in _imports(tree):
             if isinstance(node, ast.Import):
                 for alias in node.names:
-                    if not want(alias.name):
-                        top = alias.name.split(".")[0]
-                        if top != package:
-                            closure.external.append(ExternalImport(top, modname, optional))
+                    top = alias.name.split(".")[0]
+                    if top == package:
+                        want(alias.name)
+                    else:
+                        closure.external.append(ExternalImport(top, modname, optional))
                 continue
             if node.level:  # relative: always inside the package
                 if not modname:
