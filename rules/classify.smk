@@ -24,6 +24,7 @@ rule train_classifier:
         pretrained=classifier_model_ref,
         cfg=classifier_params(),
         classes=CLASSES,
+        code=code_of("train_classifier.py"),
     script:
         "../workflow/scripts/train_classifier.py"
 

@@ -1,9 +1,11 @@
 # All Python of the workflow lives here: config validation, path helpers, input functions.
+import functools
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
+from dermsynth.codehash import code_hash  # noqa: E402
 from dermsynth.config import sampler_counts, validate  # noqa: E402
 from dermsynth.errors import ConfigError  # noqa: E402
 from dermsynth import preflight  # noqa: E402
@@ -27,6 +29,16 @@ SD_RES = config["preprocess"]["resize"]["diffusion"]
 CLS_RES = config["preprocess"]["resize"]["classifier"]
 TINY_PREFIX = "results/models/tiny-"
 SCRIPTS = Path(workflow.basedir) / "workflow" / "scripts"
+
+
+@functools.cache
+def code_of(script):
+    """Hash of the dermsynth modules that workflow/scripts/<script> imports, transitively, as a param.
+
+    Snakemake tracks a script, not the library it imports. With this param, editing a module reruns
+    exactly the rules whose scripts reach it, and what follows them (see dermsynth.codehash).
+    """
+    return code_hash(SCRIPTS / script, SCRIPTS.parent)
 
 
 wildcard_constraints:

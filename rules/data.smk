@@ -14,6 +14,7 @@ rule download:
         spec=dataset_spec,
         seed=config["seed"],
         classes=CLASSES,
+        code=code_of("download.py"),
     script:
         "../workflow/scripts/download.py"
 
@@ -40,6 +41,7 @@ rule data_report:
     threads: 1
     params:
         datasets=DATASETS,
+        code=code_of("data_report.py"),
     script:
         "../workflow/scripts/data_report.py"
 

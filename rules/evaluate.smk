@@ -15,6 +15,7 @@ rule evaluate:
         cfg=config["evaluate"],
         classes=CLASSES,
         mixed_precision=config["classify"]["mixed_precision"],
+        code=code_of("evaluate.py"),
     script:
         "../workflow/scripts/evaluate.py"
 
@@ -36,5 +37,6 @@ rule realism:
         cfg=config["evaluate"],
         classes=CLASSES,
         mixed_precision=config["classify"]["mixed_precision"],
+        code=code_of("realism.py"),
     script:
         "../workflow/scripts/realism.py"

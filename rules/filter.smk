@@ -34,6 +34,7 @@ rule filter:
     threads: 2
     params:
         cfg=config["filter"],
+        code=code_of("filter.py"),
     script:
         "../workflow/scripts/filter.py"
 

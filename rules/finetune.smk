@@ -36,6 +36,7 @@ rule finetune:
         checkpoint_dir="results/lora/{run}.ckpt",
         # more than one GPU: the script re-launches the training through `accelerate launch`
         gpus=finetune_gpus,
+        code=code_of("finetune.py"),
     script:
         "../workflow/scripts/finetune.py"
 

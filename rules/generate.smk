@@ -29,6 +29,7 @@ rule generate:
         pretrained=sd_model_ref,
         cfg=generation_params,
         shard=generation_count,
+        code=code_of("generate.py"),
     script:
         "../workflow/scripts/generate.py"
 
@@ -44,10 +45,11 @@ rule generate_merge:
     wildcard_constraints:
         run=r"[^/]+",
     conda:
-        "../envs/data.yaml"
+        "../envs/torch.yaml"
     threads: 1
     params:
         block_size=generation_block_size,
+        code=code_of("generate_merge.py"),
     script:
         "../workflow/scripts/generate_merge.py"
 
@@ -67,10 +69,11 @@ rule generate_report:
     log:
         "results/logs/generate/report.log",
     conda:
-        "../envs/data.yaml"
+        "../envs/torch.yaml"
     threads: 1
     params:
         sheets=generation_sheets(),
+        code=code_of("generate_report.py"),
     script:
         "../workflow/scripts/generate_report.py"
 

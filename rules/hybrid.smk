@@ -17,5 +17,6 @@ rule hybrid:
         synthetic_fraction=regime_fraction_param,
         seed=config["seed"],
         classes=CLASSES,
+        code=code_of("hybrid.py"),
     script:
         "../workflow/scripts/hybrid.py"

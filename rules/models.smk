@@ -10,5 +10,6 @@ rule tiny_model:
     params:
         seed=config["seed"],
         image_size=tiny_image_size,
+        code=code_of("tiny_model.py"),
     script:
         "../workflow/scripts/tiny_model.py"

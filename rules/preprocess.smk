@@ -13,6 +13,7 @@ rule dullrazor:
     threads: 1
     params:
         cfg=config["preprocess"]["dullrazor"],
+        code=code_of("dullrazor.py"),
     script:
         "../workflow/scripts/dullrazor.py"
 
@@ -33,6 +34,7 @@ rule resize:
     threads: 1
     params:
         policy=config["preprocess"]["resize"]["policy"],
+        code=code_of("resize.py"),
     script:
         "../workflow/scripts/resize.py"
 

@@ -17,6 +17,7 @@ rule quality:
         cfg=config["quality"],
         model_dir=quality_feature_model_dir(),
         classes=CLASSES,
+        code=code_of("quality.py"),
     script:
         "../workflow/scripts/quality.py"
 
@@ -39,6 +40,7 @@ rule quality_reference:
         model_dir=quality_feature_model_dir(),
         classes=CLASSES,
         datasets=DATASETS,
+        code=code_of("quality_reference.py"),
     script:
         "../workflow/scripts/quality_reference.py"
 
@@ -54,10 +56,11 @@ rule quality_section:
     log:
         "results/logs/quality/{run}/section.log",
     conda:
-        "../envs/report.yaml"
+        "../envs/torch.yaml"
     threads: 1
     params:
         cfg=config["quality"],
+        code=code_of("quality_section.py"),
     script:
         "../workflow/scripts/quality_section.py"
 

@@ -99,5 +99,6 @@ rule report:
         # benchmarked job, so their timings are fresh whenever it runs, and deleting a timing file must
         # not force a GPU job (fine-tuning, training) to run again.
         benchmarks="results/benchmarks",
+        code=code_of("report.py"),
     script:
         "../workflow/scripts/report.py"

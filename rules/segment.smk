@@ -15,6 +15,7 @@ rule segment_real:
         gpu=segment_gpu,
     params:
         cfg=segment_params,
+        code=code_of("segment.py"),
     script:
         "../workflow/scripts/segment.py"
 
@@ -36,6 +37,7 @@ rule segment_synthetic:
         gpu=segment_gpu,
     params:
         cfg=segment_params,
+        code=code_of("segment.py"),
     script:
         "../workflow/scripts/segment.py"
 
@@ -60,10 +62,11 @@ rule segment_section:
     log:
         "results/logs/segment/section.log",
     conda:
-        "../envs/report.yaml"
+        "../envs/torch.yaml"
     threads: 1
     params:
         cfg=config["segment"],
+        code=code_of("segment_section.py"),
     script:
         "../workflow/scripts/segment_section.py"
 

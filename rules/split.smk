@@ -25,5 +25,6 @@ rule split:
         min_corr=config["split"]["min_corr"],
         patient_groups=config["split"]["patient_groups"],
         finetune_datasets=config["split"]["finetune_datasets"],
+        code=code_of("split.py"),
     script:
         "../workflow/scripts/split.py"

@@ -33,9 +33,9 @@ def smk(wd: Path, *args, timeout=900):
     return subprocess.run([SNAKEMAKE, *args], cwd=wd, capture_output=True, text=True, timeout=timeout)
 
 
-def planned_jobs(wd: Path, configfile: str) -> dict[str, int]:
+def planned_jobs(wd: Path, configfile: str, *args: str) -> dict[str, int]:
     """Rule -> job count of a dry run ({} when nothing is to be done)."""
-    out = smk(wd, "-n", "--quiet", "rules", "--configfile", configfile, timeout=300)
+    out = smk(wd, "-n", "--quiet", "rules", "--configfile", configfile, *args, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout + out.stderr
     if "Job stats" not in text:
@@ -188,6 +188,26 @@ def test_editing_a_stage_script_reruns_that_stage_onward(demo):
     assert jobs.get("filter") == 1
     assert {"generate", "finetune", "download", "dullrazor"}.isdisjoint(jobs)
     assert jobs.get("report") == 1
+
+
+def test_editing_a_library_module_reruns_the_rules_that_import_it_onward(demo):
+    module = demo / "workflow" / "dermsynth" / "quality.py"  # filter_stage, rule filter's code
+    original = module.read_text()
+    try:
+        module.write_text(original + "\n# a comment changes no output\n")
+        comment_only = planned_jobs(demo, "config/demo.yaml")
+        module.write_text(original + "\n_EDITED = True\n")
+        jobs = planned_jobs(demo, "config/demo.yaml")
+    finally:
+        module.write_text(original)
+    assert comment_only == {}
+    # quality.py is reached only by the filter's script and the report's: what reruns is the filter
+    # and everything downstream of it, exactly as if the filter were forced
+    assert jobs.get("filter") == 1
+    assert jobs == planned_jobs(demo, "config/demo.yaml", "--forcerun", "filter")
+    upstream = {"download", "dullrazor", "resize", "split", "tiny_model", "finetune", "generate"}
+    assert upstream.isdisjoint(jobs)
+    assert {"hybrid", "train_classifier", "report"} <= set(jobs)
 
 
 def test_paper_config_dry_run_builds_the_whole_dag(tmp_path):
