@@ -40,7 +40,7 @@ rule resize:
 
 
 rule dullrazor_section:
-    """Report fragment: the run's twelve largest hair masks, before / mask / after."""
+    """Report fragment: the run's largest hair masks, before / mask / after."""
     input:
         raw=expand("results/data/{dataset}/raw/manifest.csv", dataset=DATASETS),
         clean=expand("results/data/{dataset}/clean/manifest.csv", dataset=DATASETS),
@@ -57,7 +57,8 @@ rule dullrazor_section:
         "../envs/data.yaml"
     threads: 1
     params:
-        n=12,
+        n=config["report"]["hair_examples"],
+        code=code_of("dullrazor_section.py"),
     script:
         "../workflow/scripts/dullrazor_section.py"
 

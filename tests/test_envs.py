@@ -88,3 +88,12 @@ def test_env_pins_agree_with_pyproject(env):
     have = env_packages(env)
     differ = {name: (pin, pins[name]) for name, pin in have.items() if name in pins and pin != pins[name]}
     assert not differ, f"{env.name}: (env pin, pyproject pin) differ: {differ}"
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_rule_carries_the_hash_of_the_library_its_script_imports(rule):
+    """Without it, editing a dermsynth module its script imports would rerun nothing."""
+    script, _ = RULES[rule]
+    smk = "\n".join(p.read_text() for p in (ROOT / "rules").glob("*.smk"))
+    block = re.split(r"^(?=rule \w+:)", smk.split(f"rule {rule}:", 1)[1], flags=re.M)[0]
+    assert f'code=code_of("{script.name}")' in block, f"rule {rule}: no code=code_of(...) param"
