@@ -1,6 +1,8 @@
 """The whole demo DAG end to end, what reruns after a change, and the paper DAG as a dry run."""
 
+import contextlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -175,31 +177,41 @@ def test_sampler_steps_rerun_only_that_sampler_and_what_follows(demo):
     assert jobs["hybrid"] == 1 and jobs["train_classifier"] == 2
 
 
+@contextlib.contextmanager
+def edited(path: Path):
+    """Yields a function that rewrites ``path``; the text and mtime come back afterwards.
+
+    Snakemake reruns a script rule when the script's mtime is newer than the outputs, so restoring the
+    text alone would leave the finished run dirty for the tests after this one.
+    """
+    original, stat = path.read_text(), path.stat()
+    try:
+        yield path.write_text
+    finally:
+        path.write_text(original)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
 def test_editing_a_stage_script_reruns_that_stage_onward(demo):
     script = demo / "workflow" / "scripts" / "filter.py"
-    original = script.read_text()
-    try:
-        script.write_text(
-            original.replace('with logs.stage("filter"):', 'with logs.stage("filter"):  # edited')
-        )
+    with edited(script) as write:
+        original = script.read_text()
+        write(original.replace('with logs.stage("filter"):', 'with logs.stage("filter"):  # edited'))
         jobs = planned_jobs(demo, "config/demo.yaml")
-    finally:
-        script.write_text(original)
     assert jobs.get("filter") == 1
     assert {"generate", "finetune", "download", "dullrazor"}.isdisjoint(jobs)
     assert jobs.get("report") == 1
+    assert planned_jobs(demo, "config/demo.yaml") == {}  # restored: nothing left to do
 
 
 def test_editing_a_library_module_reruns_the_rules_that_import_it_onward(demo):
     module = demo / "workflow" / "dermsynth" / "quality.py"  # filter_stage, rule filter's code
-    original = module.read_text()
-    try:
-        module.write_text(original + "\n# a comment changes no output\n")
+    with edited(module) as write:
+        original = module.read_text()
+        write(original + "\n# a comment changes no output\n")
         comment_only = planned_jobs(demo, "config/demo.yaml")
-        module.write_text(original + "\n_EDITED = True\n")
+        write(original + "\n_EDITED = True\n")
         jobs = planned_jobs(demo, "config/demo.yaml")
-    finally:
-        module.write_text(original)
     assert comment_only == {}
     # quality.py is reached only by the filter's script and the report's: what reruns is the filter
     # and everything downstream of it, exactly as if the filter were forced
@@ -208,6 +220,7 @@ def test_editing_a_library_module_reruns_the_rules_that_import_it_onward(demo):
     upstream = {"download", "dullrazor", "resize", "split", "tiny_model", "finetune", "generate"}
     assert upstream.isdisjoint(jobs)
     assert {"hybrid", "train_classifier", "report"} <= set(jobs)
+    assert planned_jobs(demo, "config/demo.yaml") == {}
 
 
 def test_paper_config_dry_run_builds_the_whole_dag(tmp_path):
