@@ -353,6 +353,12 @@ def test_filter_stage_writes_report_fragment(measured, tmp_path):
     )
     md = (sec / "filter_demo.md").read_text()
     assert "| memorized | 5 |" in md and "| noise | 1 |" in md
+    # kept vs target per class x sampler (without an index column, every row is its own slot)
+    made = pd.read_csv(measured["manifest"])
+    for (label, sampler), g in made.groupby(["label", "sampler"]):
+        k = int(((kept["label"] == label) & (kept["sampler"] == sampler)).sum())
+        assert f"| {label} | {sampler} | {len(g)} | {len(g)} | {k} | {len(g) - k} |" in md
+    assert (rej["sampler"] == "plms").sum() > 0  # the table has a shortfall to show
     for ref in (
         "sections/filter_demo_nn_hist.png",
         "sections/filter_demo_pairs.png",

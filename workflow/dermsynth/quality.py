@@ -39,6 +39,7 @@ import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -277,7 +278,17 @@ def artifact_reasons(arr: np.ndarray, thr: dict) -> list[tuple[str, float, str]]
     return out
 
 
-def check_image(path: str, expected_sha: str | None, thr: dict) -> dict:
+def image_verdict(cfg: dict | None):
+    """The filter's per-image verdict as one callable: RGB uint8 array -> every failing artifact check
+    as (reason, score, detail), in ``REASONS`` order; empty when the image passes.
+
+    ``cfg`` is the config's ``filter`` section. Generation applies this same callable to top up a
+    shard; the set-level checks (duplicates, memorization) need all images and stay the filter's.
+    """
+    return partial(artifact_reasons, thr=_thresholds(cfg))
+
+
+def check_image(path: str, expected_sha: str | None, verdict) -> dict:
     """One image's verdict: {'reasons': [(reason, score, detail)...], 'pixel_hash': str | None}."""
     try:
         arr = np.asarray(io.load_rgb(path))
@@ -288,7 +299,7 @@ def check_image(path: str, expected_sha: str | None, thr: dict) -> dict:
         if actual != expected_sha:
             detail = f"file sha256 {actual[:12]} != manifest {expected_sha[:12]}"
             return {"reasons": [("sha_mismatch", float("nan"), detail)], "pixel_hash": None}
-    return {"reasons": artifact_reasons(arr, thr), "pixel_hash": pixel_hash(arr)}
+    return {"reasons": verdict(arr), "pixel_hash": pixel_hash(arr)}
 
 
 def _read_manifests(manifests: Sequence[str | os.PathLike]) -> pd.DataFrame:
@@ -345,13 +356,14 @@ def filter_synthetic(
     image's nearest fine-tune image. Returns (kept, rejected) data frames.
     """
     thr = _thresholds(cfg)
+    verdict = image_verdict(cfg)
     df = _read_manifests(manifests)
     shas = df["sha256"].map(_text) if "sha256" in df.columns else pd.Series([""] * len(df))
     paths = df["path"].map(str).tolist()
     with ThreadPoolExecutor(max_workers=max(1, int(threads))) as pool:
         verdicts = list(
             tqdm(
-                pool.map(lambda a: check_image(a[0], a[1] or None, thr), zip(paths, shas, strict=True)),
+                pool.map(lambda a: check_image(a[0], a[1] or None, verdict), zip(paths, shas, strict=True)),
                 total=len(paths),
                 desc="filter: checks",
                 disable=None,
@@ -457,13 +469,28 @@ def write_section(
     sheets: dict[str, str],
     closest: int = 8,
     per_reason: int = 16,
+    targets: pd.DataFrame | None = None,
 ) -> None:
-    """The filter's report fragment: counts per reason, the audit's histogram and closest pairs,
-    and one contact sheet per reason (figures are referenced relative to results/report/)."""
+    """The filter's report fragment: counts per reason, kept vs target per class x sampler
+    (``targets``, from ``kept_vs_target``), the audit's histogram and closest pairs, and one contact
+    sheet per reason (figures are referenced relative to results/report/)."""
     thr = _thresholds(cfg)
     md = ["## Artifact filter and memorization audit", ""]
     md.append(f"{total - len(rej)} of {total} synthetic images kept; {len(rej)} rejected.")
     md.append("")
+    if targets is not None and len(targets):
+        md += [
+            "Generation replaces an image that fails a per-image check by a new seed, up to "
+            "`generate.max_rounds` rounds; duplicates and memorized images are only dropped here.",
+            "",
+            "| class | sampler | target | generated | kept | short |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        md += [
+            f"| {r.label} | {r.sampler} | {r.target} | {r.generated} | {r.kept} | {r.short} |"
+            for r in targets.itertuples()
+        ]
+        md.append("")
     counts = rej["reason"].value_counts()
     md += ["| reason | images | check |", "|---|---:|---|"]
     active = {
@@ -545,6 +572,9 @@ def filter_stage(
         raise ConfigError(f"{len(sheets)} contact sheet paths for {len(REASONS)} reasons")
     kept, rej = filter_synthetic(manifests, kept_path, rejected_path, cfg, threads, finetune, nearest_path)
     nearest = io.read_csv(nearest_path)
+    targets = kept_vs_target(_read_manifests(manifests), kept)
+    for r in targets[targets["short"] > 0].itertuples():
+        log.warning("filter: %s/%s keeps %d of its target %d images", r.label, r.sampler, r.kept, r.target)
     write_section(
         len(kept) + len(rej),
         rej,
@@ -554,8 +584,27 @@ def filter_stage(
         hist_png,
         pairs_png,
         dict(zip(REASONS, sheets, strict=True)),
+        targets=targets,
     )
     return kept, rej
+
+
+def kept_vs_target(made: pd.DataFrame, kept: pd.DataFrame) -> pd.DataFrame:
+    """Per label x sampler: target (image slots; one per row without an ``index`` column), images
+    generated (top-up rounds included), kept, and the shortfall."""
+    cols = ["label", "sampler", "target", "generated", "kept", "short"]
+    if "sampler" not in made.columns:
+        return pd.DataFrame(columns=cols)
+    keys = ["label", "sampler"]
+    slot = made["index"] if "index" in made.columns else pd.Series(range(len(made)), index=made.index)
+    out = (
+        made.assign(slot=slot)
+        .groupby(keys, sort=False)
+        .agg(target=("slot", "nunique"), generated=("slot", "size"))
+    )
+    out["kept"] = kept.groupby(keys).size().reindex(out.index, fill_value=0) if len(kept) else 0
+    out["short"] = (out["target"] - out["kept"]).clip(lower=0)
+    return out.reset_index()[cols]
 
 
 def _placeholder(size: int, text: str) -> Image.Image:
