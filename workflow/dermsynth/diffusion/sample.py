@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -439,11 +440,7 @@ def generate(
                         j["prompt"], negative, j["steps"], sampler, s["guidance_scale"], j["seed"], res, res
                     )
                     futures[j["index"]] = writer.submit(
-                        _save_checked,
-                        j["path"],
-                        arr,
-                        _pnginfo(text),
-                        verdict,
+                        _save_checked, j["path"], arr, _pnginfo(text), verdict
                     )
                 bar.update(len(batch))
             for j in todo:
@@ -459,10 +456,11 @@ def generate(
 
     # a rerun with other checks may need fewer rounds: top-up images no manifest row names would mislead
     listed = {j["path"].name for j in made}
-    for i in range(first, first + n):
-        for stale in out.glob(f"{label}_{sampler}_{i:06d}_r*.png"):
-            if stale.name not in listed:
-                stale.unlink()
+    mine = re.compile(rf"{re.escape(label)}_{re.escape(sampler)}_(\d{{6}})_r\d+\.png")
+    for f in out.glob("*_r*.png"):
+        m = mine.fullmatch(f.name)
+        if m and first <= int(m[1]) < first + n and f.name not in listed:
+            f.unlink()
 
     rows = [
         {
