@@ -52,7 +52,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow"))
 
-from dermsynth import audit, io, quality  # noqa: E402
+from dermsynth import artifacts, audit, io, quality  # noqa: E402
 from dermsynth.data import demo  # noqa: E402
 
 CLASSES = ["benign", "malignant"]
@@ -232,19 +232,19 @@ def scores(df: pd.DataFrame, train_paths: list[str], threads: int) -> pd.DataFra
         except Exception:
             out.append({})
             continue
-        g = quality.gray_of(a)
-        hue, chroma = quality.colour_cast(a)
-        area, contrast = quality.lesion_blob(a)
+        g = artifacts.gray_of(a)
+        hue, chroma = artifacts.colour_cast(a)
+        area, contrast = artifacts.lesion_blob(a)
         out.append(
             {
-                "noise": quality.noise_sigma(g),
-                "tiling": quality.tiling_score(g),
-                "sharpness": quality.sharpness(g),
+                "noise": artifacts.noise_sigma(g),
+                "tiling": artifacts.tiling_score(g),
+                "sharpness": artifacts.sharpness(g),
                 "area": area,
                 "contrast": contrast,
                 "hue": hue,
                 "chroma": chroma,
-                "clipped": quality.clipped_fraction(a),
+                "clipped": artifacts.clipped_fraction(a),
             }
         )
     s = pd.DataFrame(out, index=df.index)

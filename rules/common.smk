@@ -112,8 +112,20 @@ def generation_params(wildcards):
     return g
 
 
+def generation_checks(wildcards):
+    """The filter's per-image checks, applied by each shard to top up rejected images: the set-level
+    ones (duplicates, memorization) stay the filter's, so editing them reruns no generation.
+    """
+    return {
+        k: v
+        for k, v in config["filter"].items()
+        if k not in ("duplicates", "memorization")
+    }
+
+
 def generation_block_size(wildcards):
-    """Images of one class x sampler: the class's count split exactly across samplers."""
+    """Images of one class x sampler that pass the per-image checks: the class's count split exactly
+    across samplers."""
     return sampler_counts(config["generate"]["images_per_class"], SAMPLERS)[
         wildcards.sampler
     ]

@@ -1,4 +1,4 @@
-from dermsynth.quality import REASONS as FILTER_REASONS
+from dermsynth.artifacts import REASONS as FILTER_REASONS
 
 
 rule filter:

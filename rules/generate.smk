@@ -1,5 +1,7 @@
 # Generation in shards: one GPU job per class x sampler x shard of generate.shard_size images, so a
 # cluster runs many at once, a killed job loses one shard at most, and a rerun makes only missing ones.
+# Each shard applies the filter's per-image checks and replaces rejected images with new seeds (up to
+# generate.max_rounds rounds), so images_per_class counts images that pass them.
 
 
 localrules:
@@ -8,7 +10,8 @@ localrules:
 
 
 rule generate:
-    """One shard of one class with one sampler: seeded, batched Stable Diffusion + LoRA generation."""
+    """One shard of one class with one sampler: seeded, batched Stable Diffusion + LoRA generation,
+    topped up until its images pass the filter's per-image checks."""
     input:
         unpack(generation_model),
     output:
@@ -29,13 +32,14 @@ rule generate:
         pretrained=sd_model_ref,
         cfg=generation_params,
         shard=generation_count,
+        checks=generation_checks,
         code=code_of("generate.py"),
     script:
         "../workflow/scripts/generate.py"
 
 
 rule generate_merge:
-    """One manifest per class x sampler from its shards (checks every image index is there once)."""
+    """One manifest per class x sampler from its shards (checks every image index and round is there once)."""
     input:
         generation_shard_manifests,
     output:

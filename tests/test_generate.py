@@ -502,3 +502,201 @@ def test_swapping_samplers_does_not_carry_options_over(pipe):
     pl.set_sampler(pipe, "euler")  # Euler accepts use_karras_sigmas too: it must come from the model
     assert not pipe.scheduler.config.use_karras_sigmas
     assert pipe.scheduler.config.beta_schedule == "scaled_linear"
+
+
+# ---------------------------------------------------------------------------------------------
+# Top-up: a shard replaces images that fail the filter's per-image checks, round after round
+
+
+def _coin(arr):
+    """A verdict that rejects about half of all images, fixed by their pixels (so a resume agrees)."""
+    import hashlib
+
+    if hashlib.sha256(np.ascontiguousarray(arr).tobytes()).digest()[0] < 128:
+        return [("noise", 9.0, "rejected by the test's coin")]
+    return []
+
+
+def _counting(verdict, seen):
+    def check(arr):
+        seen.append(arr.copy())
+        return verdict(arr)
+
+    return check
+
+
+TOPUP = {**fx.GENERATE, "samplers": {"euler": {"steps": [2, 5]}}, "modifiers": MODS, "max_rounds": 8}
+
+
+@pytest.fixture(scope="module")
+def topped_up(tiny_sd, pipe, tmp_path_factory):
+    d = tmp_path_factory.mktemp("topup")
+    seen = []
+    m = generate(
+        str(tiny_sd),
+        None,
+        "benign",
+        "euler",
+        6,
+        TOPUP,
+        d / "000",
+        d / "000" / "manifest.csv",
+        device="cpu",
+        block_size=6,
+        pipe=pipe,
+        checks=_counting(_coin, seen),
+    )
+    return d, m, seen
+
+
+def test_top_up_ends_with_the_target_passing(topped_up):
+    d, m, seen = topped_up
+    assert list(m.columns) == MANIFEST_COLUMNS
+    assert len(seen) == len(m)  # every image generated was checked once
+    ok = m[m["verdict"] == "pass"]
+    assert sorted(ok["index"]) == list(range(6))  # exactly one passing image per slot
+    assert (m["round"] > 0).any() and m["round"].max() >= 2  # the coin rejected some, twice for one
+    for i, g in m.groupby("index"):
+        g = g.sort_values("round")
+        assert g["round"].tolist() == list(range(len(g)))
+        assert (g["verdict"].iloc[:-1] == "noise").all() and g["verdict"].iloc[-1] == "pass"
+        assert g["seed"].nunique() == len(g)  # a new seed per round ...
+        assert g["prompt"].nunique() == 1 and g["modifiers"].nunique() == 1  # ... for the same slot
+        assert g["seed"].iloc[0] == image_seed(TOPUP["seed"], "benign", "euler", i)
+        for row in g.itertuples():
+            assert row.seed == image_seed(TOPUP["seed"], "benign", "euler", i, row.round)
+            assert io.sha256_file(row.path) == row.sha256
+            assert bool(_coin(_arr(row.path).astype(np.uint8))) == (row.verdict != "pass")
+    # the modifier split of the block is exact among the passing images
+    sizes = ok["modifiers"].str.extract(r"size=(\w+)")[0].value_counts().to_dict()
+    assert sizes == dict(zip(["typical", "tiny", "large"], split_counts(6, [2, 1, 1]), strict=True))
+    assert m["source_id"].is_unique and m["path"].map(lambda p: Path(p).is_file()).all()
+    merged = merge_shards([d / "000" / "manifest.csv"], d / "manifest.csv", block_size=6)
+    assert len(merged) == len(m)
+    broken = m[~((m["index"] == m.loc[m["round"] == 1, "index"].iloc[0]) & (m["round"] == 0))]
+    broken.to_csv(d / "broken.csv", index=False)
+    with pytest.raises(ConfigError, match="exactly once"):
+        merge_shards([d / "broken.csv"], d / "bad.csv", block_size=6)
+
+
+def test_steps_are_drawn_per_image_recorded_and_regenerate(topped_up, tiny_sd):
+    _, m, _ = topped_up
+    assert m["steps"].between(2, 5).all() and m["steps"].nunique() >= 2
+    assert m["steps"].tolist() == [steps_for([2, 5], s) for s in m["seed"]]
+    late = m[m["round"] >= 2].iloc[0]
+    other = m[(m["round"] == 0) & (m["steps"] != late["steps"])].iloc[0]
+    for row in (late, other):
+        im = regenerate(row, str(tiny_sd), None, device="cpu", threads=1)
+        assert np.abs(np.asarray(im, np.float64) - _arr(row["path"])).mean() <= 1.0
+        text = Image.open(row["path"]).text["parameters"]
+        assert f"Steps: {row['steps']}," in text and f"Seed: {row['seed']}," in text
+
+
+def test_top_up_resumes_and_follows_changed_checks(topped_up, tiny_sd, pipe, tmp_path):
+    import shutil
+
+    d, m, _ = topped_up
+    shard = tmp_path / "000"
+    shutil.copytree(d / "000", shard)
+    (shard / "manifest.csv").unlink()
+    # killed before the last top-up image was written: alone in its round, it is remade in the same
+    # batch (of one), so its pixels and verdict come back exactly
+    last = m[m["round"] == m["round"].max()]
+    assert len(last) == 1
+    (shard / Path(last["path"].iloc[0]).name).unlink()
+    kept = shard / Path(m["path"].iloc[0]).name
+    mtime = kept.stat().st_mtime_ns
+    seen = []
+
+    def run(checks, cfg=TOPUP):
+        return generate(
+            str(tiny_sd),
+            None,
+            "benign",
+            "euler",
+            6,
+            cfg,
+            shard,
+            shard / "manifest.csv",
+            device="cpu",
+            block_size=6,
+            pipe=pipe,
+            checks=checks,
+        )
+
+    again = run(_counting(_coin, seen))
+    cols = ["index", "round", "seed", "steps", "verdict", "prompt", "sha256"]
+    assert again[cols].equals(m[cols])  # the same images and verdicts; the deleted one came back
+    assert kept.stat().st_mtime_ns == mtime and len(seen) == len(m)  # kept images are checked again
+    # checks that pass everything need no top-up: one round, and no stray top-up files left behind
+    loose = run(None)
+    assert loose["round"].eq(0).all() and (loose["verdict"] == "pass").all() and len(loose) == 6
+    assert not list(shard.glob("*_r*.png")) and kept.stat().st_mtime_ns == mtime
+    # other settings: the images on disk are not theirs, so they are made anew
+    other = run(None, {**TOPUP, "guidance_scale": 3.0})
+    assert kept.stat().st_mtime_ns != mtime and other["sha256"].iloc[0] != m["sha256"].iloc[0]
+
+
+def test_round_bound_stops_and_reports_the_shortfall(tiny_sd, pipe, tmp_path, caplog):
+    from dermsynth.quality import kept_vs_target
+
+    cfg = {**fx.GENERATE, "samplers": {"plms": {"steps": 2}}, "max_rounds": 2}
+    with caplog.at_level("WARNING", logger="dermsynth"):
+        m = generate(
+            str(tiny_sd),
+            None,
+            "malignant",
+            "plms",
+            3,
+            cfg,
+            tmp_path / "s",
+            tmp_path / "s.csv",
+            device="cpu",
+            pipe=pipe,
+            checks=lambda arr: [("blurry", 0.0, "always")],
+        )
+        merge_shards([tmp_path / "s.csv"], tmp_path / "m.csv", block_size=3)
+    assert len(m) == 6 and sorted(m["round"]) == [0, 0, 0, 1, 1, 1] and (m["verdict"] == "blurry").all()
+    assert "0 of 3 images pass" in caplog.text and "3 short" in caplog.text
+    table = kept_vs_target(m, m.iloc[:0])
+    assert table[["target", "generated", "kept", "short"]].values.tolist() == [[3, 6, 0, 3]]
+
+
+def test_filter_stage_gives_the_shard_verdicts(tiny_sd, pipe, tmp_path):
+    """The shard's checks are the filter's: a strict threshold rejects some, and the filter agrees."""
+    from dermsynth.artifacts import gray_of
+    from dermsynth.quality import filter_synthetic
+
+    off = {"activate": False}
+    cfg = {**fx.GENERATE, "samplers": {"euler_a": {"steps": 3}}, "max_rounds": 4}
+    probe = generate(
+        str(tiny_sd), None, "benign", "euler_a", 6, cfg, tmp_path / "p", tmp_path / "p.csv", pipe=pipe
+    )
+    stds = sorted(float(gray_of(_arr(p).astype(np.uint8)).std()) for p in probe["path"])
+    checks = {
+        "min_std": (stds[1] + stds[2]) / 2,  # the two flattest of round 0 fail
+        **{k: off for k in ("clipped", "cast", "noise", "tiling", "blur", "lesion")},
+    }
+    m = generate(
+        str(tiny_sd),
+        None,
+        "benign",
+        "euler_a",
+        6,
+        cfg,
+        tmp_path / "t",
+        tmp_path / "t.csv",
+        pipe=pipe,
+        checks=checks,
+    )
+    assert (m.loc[m["round"] == 0, "verdict"] == "flat").sum() == 2 and (m["round"] > 0).any()
+    kept, rej = filter_synthetic(
+        [str(tmp_path / "t.csv")],
+        tmp_path / "k.csv",
+        tmp_path / "r.csv",
+        {**checks, "duplicates": off, "memorization": off},
+    )
+    assert sorted(kept["source_id"]) == sorted(m.loc[m["verdict"] == "pass", "source_id"])
+    assert dict(zip(rej["path"], rej["reason"], strict=True)) == dict(
+        zip(m.loc[m["verdict"] != "pass", "path"], m.loc[m["verdict"] != "pass", "verdict"], strict=True)
+    )

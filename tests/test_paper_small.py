@@ -17,9 +17,9 @@ import pytest
 import yaml
 from PIL import Image
 
+from dermsynth.artifacts import REASONS, artifact_reasons, thresholds
 from dermsynth.config import validate
 from dermsynth.io import load_rgb
-from dermsynth.quality import REASONS, _thresholds, artifact_reasons
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "configs"))
 import paper_small  # noqa: E402
@@ -240,7 +240,7 @@ def test_the_filter_ran_every_check_the_paper_runs(run):
     assert generated >= cfg["generate"]["images_per_class"] * len(cfg["classes"])
     assert len(kept) + len(rejected) == generated and len(kept) > 0
     # the run's verdicts agree with every check recomputed at the run's thresholds
-    thr = _thresholds(cfg["filter"])
+    thr = thresholds(cfg["filter"])
     for p in kept["path"]:
         assert artifact_reasons(np.asarray(load_rgb(wd / p)), thr) == [], p
     for r in rejected.itertuples():

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dermsynth import audit, io, quality
+from dermsynth import artifacts, audit, io, quality
 from dermsynth.config import load_schema
 from dermsynth.data import demo
 from dermsynth.errors import ConfigError
@@ -278,8 +278,8 @@ def test_each_reason_caught_and_clean_kept(measured):
     # demo-like clean lesions (with and without hairs, both domains) all survive
     assert sorted(Path(p).stem for p in measured["kept"]["path"]) == [f"clean_{i}" for i in range(10)]
     rej = measured["rej"].set_index(measured["rej"]["path"].map(lambda p: Path(p).stem))
-    assert rej.loc["noise", "score"] > quality.FILTER_DEFAULTS["noise"]["max_sigma"]
-    assert rej.loc["mem_rot90", "score"] >= quality.FILTER_DEFAULTS["memorization"]["min_similarity"]
+    assert rej.loc["noise", "score"] > artifacts.FILTER_DEFAULTS["noise"]["max_sigma"]
+    assert rej.loc["mem_rot90", "score"] >= artifacts.FILTER_DEFAULTS["memorization"]["min_similarity"]
     assert "t2.png" in rej.loc["mem_rot90", "detail"] and "rot" in rej.loc["mem_rot90", "detail"]
     assert "clean_2.png" in rej.loc["duplicate", "detail"]
 
@@ -291,7 +291,7 @@ def test_nearest_csv(measured):
     nn = nn.set_index(nn["path"].map(lambda p: Path(p).stem))
     assert Path(nn.loc["mem_flip", "nearest"]).name == "t1.png" and nn.loc["mem_flip", "transform"] == "flip"
     assert nn.loc["mem_flip", "phash_distance"] <= 2
-    thr = quality.FILTER_DEFAULTS["memorization"]["min_similarity"]
+    thr = artifacts.FILTER_DEFAULTS["memorization"]["min_similarity"]
     clean = nn.loc[[f"clean_{i}" for i in range(10)]]
     assert (clean["similarity"] < thr).all() and not clean["memorized"].any()
 
@@ -353,6 +353,12 @@ def test_filter_stage_writes_report_fragment(measured, tmp_path):
     )
     md = (sec / "filter_demo.md").read_text()
     assert "| memorized | 5 |" in md and "| noise | 1 |" in md
+    # kept vs target per class x sampler (without an index column, every row is its own slot)
+    made = pd.read_csv(measured["manifest"])
+    for (label, sampler), g in made.groupby(["label", "sampler"]):
+        k = int(((kept["label"] == label) & (kept["sampler"] == sampler)).sum())
+        assert f"| {label} | {sampler} | {len(g)} | {len(g)} | {k} | {len(g) - k} |" in md
+    assert (rej["sampler"] == "plms").sum() > 0  # the table has a shortfall to show
     for ref in (
         "sections/filter_demo_nn_hist.png",
         "sections/filter_demo_pairs.png",
@@ -369,7 +375,7 @@ def test_schema_defaults_are_the_tuned_defaults():
     """config/schema.yaml documents the same defaults the library falls back on (FILTER_DEFAULTS)."""
     schema = load_schema(Path(__file__).resolve().parents[1] / "config" / "schema.yaml")
     props = schema["properties"]["filter"]["properties"]
-    for key, value in quality.FILTER_DEFAULTS.items():
+    for key, value in artifacts.FILTER_DEFAULTS.items():
         if isinstance(value, dict):
             assert {k: props[key]["properties"][k]["default"] for k in value} == value, key
         else:

@@ -735,6 +735,13 @@ def _opt(template: str, *values) -> str:
     return template.format(*values)
 
 
+def _steps_text(steps) -> str | None:
+    """A sampler's steps: 20, or a [min, max] range drawn per image as "22-26"."""
+    if isinstance(steps, (list, tuple)) and steps:
+        return "-".join(str(s) for s in steps)
+    return steps
+
+
 def _join(*fragments: str, sep: str = ", ") -> str:
     return sep.join(f for f in fragments if f)
 
@@ -802,7 +809,7 @@ def methods_paragraph(cfg: dict | None, composition: pd.DataFrame | None = None)
     gen = cfg.get("generate")
     if isinstance(gen, dict):
         samplers = ", ".join(
-            _join(k, _opt("{} steps", (v or {}).get("steps")), sep=" ")
+            _join(k, _opt("{} steps", _steps_text((v or {}).get("steps"))), sep=" ")
             for k, v in (gen.get("samplers") or {}).items()
         )
         detail = _join(
@@ -812,7 +819,11 @@ def methods_paragraph(cfg: dict | None, composition: pd.DataFrame | None = None)
             _opt("LoRA scale {}", gen.get("lora_scale")),
         )
         head = (
-            _opt("{} images per class were generated", gen.get("images_per_class")) or "Images were generated"
+            _opt(
+                "{} images per class passing the per-image artifact checks were generated",
+                gen.get("images_per_class"),
+            )
+            or "Images were generated"
         )
         parts.append(head + (f" ({detail})." if detail else "."))
     flt = cfg.get("filter")

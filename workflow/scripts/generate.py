@@ -1,4 +1,4 @@
-"""Rule generate: one shard of one class x one sampler of synthetic images plus its manifest."""
+"""Rule generate: one shard of one class x sampler of synthetic images, topped up, and its manifest."""
 
 import sys
 from pathlib import Path
@@ -23,4 +23,5 @@ with logs.stage("generate"):
         first_index=snakemake.params.shard["first_index"],
         block_size=snakemake.params.shard["block_size"],
         shard=snakemake.wildcards.shard,
+        checks=snakemake.params.checks,
     )

@@ -7,12 +7,18 @@ shard it was generated in, the device's RNG or the images before it.
 A (class, sampler) block of images is cut into shards (one GPU job each, resumable); each image also
 gets one option of every prompt-modifier group (the paper's "smart transformations": tiny / large /
 multiple moles, skin tones), with exact counts per block, fixed by the image index alone.
+
+An index is a slot that must end with one image passing the filter's per-image checks: a rejected
+image is replaced, in the next round, by one with a new seed (same prompt and modifiers, so the split
+stays exact among the images kept), until the slot's image passes or ``max_rounds`` is spent.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import re
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from .. import io
-from ..errors import ConfigError
+from ..errors import ConfigError, ImageError
 from .pipeline import display_name, load_pipeline, lora_file, set_sampler, speed_up
 
 log = logging.getLogger("dermsynth")
@@ -40,7 +46,11 @@ MANIFEST_COLUMNS = io.MANIFEST_COLUMNS + [
     "index",
     "modifiers",
     "shard",
+    "round",
+    "verdict",
 ]
+#: ``verdict`` of an image that passes the per-image checks (otherwise: its first failing reason)
+PASS = "pass"
 DEFAULTS = {
     "prompt": "a dermoscopic image of a {label} skin lesion",
     "negative_prompt": "",
@@ -56,14 +66,17 @@ DEFAULTS = {
     "channels_last": True,
     "compile": False,
     "checkpoint": None,
+    "max_rounds": 5,
 }
 #: seeds below 2**48: a collision (two identical images) among 10^5 images has odds ~1e-5
 SEED_BITS = 48
 
 
-def image_seed(base_seed: int, label: str, sampler: str, index: int) -> int:
-    """A stable per-image seed (hashlib, not Python's per-process ``hash``)."""
-    digest = hashlib.sha256(f"{int(base_seed)}|{label}|{sampler}|{int(index)}".encode()).digest()
+def image_seed(base_seed: int, label: str, sampler: str, index: int, rnd: int = 0) -> int:
+    """A stable per-image seed (hashlib, not Python's per-process ``hash``); ``rnd`` > 0: the seed of
+    the top-up image that replaces a rejected one in that round (round 0 keeps the original seeds)."""
+    key = f"{int(base_seed)}|{label}|{sampler}|{int(index)}" + (f"|{int(rnd)}" if rnd else "")
+    digest = hashlib.sha256(key.encode()).digest()
     return int.from_bytes(digest[:8], "big") >> (64 - SEED_BITS)
 
 
@@ -233,6 +246,48 @@ def run_batch(
     return pixels.permute(0, 2, 3, 1).cpu().numpy()
 
 
+def image_path(out_dir, label: str, sampler: str, index: int, rnd: int = 0) -> Path:
+    """Round 0 keeps the plain name; a top-up image of round r gets the suffix ``_r<r>``."""
+    return Path(out_dir) / f"{label}_{sampler}_{int(index):06d}{f'_r{int(rnd)}' if rnd else ''}.png"
+
+
+def _verdict(checks):
+    """``checks``: None (every image passes), the config's ``filter`` section, or a callable."""
+    if checks is None:
+        return lambda arr: []
+    if callable(checks):
+        return checks
+    from ..artifacts import image_verdict
+
+    return image_verdict(checks)
+
+
+def _save_checked(path, arr, info, verdict) -> tuple[str, list]:
+    return io.save_png(path, arr, info), list(verdict(arr))
+
+
+def _load_checked(path, verdict) -> tuple[str, list]:
+    return io.sha256_file(path), list(verdict(np.asarray(io.load_rgb(path))))
+
+
+def _trusted_images(out: Path, settings: dict) -> bool:
+    """Whether images already in ``out`` were made with these settings (then a rerun keeps them).
+
+    The settings that fix an image's pixels are stored beside the images; a rerun after a change of
+    model, LoRA, prompt, steps or guidance regenerates rather than keeping images of the old settings.
+    """
+    label, sampler = settings["label"], settings["sampler"]
+    marker = out / f".settings-{label}-{sampler}.json"
+    text = json.dumps(settings, sort_keys=True, default=str)
+    old = marker.read_text() if marker.is_file() else None
+    if old != text:
+        if any(out.glob(f"{label}_{sampler}_*.png")):
+            log.warning("%s: images from other settings (or of unknown origin): regenerating them", out)
+        io.write_text(marker, text)
+        return False
+    return True
+
+
 def generate(
     pretrained: str,
     lora_path: str | None,
@@ -248,19 +303,31 @@ def generate(
     block_size: int | None = None,
     shard: int | str = 0,
     pipe=None,
+    checks=None,
 ) -> pd.DataFrame:
     """Generate images ``first_index .. first_index+n_images-1`` of one (label, sampler); write the manifest.
 
+    ``n_images`` is the number of images that pass ``checks`` (the filter's per-image verdict: the
+    config's ``filter`` section, or a callable array -> failing reasons; None passes all). Each index
+    is a slot: a rejected image is replaced by one with a new seed (same prompt and modifiers), round
+    after round, up to ``cfg['max_rounds']`` rounds; the manifest lists every image made, with its
+    ``round`` and ``verdict`` ("pass" or the first failing reason), so any row regenerates.
+
     ``block_size`` is the (label, sampler) block's total (default: up to the last index here): the
     modifier split is exact over the block, whatever its sharding. Images already in ``out_dir`` (from
-    an interrupted run) are kept and only their rows rebuilt. ``pipe``: an already loaded pipeline
-    (benchmarks); by default it is loaded from ``pretrained`` (+ ``cfg['checkpoint']``) and the LoRA.
+    an interrupted run, with the same settings) are kept, checked again and only their rows rebuilt.
+    ``pipe``: an already loaded pipeline (benchmarks); by default it is loaded from ``pretrained``
+    (+ ``cfg['checkpoint']``) and the LoRA.
     """
     import torch
     from tqdm.auto import tqdm
 
     s = _settings(cfg, sampler)
     display_name(sampler)  # unknown sampler -> ConfigError before any work
+    verdict = _verdict(checks)
+    max_rounds = int(s["max_rounds"])
+    if max_rounds < 1:
+        raise ConfigError(f"generate.max_rounds = {max_rounds} must be >= 1")
     torch.set_num_threads(threads)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -276,52 +343,91 @@ def generate(
     lora_sha = io.sha256_file(lora_file(lora_path)) if lora_path else ""
     lora_scale = float(s["lora_scale"]) if lora_path else 0.0
     base_model = str(s["checkpoint"] or pretrained)
+    pixels = {
+        "base_model": base_model,
+        "lora_sha256": lora_sha,
+        "lora_scale": lora_scale,
+        "label": label,
+        "sampler": sampler,
+        "prompt": base,
+        "negative_prompt": negative,
+        "modifiers": mods,
+        "block": block,
+        "seed": s["seed"],
+        "steps": s["steps"],
+        "guidance_scale": float(s["guidance_scale"]),
+        "resolution": res,
+    }
+    trusted = _trusted_images(out, pixels)
+    slots = [
+        {
+            "index": i,
+            "prompt": compose_prompt(base, label, mods, plan[i]),
+            "modifiers": modifiers_text(plan[i]),
+        }
+        for i in range(first, first + n)
+    ]
+    state = {"pipe": pipe, "ready": False}
 
-    jobs = []
-    for index in range(first, first + n):
-        seed = image_seed(s["seed"], label, sampler, index)
-        jobs.append(
-            {
-                "index": index,
-                "seed": seed,
-                "steps": steps_for(s["steps"], seed),
-                "prompt": compose_prompt(base, label, mods, plan[index]),
-                "modifiers": modifiers_text(plan[index]),
-                "path": out / f"{label}_{sampler}_{index:06d}.png",
-            }
-        )
-    shas: dict[int, str] = {j["index"]: io.sha256_file(j["path"]) for j in jobs if j["path"].is_file()}
-    todo = [j for j in jobs if j["index"] not in shas]
-    if shas:
-        log.info("%d of %d images already present in %s: kept", len(shas), len(jobs), out)
-
-    if todo:
-        if pipe is None:
-            pipe = load_pipeline(
-                pretrained,
-                lora_path,
-                sampler=sampler,
-                device=device,
-                lora_scale=lora_scale,
-                checkpoint=s["checkpoint"],
+    def ready_pipe():
+        # loaded on first use: a resumed shard whose images all exist loads no model
+        if not state["ready"]:
+            if state["pipe"] is None:
+                state["pipe"] = load_pipeline(
+                    pretrained,
+                    lora_path,
+                    sampler=sampler,
+                    device=device,
+                    lora_scale=lora_scale,
+                    checkpoint=s["checkpoint"],
+                )
+            else:
+                set_sampler(state["pipe"], sampler)
+            state["pipe"] = speed_up(
+                state["pipe"], channels_last=bool(s["channels_last"]), compile=bool(s["compile"])
             )
-        else:
-            set_sampler(pipe, sampler)
-        pipe = speed_up(pipe, channels_last=bool(s["channels_last"]), compile=bool(s["compile"]))
-        by_steps = defaultdict(list)
-        for j in todo:
-            by_steps[j["steps"]].append(j)
-        bs = max(1, int(s["batch_size"]))
-        batches = [g[i : i + bs] for _, g in sorted(by_steps.items()) for i in range(0, len(g), bs)]
-        bar = tqdm(
-            total=len(jobs), initial=len(shas), desc=f"{label}/{sampler}/{shard}", unit="img", disable=None
-        )
-        # PNG encoding (zlib) runs on writer threads while the accelerator computes the next batch
-        with ThreadPoolExecutor(max_workers=max(1, int(s["writer_threads"]))) as writer:
+            state["ready"] = True
+        return state["pipe"]
+
+    bs = max(1, int(s["batch_size"]))
+    made, reused = [], 0
+    pending = slots
+    bar = tqdm(total=0, desc=f"{label}/{sampler}/{shard}", unit="img", disable=None)
+    # PNG encoding (zlib) and the checks run on writer threads while the accelerator computes the next batch
+    with ThreadPoolExecutor(max_workers=max(1, int(s["writer_threads"]))) as writer:
+        for rnd in range(max_rounds):
+            if not pending:
+                break
+            jobs = []
+            for slot in pending:
+                seed = image_seed(s["seed"], label, sampler, slot["index"], rnd)
+                path = image_path(out, label, sampler, slot["index"], rnd)
+                jobs.append(
+                    {**slot, "round": rnd, "seed": seed, "steps": steps_for(s["steps"], seed), "path": path}
+                )
+            bar.total += len(jobs)
+            bar.refresh()
             futures = {}
+            if trusted:
+                for j in jobs:
+                    if j["path"].is_file():
+                        futures[j["index"]] = writer.submit(_load_checked, j["path"], verdict)
+            todo = []
+            for j in jobs:
+                try:
+                    j["sha256"], j["reasons"] = futures[j["index"]].result()
+                    reused += 1
+                    bar.update(1)
+                except (KeyError, ImageError):
+                    todo.append(j)
+            futures = {}
+            by_steps = defaultdict(list)
+            for j in todo:
+                by_steps[j["steps"]].append(j)
+            batches = [g[i : i + bs] for _, g in sorted(by_steps.items()) for i in range(0, len(g), bs)]
             for batch in batches:
                 arrays = run_batch(
-                    pipe,
+                    ready_pipe(),
                     [j["seed"] for j in batch],
                     batch[0]["steps"],
                     [j["prompt"] for j in batch],
@@ -333,10 +439,28 @@ def generate(
                     text = a1111_parameters(
                         j["prompt"], negative, j["steps"], sampler, s["guidance_scale"], j["seed"], res, res
                     )
-                    futures[j["index"]] = writer.submit(io.save_png, j["path"], arr, _pnginfo(text))
+                    futures[j["index"]] = writer.submit(
+                        _save_checked, j["path"], arr, _pnginfo(text), verdict
+                    )
                 bar.update(len(batch))
-            shas.update({i: f.result() for i, f in futures.items()})
-        bar.close()
+            for j in todo:
+                j["sha256"], j["reasons"] = futures[j["index"]].result()
+            made += jobs
+            pending = [j for j in jobs if j["reasons"]]
+            if pending:
+                why = pd.Series([j["reasons"][0][0] for j in pending]).value_counts().to_dict()
+                log.info(
+                    "round %d: %d of %d images rejected by the checks %s", rnd, len(pending), len(jobs), why
+                )
+    bar.close()
+
+    # a rerun with other checks may need fewer rounds: top-up images no manifest row names would mislead
+    listed = {j["path"].name for j in made}
+    mine = re.compile(rf"{re.escape(label)}_{re.escape(sampler)}_(\d{{6}})_r\d+\.png")
+    for f in out.glob("*_r*.png"):
+        m = mine.fullmatch(f.name)
+        if m and first <= int(m[1]) < first + n and f.name not in listed:
+            f.unlink()
 
     rows = [
         {
@@ -344,7 +468,7 @@ def generate(
             "label": label,
             "dataset": "synthetic",
             "source_id": j["path"].stem,
-            "sha256": shas[j["index"]],
+            "sha256": j["sha256"],
             "seed": j["seed"],
             "prompt": j["prompt"],
             "negative_prompt": negative,
@@ -358,34 +482,89 @@ def generate(
             "index": j["index"],
             "modifiers": j["modifiers"],
             "shard": int(shard),
+            "round": j["round"],
+            "verdict": j["reasons"][0][0] if j["reasons"] else PASS,
         }
-        for j in jobs
+        for j in sorted(made, key=lambda j: (j["index"], j["round"]))
     ]
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     io.write_csv(manifest_path, manifest)
     log.info(
-        "generated %d %s images with %s (%d new) -> %s", len(jobs), label, sampler, len(todo), manifest_path
+        "%s/%s shard %s: %d images in %d round(s) (%d new, %d kept from before) for %d slots -> %s",
+        label,
+        sampler,
+        shard,
+        len(made),
+        max((j["round"] for j in made), default=-1) + 1,
+        len(made) - reused,
+        reused,
+        n,
+        manifest_path,
     )
+    if pending:
+        log.warning(
+            "%s/%s shard %s: %d of %d images pass the per-image checks after generate.max_rounds = %d "
+            "rounds; %d short (raise max_rounds or review the filter thresholds)",
+            label,
+            sampler,
+            shard,
+            n - len(pending),
+            n,
+            max_rounds,
+            len(pending),
+        )
     return manifest
 
 
+def passing(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The rows whose image passed the per-image checks (all rows of a manifest without verdicts)."""
+    if "verdict" not in manifest.columns:
+        return manifest
+    return manifest[manifest["verdict"].map(_text) == PASS]
+
+
+def _rounds(df: pd.DataFrame) -> pd.Series:
+    return df["round"].fillna(0).astype(int) if "round" in df.columns else pd.Series(0, index=df.index)
+
+
 def merge_shards(shard_manifests, out_manifest, block_size: int | None = None) -> pd.DataFrame:
-    """One (label, sampler) manifest from its shards, checked: every index once, none missing."""
+    """One (label, sampler) manifest from its shards, checked: every index there, each with rounds
+    0, 1, ... once; a shortfall (slots without a passing image) is logged."""
     frames = [io.read_csv(m) for m in shard_manifests]
     if not frames:
         raise ConfigError("merge_shards needs at least one shard manifest")
-    df = pd.concat(frames, ignore_index=True).sort_values("index", kind="stable").reset_index(drop=True)
-    expected = int(block_size) if block_size is not None else len(df)
-    if df["index"].tolist() != list(range(expected)):
-        missing = sorted(set(range(expected)) - set(df["index"]))[:5]
-        dup = df["index"][df["index"].duplicated()].tolist()[:5]
+    df = pd.concat(frames, ignore_index=True)
+    df["round"] = _rounds(df)
+    df = df.sort_values(["index", "round"], kind="stable").reset_index(drop=True)
+    expected = int(block_size) if block_size is not None else df["index"].nunique()
+    slots = sorted(set(df["index"]))
+    rounds_ok = (df.groupby("index")["round"].agg(list).map(lambda r: r == list(range(len(r))))).all()
+    if slots != list(range(expected)) or not rounds_ok:
+        missing = sorted(set(range(expected)) - set(slots))[:5]
+        dup = df.loc[df.duplicated(["index", "round"]), "index"].tolist()[:5]
         raise ConfigError(
             f"shard manifests do not cover images 0..{expected - 1} exactly once "
             f"(missing {missing}, duplicated {dup}): rerun the generate jobs"
         )
     df["modifiers"] = df["modifiers"].map(_text)
     io.write_csv(out_manifest, df)
-    log.info("merged %d shard(s), %d images -> %s", len(frames), len(df), out_manifest)
+    n_pass = passing(df)["index"].nunique()
+    log.info(
+        "merged %d shard(s): %d images in up to %d round(s), %d of %d slots pass -> %s",
+        len(frames),
+        len(df),
+        int(df["round"].max()) + 1,
+        n_pass,
+        expected,
+        out_manifest,
+    )
+    if n_pass < expected:
+        log.warning(
+            "%s: %d of %d images short of the target (generate.max_rounds)",
+            out_manifest,
+            expected - n_pass,
+            expected,
+        )
     return df
 
 
@@ -496,22 +675,34 @@ def generation_report(
     ``figures``: label -> PNG path (written beside the fragment and linked as ``sections/<name>``).
     Each sheet has one row per sampler x modifier option with its first ``per_row`` images.
     """
-    df = pd.concat([io.read_csv(m) for m in manifests], ignore_index=True)
-    df["modifiers"] = df["modifiers"].map(_text) if "modifiers" in df.columns else ""
+    made = pd.concat([io.read_csv(m) for m in manifests], ignore_index=True)
+    made["modifiers"] = made["modifiers"].map(_text) if "modifiers" in made.columns else ""
+    # the split and the sheets show the images that passed the per-image checks, one per slot
+    df = passing(made).reset_index(drop=True)
     table = split_table(df)
     if split_csv is not None:
         io.write_csv(split_csv, table)
     lines = ["## Synthetic images", ""]
-    first = df.iloc[0] if len(df) else None
+    first = made.iloc[0] if len(made) else None
     if first is not None:
-        steps = df.groupby("sampler")["steps"].agg(["min", "max"])
+        steps = made.groupby("sampler")["steps"].agg(["min", "max"])
         steps_txt = ", ".join(f"{s} {a}" if a == b else f"{s} {a}-{b}" for s, (a, b) in steps.iterrows())
         lines += [
-            f"{len(df)} images ({df['resolution'].iloc[0]} px, CFG {float(first['guidance_scale']):g}, "
+            f"{len(df)} images ({first['resolution']} px, CFG {float(first['guidance_scale']):g}, "
             f"steps per sampler: {steps_txt}) from `{first['base_model']}`"
             + (f" with LoRA `{_text(first['lora_sha256'])[:12]}`" if _text(first["lora_sha256"]) else "")
-            + f", in {df.groupby(['label', 'sampler'])['shard'].nunique().sum()} shard(s). "
+            + f", in {made.groupby(['label', 'sampler'])['shard'].nunique().sum()} shard(s). "
             "Every image is reproducible from its manifest row (seed, prompt, sampler, steps).",
+            "",
+        ]
+        slots = made.groupby(["label", "sampler"])["index"].nunique().sum()
+        rounds = int(_rounds(made).max()) + 1
+        lines += [
+            f"{len(df)} of {slots} target images pass the filter's per-image checks; {len(made)} were "
+            f"generated in up to {rounds} round(s) (a rejected image is replaced by a new seed for the "
+            f"same prompt)"
+            + (f"; {slots - len(df)} short after the last round." if len(df) < slots else ".")
+            + " The filter section counts the rejections by reason.",
             "",
         ]
     lines += ["| class | sampler | group | option | images |", "|---|---|---|---|---:|"]
