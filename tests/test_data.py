@@ -158,7 +158,12 @@ def test_folder_labels_csv_with_relative_paths_and_filter(tmp_path, shared_data)
         {"source": "folder", "folder": {"csv": str(src / "labels.csv"), "filter_dataset": "isic"}},
         tmp_path,
     )
-    assert len(m) == 4 and rej.empty
+    assert len(m) == 4
+    # the symlinked folders hold all 200 ISIC images; those no row names are reported, not dropped
+    named = {Path(p).name for p in rows[rows.dataset == "isic"].path}
+    others = {f.name for d in ("benign", "malignant") for f in (shared_data / "isic" / d).iterdir()}
+    assert set(rej["reason"]) == {"not_listed"}
+    assert {Path(p).name for p in rej["path"]} == others - named
     want = rows[rows.dataset == "isic"].set_index("source_id")["label"]
     assert m.set_index("source_id")["label"].to_dict() == want.to_dict()
     assert (m["lesion_id"] == m["source_id"]).all()  # unknown lesion: one image per lesion
@@ -317,6 +322,64 @@ def test_folder_per_class_is_a_seeded_sample_and_the_rest_is_listed(tmp_path, sh
     melanomas = set(pick[pick.dx == "mel"].image_id)
     c, _ = _acquire("ham10000", spec, tmp_path, seed=0, out="c")
     assert set(a["source_id"]) & melanomas != set(c["source_id"]) & melanomas  # another seed, another sample
+
+
+def test_folder_unlisted_files_get_not_listed_rows(tmp_path, shared_data):
+    labels = pd.read_csv(shared_data / "labels.csv")
+    rows = labels[labels.dataset == "isic"].groupby("label").head(2)
+    src = tmp_path / "src"
+    (src / "img").mkdir(parents=True)
+    for p in rows.path:
+        shutil.copy(shared_data / p, src / "img")
+    extra = labels[labels.dataset == "hairy"].path.iloc[0]
+    shutil.copy(shared_data / extra, src / "img" / "stray.jpg")
+    (src / "img" / ".hidden.jpg").write_bytes(b"x")
+    table = rows.assign(path=["img/" + Path(p).name for p in rows.path])
+    table.to_csv(src / "labels.csv", index=False)
+    m, rej = _acquire("isic", {"source": "folder", "folder": {"csv": str(src / "labels.csv")}}, tmp_path)
+    assert sorted(m["source_id"]) == sorted(rows.source_id)
+    assert rej[["reason"]].assign(name=[Path(p).name for p in rej.path]).values.tolist() == [
+        ["not_listed", "stray.jpg"]
+    ]
+    # per_class still samples the listed rows; the stray file keeps its own reason
+    spec = {"source": "folder", "folder": {"csv": str(src / "labels.csv"), "per_class": 1}}
+    m, rej = _acquire("isic", spec, tmp_path, out="sampled")
+    assert m["label"].value_counts().to_dict() == {"benign": 1, "malignant": 1}
+    assert sorted(rej["reason"]) == ["not_listed", "not_selected", "not_selected"]
+    # HAM10000 layout: an image in images/ without a metadata row
+    meta = pd.read_csv(shared_data / "ham10000" / "metadata.csv").head(2)
+    ham = tmp_path / "ham"
+    (ham / "images").mkdir(parents=True)
+    for i in meta.image_id:
+        shutil.copy(shared_data / "ham10000" / "images" / f"{i}.jpg", ham / "images")
+    shutil.copy(shared_data / extra, ham / "images" / "ISIC_9999999.jpg")
+    meta.to_csv(ham / "metadata.csv", index=False)
+    label_map = dict.fromkeys(meta.dx, "benign")
+    spec = {"source": "folder", "folder": {"path": str(ham), "label_map": label_map}}
+    m, rej = _acquire("ham10000", spec, tmp_path)
+    assert len(m) == 2 and rej["reason"].tolist() == ["not_listed"]
+    assert Path(rej["path"].iloc[0]).name == "ISIC_9999999.jpg"
+
+
+def test_schema_max_side_default_caps_the_stored_size(tmp_path, shared_data):
+    from dermsynth.config import validate
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = {"datasets": {"isic": {"source": "folder", "folder": {"path": str(tmp_path / "in")}}}}
+    cfg["split"] = {"finetune_datasets": ["isic"], "train_datasets": ["isic"], "test_datasets": ["isic"]}
+    spec = validate(cfg, root / "config" / "schema.yaml")["datasets"]["isic"]
+    cap = spec["folder"]["max_side"]
+    manifest = pd.read_csv(shared_data / "manifest.csv")
+    big = manifest[(manifest.dataset == "isic") & (manifest[["w", "h"]].max(axis=1) > cap)].head(2)
+    assert len(big) == 2, "the shared set has full-resolution ISIC images above the default cap"
+    for r in big.itertuples():
+        (tmp_path / "in" / r.label).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shared_data / r.path, tmp_path / "in" / r.label)
+    m, _ = _acquire("isic", spec, tmp_path)
+    assert (m[["width", "height"]].max(axis=1) == cap).all()
+    want = big.set_index("source_id")
+    for r in m.itertuples():  # aspect ratio kept
+        assert abs(r.width / r.height - want.loc[r.source_id, "w"] / want.loc[r.source_id, "h"]) < 0.01
 
 
 def test_folder_nothing_usable_raises_one_line(tmp_path):

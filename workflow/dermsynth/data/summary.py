@@ -98,7 +98,8 @@ def write_section(
         if len(conv):
             parts.append(
                 f"{len(conv)} images were converted on import (CMYK, alpha, palette, 16-bit, "
-                "grayscale, EXIF rotation); see the `note` column of the manifests.\n"
+                "grayscale, EXIF rotation, downscaling to max_side); see the `note` column of the "
+                "manifests.\n"
             )
 
     hair = ["### Hair removal (DullRazor)\n"]
