@@ -167,6 +167,32 @@ def filter_synthetic(
 # report fragment
 
 
+def failed_checks(reason: str, detail: str) -> list[str]:
+    """Every check a rejected row failed: its reason and those its detail lists after '; also '."""
+    out = [reason]
+    if "; also " in str(detail):
+        out += [r.strip() for r in str(detail).rsplit("; also ", 1)[1].split(",") if r.strip() in REASONS]
+    return out
+
+
+def class_reject_rates(labels: pd.Series, rej: pd.DataFrame, max_gap: float) -> pd.DataFrame:
+    """Per check: the share of each class's images that fail it (every failing check counts, not
+    only the first), the largest difference between classes, and whether it exceeds ``max_gap``."""
+    totals = labels.map(_text).value_counts().sort_index()
+    classes = totals.index.tolist()
+    hits = {r: dict.fromkeys(classes, 0) for r in REASONS}
+    for r in rej.itertuples():
+        for c in set(failed_checks(r.reason, r.detail)):
+            if _text(r.label) in hits[c]:
+                hits[c][_text(r.label)] += 1
+    rows = []
+    for r in REASONS:
+        rates = {c: hits[r][c] / totals[c] for c in classes}
+        gap = max(rates.values()) - min(rates.values()) if rates else 0.0
+        rows.append({"check": r, **rates, "gap": gap, "flagged": bool(gap > max_gap)})
+    return pd.DataFrame(rows, columns=["check", *classes, "gap", "flagged"])
+
+
 def _histogram(nearest: pd.DataFrame, min_similarity: float, out_png) -> None:
     import matplotlib
 
@@ -201,10 +227,13 @@ def write_section(
     closest: int = 8,
     per_reason: int = 16,
     targets: pd.DataFrame | None = None,
+    labels: pd.Series | None = None,
 ) -> None:
     """The filter's report fragment: counts per reason, kept vs target per class x sampler
     (``targets``, from ``kept_vs_target``), the audit's histogram and closest pairs, and one contact
-    sheet per reason (figures are referenced relative to results/report/)."""
+    sheet per reason (figures are referenced relative to results/report/). With ``labels`` (the class
+    of every checked image) a table gives each check's reject rate per class and flags a check whose
+    rates differ by more than ``filter.max_class_gap``."""
     thr = thresholds(cfg)
     md = ["## Artifact filter and memorization audit", ""]
     md.append(f"{total - len(rej)} of {total} synthetic images kept; {len(rej)} rejected.")
@@ -240,6 +269,26 @@ def write_section(
             state = "near copies off (exact copies still)" if r == "duplicate" else "off"
         md.append(f"| {r} | {int(counts.get(r, 0))} | {state} |")
     md.append("")
+    if labels is not None and len(labels):
+        gap = float(thr["max_class_gap"])
+        rates = class_reject_rates(labels, rej, gap)
+        classes = [c for c in rates.columns if c not in ("check", "gap", "flagged")]
+        flagged = rates[rates["flagged"]]["check"].tolist()
+        md += [
+            f"Reject rate of each check per class (an image counts for every check it fails); a gap above"
+            f" `filter.max_class_gap` = {gap} is flagged, as it skews the kept set by class."
+            + (f" **Flagged: {', '.join(flagged)}.**" if flagged else " No check is flagged."),
+            "",
+            "| check | " + " | ".join(classes) + " | gap | |",
+            "|---|" + "---:|" * (len(classes) + 1) + "---|",
+        ]
+        for d in rates.to_dict("records"):  # class names need not be identifiers
+            cells = " | ".join(f"{100 * d[c]:.1f} %" for c in classes)
+            flag = "**flagged**" if d["flagged"] else ""
+            md.append(f"| {d['check']} | {cells} | {100 * d['gap']:.1f} pt | {flag} |")
+        md.append("")
+        for c in flagged:
+            log.warning("filter: check %s rejects classes unevenly (gap > %s)", c, gap)
 
     def sec(p) -> str:  # figures sit beside the fragment, which is pasted into results/report/
         return f"sections/{Path(p).name}"
@@ -303,7 +352,8 @@ def filter_stage(
         raise ConfigError(f"{len(sheets)} contact sheet paths for {len(REASONS)} reasons")
     kept, rej = filter_synthetic(manifests, kept_path, rejected_path, cfg, threads, finetune, nearest_path)
     nearest = io.read_csv(nearest_path)
-    targets = kept_vs_target(_read_manifests(manifests), kept)
+    made = _read_manifests(manifests)
+    targets = kept_vs_target(made, kept)
     for r in targets[targets["short"] > 0].itertuples():
         log.warning("filter: %s/%s keeps %d of its target %d images", r.label, r.sampler, r.kept, r.target)
     write_section(
@@ -316,6 +366,7 @@ def filter_stage(
         pairs_png,
         dict(zip(REASONS, sheets, strict=True)),
         targets=targets,
+        labels=made["label"],
     )
     return kept, rej
 
