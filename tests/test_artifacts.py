@@ -157,3 +157,35 @@ def test_report_section_flags_uneven_check(tmp_path):
 def test_max_class_gap_checked():
     with pytest.raises(ConfigError, match="max_class_gap"):
         artifacts.thresholds({"max_class_gap": 1.5})
+
+
+def test_cli_filters_a_folder(real, tmp_path):
+    """python -m dermsynth.quality on a folder: labels from subfolders, the rule's two CSVs."""
+    d = tmp_path / "in"
+    for i, a in enumerate(real[128][:4]):
+        io.save_png(d / ("benign" if i % 2 else "malignant") / f"r{i}.png", a)
+    io.save_png(d / "benign" / "z_copy.png", real[128][1])  # same pixels as r1, later in path order
+    io.save_png(d / "malignant" / "green.png", _plant("cast", real[128][0]))
+    out = tmp_path / "out"
+    rc = quality.main(
+        ["--config", str(ROOT / "config" / "config.yaml"), "--images", str(d), "--out", str(out)]
+    )
+    assert rc == 0
+    rej = pd.read_csv(out / "rejected.csv").set_index("path")
+    kept = pd.read_csv(out / "filtered.csv")
+    assert rej.loc[str(d / "malignant" / "green.png"), "reason"] == "cast"
+    assert rej.loc[str(d / "benign" / "z_copy.png"), "reason"] == "duplicate"
+    assert len(kept) + len(rej) == 6 and set(kept["label"]) <= {"benign", "malignant"}
+    assert (
+        quality.main(
+            [
+                "--config",
+                str(ROOT / "config" / "config.yaml"),
+                "--images",
+                str(tmp_path / "no"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )

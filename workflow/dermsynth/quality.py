@@ -1,5 +1,8 @@
 """The filter stage: per-image artifact checks plus the set-level ones, and contact sheets.
 
+Also a command line for any folder of images (labels from subfolders):
+``python -m dermsynth.quality --config config/config.yaml --images DIR --out DIR``.
+
 ``filter_synthetic`` keeps a generated image only if every check passes: the per-image verdict of
 ``dermsynth.artifacts`` (the same one generation tops up against) and two checks that need every
 image at once. Each rejected image gets a row in ``rejected.csv`` whose reason is the first failing
@@ -25,7 +28,7 @@ from tqdm import tqdm
 
 from . import audit, io
 from .artifacts import REASONS, check_image, image_verdict, thresholds
-from .errors import ConfigError, ImageError
+from .errors import ConfigError, DermsynthError, ImageError
 from .splits import find_duplicates
 
 log = logging.getLogger("dermsynth.quality")
@@ -443,3 +446,77 @@ def contact_sheet(
             draw.text((x + 1, y + thumb + 1), str(labels[k])[: max(4, thumb // 6)], fill=(0, 0, 0))
     io.save_png(out_png, sheet)
     return Path(out_png)
+
+
+# ---------------------------------------------------------------------------------------------
+# command line: filter a folder of images from any generator
+
+
+def folder_manifest(images) -> pd.DataFrame:
+    """path, label (the first subfolder under ``images``; empty for files at its top), sampler
+    (empty) of every image file below ``images``, in path order; no sha256: files are checked as they are."""
+    from .data.folder import IMAGE_SUFFIXES
+
+    root = Path(images)
+    if not root.is_dir():
+        raise ConfigError(f"--images {root}: not a folder")
+    files = sorted(
+        f
+        for f in root.rglob("*")
+        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not any(p.startswith(".") for p in f.parts)
+    )
+    if not files:
+        raise ConfigError(f"--images {root}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+    labels = [f.relative_to(root).parts[0] if len(f.relative_to(root).parts) > 1 else "" for f in files]
+    return pd.DataFrame({"path": [str(f) for f in files], "label": labels, "sampler": ""})
+
+
+def main(argv=None) -> int:
+    """``python -m dermsynth.quality --config C --images DIR --out DIR``: the filter rule's per-image
+    and duplicate checks (and the memorization audit with ``--finetune``) on any folder of images;
+    writes filtered.csv and rejected.csv to ``--out`` and prints each check's reject rate per class."""
+    import argparse
+
+    import yaml
+
+    from .config import validate
+
+    p = argparse.ArgumentParser(prog="python -m dermsynth.quality", description=main.__doc__.split("\n")[0])
+    p.add_argument("--config", required=True, help="workflow config (its filter section is used)")
+    p.add_argument("--images", required=True, help="folder of images; labels from its subfolders")
+    p.add_argument("--out", required=True, help="output folder for filtered.csv and rejected.csv")
+    p.add_argument("--finetune", default=None, help="manifest of fine-tune images (audits memorization)")
+    p.add_argument("--schema", default=None, help="config schema (default: schema.yaml beside --config)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        cfg_path = Path(a.config)
+        cfg = yaml.safe_load(cfg_path.read_text()) or {}
+        cfg = validate(cfg, a.schema or cfg_path.parent / "schema.yaml")["filter"]
+        made = folder_manifest(a.images)
+        out = Path(a.out)
+        manifest = out / "input.csv"
+        io.write_csv(manifest, made)
+        _, rej = filter_synthetic(
+            [str(manifest)],
+            out / "filtered.csv",
+            out / "rejected.csv",
+            cfg,
+            a.threads,
+            a.finetune,
+            out / "nearest.csv" if a.finetune else None,
+        )
+    except (DermsynthError, OSError) as e:
+        print(f"error: {e}")
+        return 2
+    rates = class_reject_rates(made["label"], rej, float(thresholds(cfg)["max_class_gap"]))
+    print(rates[rates.drop(columns=["check", "gap", "flagged"]).sum(axis=1) > 0].to_string(index=False))
+    print(
+        f"kept {len(made) - len(rej)} of {len(made)}; wrote {out / 'filtered.csv'} and {out / 'rejected.csv'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
