@@ -25,6 +25,18 @@ of its artifact kind's scores; the memorization threshold halfway in log(1 - sim
 and the filter is then run end to end (``dermsynth.quality.filter_synthetic``) on the held-out part
 twice: with the config defaults (``FILTER_DEFAULTS``, what ships) and with the thresholds just tuned.
 
+Real dermoscopy (the figures the shipped thresholds are calibrated on): the ISIC and HAM10000 images
+of shared/data through the workflow's resize and DullRazor, at 512 and 128 px (``--quick`` or
+``--size``: that size only). Rulers, rings, bubbles, gel, vignetting and hairs count as clean. Into
+each image two artifacts are planted (kinds cycle): noise, blank/flat, casts no dermoscope gives
+(green, blue, cyan, yellow-green; over-exposure), tiling (a central tile repeated, checkerboard,
+stripes), blur (sigma 1-2.5 % of the side), skin-only crops without a lesion; every fifth image
+also gets an exact or JPEG copy. Images alternate tuning / held-back within each class; thresholds
+are tuned on the tuning half (all sizes pooled, printed) and the filter runs on the held-back half:
+``false_reject_rate_real`` (target <= 0.05), ``recall_planted_real`` (>= 0.95),
+``class_reject_gap_real`` (largest difference of the reject rate between classes, <= 0.03) and
+``check_reject_rate_real`` (each check's reject rate per class).
+
 Audit speed: ``audit.nearest_neighbours`` on 6,000 x 2,800 random thumbnails with all 8 symmetries
 (the full-size problem, measured, not extrapolated), against a peer in the same run: the same
 search as a per-pair Python loop over 32x32 correlations (timed on a subsample, extrapolated).
