@@ -1,5 +1,8 @@
 """The filter stage: per-image artifact checks plus the set-level ones, and contact sheets.
 
+Also a command line for any folder of images (labels from subfolders):
+``python -m dermsynth.quality --config config/config.yaml --images DIR --out DIR``.
+
 ``filter_synthetic`` keeps a generated image only if every check passes: the per-image verdict of
 ``dermsynth.artifacts`` (the same one generation tops up against) and two checks that need every
 image at once. Each rejected image gets a row in ``rejected.csv`` whose reason is the first failing
@@ -25,7 +28,7 @@ from tqdm import tqdm
 
 from . import audit, io
 from .artifacts import REASONS, check_image, image_verdict, thresholds
-from .errors import ConfigError, ImageError
+from .errors import ConfigError, DermsynthError, ImageError
 from .splits import find_duplicates
 
 log = logging.getLogger("dermsynth.quality")
@@ -167,6 +170,32 @@ def filter_synthetic(
 # report fragment
 
 
+def failed_checks(reason: str, detail: str) -> list[str]:
+    """Every check a rejected row failed: its reason and those its detail lists after '; also '."""
+    out = [reason]
+    if "; also " in str(detail):
+        out += [r.strip() for r in str(detail).rsplit("; also ", 1)[1].split(",") if r.strip() in REASONS]
+    return out
+
+
+def class_reject_rates(labels: pd.Series, rej: pd.DataFrame, max_gap: float) -> pd.DataFrame:
+    """Per check: the share of each class's images that fail it (every failing check counts, not
+    only the first), the largest difference between classes, and whether it exceeds ``max_gap``."""
+    totals = labels.map(_text).value_counts().sort_index()
+    classes = totals.index.tolist()
+    hits = {r: dict.fromkeys(classes, 0) for r in REASONS}
+    for r in rej.itertuples():
+        for c in set(failed_checks(r.reason, r.detail)):
+            if _text(r.label) in hits[c]:
+                hits[c][_text(r.label)] += 1
+    rows = []
+    for r in REASONS:
+        rates = {c: hits[r][c] / totals[c] for c in classes}
+        gap = max(rates.values()) - min(rates.values()) if rates else 0.0
+        rows.append({"check": r, **rates, "gap": gap, "flagged": bool(gap > max_gap)})
+    return pd.DataFrame(rows, columns=["check", *classes, "gap", "flagged"])
+
+
 def _histogram(nearest: pd.DataFrame, min_similarity: float, out_png) -> None:
     import matplotlib
 
@@ -201,10 +230,13 @@ def write_section(
     closest: int = 8,
     per_reason: int = 16,
     targets: pd.DataFrame | None = None,
+    labels: pd.Series | None = None,
 ) -> None:
     """The filter's report fragment: counts per reason, kept vs target per class x sampler
     (``targets``, from ``kept_vs_target``), the audit's histogram and closest pairs, and one contact
-    sheet per reason (figures are referenced relative to results/report/)."""
+    sheet per reason (figures are referenced relative to results/report/). With ``labels`` (the class
+    of every checked image) a table gives each check's reject rate per class and flags a check whose
+    rates differ by more than ``filter.max_class_gap``."""
     thr = thresholds(cfg)
     md = ["## Artifact filter and memorization audit", ""]
     md.append(f"{total - len(rej)} of {total} synthetic images kept; {len(rej)} rejected.")
@@ -240,6 +272,26 @@ def write_section(
             state = "near copies off (exact copies still)" if r == "duplicate" else "off"
         md.append(f"| {r} | {int(counts.get(r, 0))} | {state} |")
     md.append("")
+    if labels is not None and len(labels):
+        gap = float(thr["max_class_gap"])
+        rates = class_reject_rates(labels, rej, gap)
+        classes = [c for c in rates.columns if c not in ("check", "gap", "flagged")]
+        flagged = rates[rates["flagged"]]["check"].tolist()
+        md += [
+            f"Reject rate of each check per class (an image counts for every check it fails); a gap above"
+            f" `filter.max_class_gap` = {gap} is flagged, as it skews the kept set by class."
+            + (f" **Flagged: {', '.join(flagged)}.**" if flagged else " No check is flagged."),
+            "",
+            "| check | " + " | ".join(classes) + " | gap | |",
+            "|---|" + "---:|" * (len(classes) + 1) + "---|",
+        ]
+        for d in rates.to_dict("records"):  # class names need not be identifiers
+            cells = " | ".join(f"{100 * d[c]:.1f} %" for c in classes)
+            flag = "**flagged**" if d["flagged"] else ""
+            md.append(f"| {d['check']} | {cells} | {100 * d['gap']:.1f} pt | {flag} |")
+        md.append("")
+        for c in flagged:
+            log.warning("filter: check %s rejects classes unevenly (gap > %s)", c, gap)
 
     def sec(p) -> str:  # figures sit beside the fragment, which is pasted into results/report/
         return f"sections/{Path(p).name}"
@@ -303,7 +355,8 @@ def filter_stage(
         raise ConfigError(f"{len(sheets)} contact sheet paths for {len(REASONS)} reasons")
     kept, rej = filter_synthetic(manifests, kept_path, rejected_path, cfg, threads, finetune, nearest_path)
     nearest = io.read_csv(nearest_path)
-    targets = kept_vs_target(_read_manifests(manifests), kept)
+    made = _read_manifests(manifests)
+    targets = kept_vs_target(made, kept)
     for r in targets[targets["short"] > 0].itertuples():
         log.warning("filter: %s/%s keeps %d of its target %d images", r.label, r.sampler, r.kept, r.target)
     write_section(
@@ -316,6 +369,7 @@ def filter_stage(
         pairs_png,
         dict(zip(REASONS, sheets, strict=True)),
         targets=targets,
+        labels=made["label"],
     )
     return kept, rej
 
@@ -392,3 +446,77 @@ def contact_sheet(
             draw.text((x + 1, y + thumb + 1), str(labels[k])[: max(4, thumb // 6)], fill=(0, 0, 0))
     io.save_png(out_png, sheet)
     return Path(out_png)
+
+
+# ---------------------------------------------------------------------------------------------
+# command line: filter a folder of images from any generator
+
+
+def folder_manifest(images) -> pd.DataFrame:
+    """path, label (the first subfolder under ``images``; empty for files at its top), sampler
+    (empty) of every image file below ``images``, in path order; no sha256: files are checked as they are."""
+    from .data.folder import IMAGE_SUFFIXES
+
+    root = Path(images)
+    if not root.is_dir():
+        raise ConfigError(f"--images {root}: not a folder")
+    files = sorted(
+        f
+        for f in root.rglob("*")
+        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not any(p.startswith(".") for p in f.parts)
+    )
+    if not files:
+        raise ConfigError(f"--images {root}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+    labels = [f.relative_to(root).parts[0] if len(f.relative_to(root).parts) > 1 else "" for f in files]
+    return pd.DataFrame({"path": [str(f) for f in files], "label": labels, "sampler": ""})
+
+
+def main(argv=None) -> int:
+    """``python -m dermsynth.quality --config C --images DIR --out DIR``: the filter rule's per-image
+    and duplicate checks (and the memorization audit with ``--finetune``) on any folder of images;
+    writes filtered.csv and rejected.csv to ``--out`` and prints each check's reject rate per class."""
+    import argparse
+
+    import yaml
+
+    from .config import validate
+
+    p = argparse.ArgumentParser(prog="python -m dermsynth.quality", description=main.__doc__.split("\n")[0])
+    p.add_argument("--config", required=True, help="workflow config (its filter section is used)")
+    p.add_argument("--images", required=True, help="folder of images; labels from its subfolders")
+    p.add_argument("--out", required=True, help="output folder for filtered.csv and rejected.csv")
+    p.add_argument("--finetune", default=None, help="manifest of fine-tune images (audits memorization)")
+    p.add_argument("--schema", default=None, help="config schema (default: schema.yaml beside --config)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        cfg_path = Path(a.config)
+        cfg = yaml.safe_load(cfg_path.read_text()) or {}
+        cfg = validate(cfg, a.schema or cfg_path.parent / "schema.yaml")["filter"]
+        made = folder_manifest(a.images)
+        out = Path(a.out)
+        manifest = out / "input.csv"
+        io.write_csv(manifest, made)
+        _, rej = filter_synthetic(
+            [str(manifest)],
+            out / "filtered.csv",
+            out / "rejected.csv",
+            cfg,
+            a.threads,
+            a.finetune,
+            out / "nearest.csv" if a.finetune else None,
+        )
+    except (DermsynthError, OSError) as e:
+        print(f"error: {e}")
+        return 2
+    rates = class_reject_rates(made["label"], rej, float(thresholds(cfg)["max_class_gap"]))
+    print(rates[rates.drop(columns=["check", "gap", "flagged"]).sum(axis=1) > 0].to_string(index=False))
+    print(
+        f"kept {len(made) - len(rej)} of {len(made)}; wrote {out / 'filtered.csv'} and {out / 'rejected.csv'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
