@@ -236,6 +236,23 @@ def build_set(root: Path, size: int, n_clean: int, per_kind: int, n_train: int, 
 # ------------------------------------------------------------------------------------ scores and tuning
 
 
+def raw_scores(a: np.ndarray) -> dict:
+    """Every per-image check's raw score (independent of thresholds)."""
+    g = artifacts.gray_of(a)
+    hue, chroma = artifacts.colour_cast(a)
+    area, contrast = artifacts.lesion_blob(a)
+    return {
+        "noise": artifacts.noise_sigma(g),
+        "tiling": artifacts.tiling_score(g),
+        "sharpness": artifacts.sharpness(g),
+        "area": area,
+        "contrast": contrast,
+        "hue": hue,
+        "chroma": chroma,
+        "clipped": artifacts.clipped_fraction(a),
+    }
+
+
 def scores(df: pd.DataFrame, train_paths: list[str], threads: int) -> pd.DataFrame:
     """Every check's raw score per image (independent of thresholds)."""
     out = []
@@ -245,21 +262,7 @@ def scores(df: pd.DataFrame, train_paths: list[str], threads: int) -> pd.DataFra
         except Exception:
             out.append({})
             continue
-        g = artifacts.gray_of(a)
-        hue, chroma = artifacts.colour_cast(a)
-        area, contrast = artifacts.lesion_blob(a)
-        out.append(
-            {
-                "noise": artifacts.noise_sigma(g),
-                "tiling": artifacts.tiling_score(g),
-                "sharpness": artifacts.sharpness(g),
-                "area": area,
-                "contrast": contrast,
-                "hue": hue,
-                "chroma": chroma,
-                "clipped": artifacts.clipped_fraction(a),
-            }
-        )
+        out.append(raw_scores(a))
     s = pd.DataFrame(out, index=df.index)
     nn = audit.memorization_audit(df["path"], train_paths, 1.0, threads=threads)
     s["similarity"] = nn["similarity"].to_numpy()
@@ -457,21 +460,7 @@ def real_scores(df: pd.DataFrame) -> pd.DataFrame:
     out = []
     for p in df["path"]:
         a = np.asarray(io.load_rgb(p))
-        g = artifacts.gray_of(a)
-        hue, chroma = artifacts.colour_cast(a)
-        area, contrast = artifacts.lesion_blob(a)
-        out.append(
-            {
-                "noise": artifacts.noise_sigma(g),
-                "tiling": artifacts.tiling_score(g),
-                "sharpness": artifacts.sharpness(g),
-                "area": area,
-                "contrast": contrast,
-                "hue": hue,
-                "chroma": chroma,
-                "clipped": artifacts.clipped_fraction(a),
-            }
-        )
+        out.append(raw_scores(a))
     return pd.DataFrame(out, index=df.index)
 
 

@@ -23,23 +23,14 @@ from dermsynth.io import load_rgb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "configs"))
 import paper_small  # noqa: E402
+from _paper import TABLE_IV  # noqa: E402
 from test_workflow import copy_workflow, smk  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "config" / "schema.yaml"
 CONFIG = "config/paper-small.yaml"
 
-#: Derm-T2IM Table IV, accuracy (%): model -> regime -> test set (from the paper, not from the schema)
-PAPER_TABLE_IV = {
-    ("mobilenet_v2", "real", "isic"): 78.89,
-    ("mobilenet_v2", "real", "ham10000"): 70.33,
-    ("vit", "real", "isic"): 90.74,
-    ("vit", "real", "ham10000"): 81.50,
-    ("mobilenet_v2", "hybrid", "isic"): 81.35,
-    ("mobilenet_v2", "hybrid", "ham10000"): 73.58,
-    ("vit", "hybrid", "isic"): 93.03,
-    ("vit", "hybrid", "ham10000"): 85.02,
-}
+PAPER_TABLE_IV = TABLE_IV
 
 
 def paper_config() -> dict:

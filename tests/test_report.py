@@ -5,18 +5,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from _paper import TABLE_IV
 from PIL import Image
 
 from dermsynth import io, metrics, report
 
-# Derm-T2IM Table IV, test accuracy (%): regime real = the paper's baseline
-PAPER = {
-    "mobilenet_v2": {
-        "real": {"isic": 78.89, "ham10000": 70.33},
-        "hybrid": {"isic": 81.35, "ham10000": 73.58},
-    },
-    "vit": {"real": {"isic": 90.74, "ham10000": 81.50}, "hybrid": {"isic": 93.03, "ham10000": 85.02}},
-}
+# Derm-T2IM Table IV as the report's config takes it: model -> regime -> test set
+PAPER: dict = {}
+for (_model, _regime, _testset), _value in TABLE_IV.items():
+    PAPER.setdefault(_model, {}).setdefault(_regime, {})[_testset] = _value
 ROOT = Path(__file__).resolve().parents[1]
 MODELS, REGIMES, SEEDS, TESTSETS = (
     ["vit", "mobilenet_v2"],
@@ -464,16 +461,7 @@ def _eval(tmp_path, model, regime, seed, testset, acc, sens=0.7, spec=0.8, auroc
 
 def test_paper_table_default_is_table_iv_on_the_right_rows(tmp_path, monkeypatch):
     paper = _validated("config.yaml")["report"]["paper_table"]
-    table_iv = {  # Derm-T2IM Table IV, test accuracy (%)
-        ("mobilenet_v2", "real", "isic"): 78.89,
-        ("mobilenet_v2", "real", "ham10000"): 70.33,
-        ("vit", "real", "isic"): 90.74,
-        ("vit", "real", "ham10000"): 81.50,
-        ("mobilenet_v2", "hybrid", "isic"): 81.35,
-        ("mobilenet_v2", "hybrid", "ham10000"): 73.58,
-        ("vit", "hybrid", "isic"): 93.03,
-        ("vit", "hybrid", "ham10000"): 85.02,
-    }
+    table_iv = TABLE_IV
     cells = {(m, r, t): v for m, rs in paper.items() for r, ts in rs.items() for t, v in ts.items()}
     assert cells == pytest.approx(table_iv)
     # ours: a distinct accuracy per cell, so a swapped row shows in diff_vs_paper
