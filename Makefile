@@ -36,7 +36,7 @@ demo: install
 	echo "demo finished in $$(( $$(date +%s) - start )) s: results/report/summary.md, results/report/report.html"
 
 test: install
-	$(OFFLINE) $(PY) -m pytest -q
+	$(OFFLINE) $(PY) -m pytest -q --durations=15
 
 test-fast: install
 	$(OFFLINE) $(PY) -m pytest -q -m "not e2e"
