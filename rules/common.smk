@@ -6,7 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from dermsynth.codehash import code_hash  # noqa: E402
-from dermsynth.config import sampler_counts, validate  # noqa: E402
+from dermsynth.config import TINY_PREFIX, sampler_counts, validate  # noqa: E402
 from dermsynth.errors import ConfigError  # noqa: E402
 from dermsynth import preflight  # noqa: E402
 from dermsynth.regimes import regime_fraction, regime_names, sweep_points  # noqa: E402
@@ -27,7 +27,6 @@ TEST_SETS = config["split"]["test_datasets"]
 RUN = config["finetune"]["run"]
 SD_RES = config["preprocess"]["resize"]["diffusion"]
 CLS_RES = config["preprocess"]["resize"]["classifier"]
-TINY_PREFIX = "results/models/tiny-"
 SCRIPTS = Path(workflow.basedir) / "workflow" / "scripts"
 
 

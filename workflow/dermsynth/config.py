@@ -10,6 +10,9 @@ import yaml
 
 from .errors import ConfigError
 
+#: Where the workflow's tiny_model rule builds tiny random-weight models: a model ref under it is one.
+TINY_PREFIX = "results/models/tiny-"
+
 
 def _with_defaults(validator_cls):
     """A validator that fills `default`s of properties before checking them (jsonschema FAQ recipe)."""

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from . import io, metrics
+from .config import TINY_PREFIX
 from .errors import ConfigError
 from .quality import contact_sheet
 from .regimes import regime_fraction
@@ -34,7 +35,6 @@ PERCENT_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity"
 TABLE_METRICS = ("accuracy", "balanced_accuracy", "auroc", "sensitivity", "specificity", "f1")
 PAIRED_METRICS = ("accuracy", "balanced_accuracy", "auroc")
 REGIME_COLORS = {"real": "#4c72b0", "hybrid": "#dd8452", "synthetic": "#55a868"}
-TINY_PREFIX = "results/models/tiny-"  # where the tiny_models rule builds random-weight models
 # a classifier no better than chance on one side: all one class (sensitivity or specificity 0) or
 # an AUROC at or below chance
 DEGENERATE_AUROC = 0.5

@@ -30,6 +30,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import io, metrics
+from .config import TINY_PREFIX
 from .errors import ConfigError, ImageError, ModelNotFoundError
 
 log = logging.getLogger("dermsynth.segment")
@@ -630,7 +631,7 @@ def write_segment_section(
     sam_note = ""
     if "sam" in c["methods"]:
         sam_note = f" SAM checkpoint: `{c['sam_model']}`, prompt `{c['prompt']}`."
-        if str(c["sam_model"]).startswith("results/models/tiny-"):
+        if str(c["sam_model"]).startswith(TINY_PREFIX):
             sam_note += (
                 " **This is a tiny random-weight SAM built offline: its masks are meaningless** "
                 "(they only exercise the code path)."
