@@ -288,6 +288,35 @@ def _trusted_images(out: Path, settings: dict) -> bool:
     return True
 
 
+def _remove_unlisted_topups(out: Path, label: str, sampler: str, indices: range, listed: set) -> None:
+    """Delete this shard's top-up images that no manifest row names.
+
+    A rerun with other checks may need fewer rounds; images of rounds it did not make would mislead.
+    """
+    mine = re.compile(rf"{re.escape(label)}_{re.escape(sampler)}_(\d{{6}})_r\d+\.png")
+    for f in out.glob("*_r*.png"):
+        m = mine.fullmatch(f.name)
+        if m and int(m[1]) in indices and f.name not in listed:
+            f.unlink()
+
+
+def _manifest_row(job: dict, shared: dict) -> dict:
+    """One image's manifest row: what the shard shares, and this image's own seed, prompt and verdict."""
+    return {
+        **shared,
+        "path": io.rel(job["path"]),
+        "source_id": job["path"].stem,
+        "sha256": job["sha256"],
+        "seed": job["seed"],
+        "prompt": job["prompt"],
+        "steps": job["steps"],
+        "index": job["index"],
+        "modifiers": job["modifiers"],
+        "round": job["round"],
+        "verdict": job["reasons"][0][0] if job["reasons"] else PASS,
+    }
+
+
 def generate(
     pretrained: str,
     lora_path: str | None,
@@ -454,40 +483,23 @@ def generate(
                 )
     bar.close()
 
-    # a rerun with other checks may need fewer rounds: top-up images no manifest row names would mislead
-    listed = {j["path"].name for j in made}
-    mine = re.compile(rf"{re.escape(label)}_{re.escape(sampler)}_(\d{{6}})_r\d+\.png")
-    for f in out.glob("*_r*.png"):
-        m = mine.fullmatch(f.name)
-        if m and first <= int(m[1]) < first + n and f.name not in listed:
-            f.unlink()
-
-    rows = [
-        {
-            "path": io.rel(j["path"]),
-            "label": label,
-            "dataset": "synthetic",
-            "source_id": j["path"].stem,
-            "sha256": j["sha256"],
-            "seed": j["seed"],
-            "prompt": j["prompt"],
-            "negative_prompt": negative,
-            "sampler": sampler,
-            "steps": j["steps"],
-            "guidance_scale": float(s["guidance_scale"]),
-            "resolution": res,
-            "lora_scale": lora_scale,
-            "lora_sha256": lora_sha,
-            "base_model": base_model,
-            "index": j["index"],
-            "modifiers": j["modifiers"],
-            "shard": int(shard),
-            "round": j["round"],
-            "verdict": j["reasons"][0][0] if j["reasons"] else PASS,
-        }
-        for j in sorted(made, key=lambda j: (j["index"], j["round"]))
-    ]
-    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    _remove_unlisted_topups(out, label, sampler, range(first, first + n), {j["path"].name for j in made})
+    shared = {
+        "label": label,
+        "dataset": "synthetic",
+        "negative_prompt": negative,
+        "sampler": sampler,
+        "guidance_scale": float(s["guidance_scale"]),
+        "resolution": res,
+        "lora_scale": lora_scale,
+        "lora_sha256": lora_sha,
+        "base_model": base_model,
+        "shard": int(shard),
+    }
+    manifest = pd.DataFrame(
+        [_manifest_row(j, shared) for j in sorted(made, key=lambda j: (j["index"], j["round"]))],
+        columns=MANIFEST_COLUMNS,
+    )
     io.write_csv(manifest_path, manifest)
     log.info(
         "%s/%s shard %s: %d images in %d round(s) (%d new, %d kept from before) for %d slots -> %s",
