@@ -100,3 +100,19 @@ def test_config_readme_documents_every_key():
     assert (ROOT / "config" / "README.md").read_text() == document(SCHEMA), (
         "config/README.md is stale: python -m dermsynth.config config/schema.yaml > config/README.md"
     )
+
+
+def test_section_fills_schema_defaults_and_names_the_key():
+    from dermsynth.config import section
+
+    full = validate(load("config.yaml"), SCHEMA)
+    overrides = {"rank": 8}
+    ft = section("finetune", overrides)
+    assert overrides == {"rank": 8}  # the caller's dict is not modified
+    assert ft["rank"] == 8 and ft["alpha"] == full["finetune"]["alpha"]
+    for name in ("filter", "generate", "classify", "quality", "segment"):
+        assert section(name).keys() <= full[name].keys()
+    with pytest.raises(ConfigError, match="config key 'finetune.rank'"):
+        section("finetune", {"rank": "four"})
+    with pytest.raises(ConfigError, match="config section 'nope'"):
+        section("nope")

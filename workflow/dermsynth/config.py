@@ -12,6 +12,8 @@ from .errors import ConfigError
 
 #: Where the workflow's tiny_model rule builds tiny random-weight models: a model ref under it is one.
 TINY_PREFIX = "results/models/tiny-"
+#: The one schema: every default of every section lives here and nowhere else.
+SCHEMA = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
 
 
 def _with_defaults(validator_cls):
@@ -94,6 +96,31 @@ def validate(config: dict, schema_path: str | Path) -> dict:
         raise ConfigError(f"config key '{_key(e)}': {msg}")
     check_consistency(config)
     return config
+
+
+def section(name: str, overrides: dict | None = None, schema_path: str | Path = SCHEMA) -> dict:
+    """The config section ``name`` with the schema's defaults filled under ``overrides``, validated.
+
+    Library functions called outside Snakemake (benchmarks, tests, the CLIs) get their defaults here,
+    so no module restates a default. ``overrides`` is not modified; errors name the dotted key.
+    """
+    schema = load_schema(schema_path)
+    sub = schema["properties"].get(name)
+    if sub is None:
+        raise ConfigError(
+            f"config section '{name}' is not in the schema; known: {', '.join(schema['properties'])}"
+        )
+    if "$ref" in sub:
+        sub = {**schema["$defs"][sub["$ref"].split("/")[-1]], **{k: v for k, v in sub.items() if k != "$ref"}}
+    wrapped = {**schema, "properties": {name: sub}, "required": [name]}
+    wrapped.pop("additionalProperties", None)
+    doc = {name: copy.deepcopy(overrides) if overrides is not None else {}}
+    errors = sorted(_Validator(wrapped).iter_errors(doc), key=lambda e: (len(e.absolute_path), e.path))
+    if errors:
+        e = errors[0]
+        msg = (_propertynames_error(e) if e.validator == "propertyNames" else None) or _explain(e)
+        raise ConfigError(f"config key '{_key(e)}': {msg}")
+    return doc[name]
 
 
 def check_consistency(config: dict) -> None:
