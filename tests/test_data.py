@@ -437,10 +437,12 @@ def test_isic_command_line():
         "o",
     ]
     assert isic.isic_executable()  # the isic-cli entry point (or python -m isic_cli.cli) is found
+    dev = isic.build_command("a:1", None, 2, None, "o", executable=["isic"], env="dev")
+    assert dev[:3] == ["isic", "--dev", "--no-version-check"]
 
 
 def test_isic_offline_probe_raises_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(isic, "probe", lambda host=isic.API_HOST, **k: "gaierror: name resolution failed")
+    monkeypatch.setattr(isic, "probe", lambda api=isic.APIS["prod"], **k: "gaierror: name resolution failed")
     spec = {"source": "isic", "isic": {"class_queries": {"benign": "b", "malignant": "m"}}}
     with pytest.raises(DataSourceError) as e:
         _acquire("isic", spec, tmp_path)
@@ -452,7 +454,7 @@ def test_isic_offline_probe_raises_one_line(tmp_path, monkeypatch):
 
 def test_isic_probe_of_closed_port_fails_fast():
     t0 = time.perf_counter()
-    assert isic.probe("127.0.0.1", port=9, timeout=1.0) is not None
+    assert isic.probe("http://127.0.0.1:9", timeout=1.0) is not None
     assert time.perf_counter() - t0 < 3
 
 
@@ -515,7 +517,7 @@ def test_isic_download_flow_with_fake_cli(tmp_path, shared_data, monkeypatch):
         label = out.rstrip("/").split("/")[-1]
         shutil.copytree(fixture / label, out, dirs_exist_ok=True)
 
-    monkeypatch.setattr(isic, "probe", lambda host=isic.API_HOST: None)
+    monkeypatch.setattr(isic, "probe", lambda api=isic.APIS["prod"]: None)
     monkeypatch.setattr(isic, "run_isic", fake_run)
     spec = {
         "source": "isic",

@@ -17,25 +17,39 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pandas as pd
 
 from ..errors import ConfigError, DataSourceError
 from . import folder
 
-API_HOST = "api.isic-archive.com"
+#: isic-cli's environments (its default, ``--sandbox`` and ``--dev``) and the API each one talks to.
+APIS = {
+    "prod": "https://api.isic-archive.com",
+    "sandbox": "https://api-sandbox.isic-archive.com",
+    "dev": "http://127.0.0.1:8000",
+}
+#: isic-cli's SIGTERM handler deletes its partial files at once, then its exit waits for download
+#: threads still retrying with backoff (minutes); a longer grace only delays the error.
+TERM_GRACE_S = 5
 log = logging.getLogger("dermsynth")
 
 
-def probe(host: str = API_HOST, port: int = 443, timeout: float = 3.0) -> str | None:
-    """None when an HTTPS handshake with ``host`` succeeds within ``timeout`` s, else why not."""
+def probe(api: str = APIS["prod"], timeout: float = 3.0) -> str | None:
+    """None when ``api`` answers (a TLS handshake for https) within ``timeout`` s, else why not."""
+    url = urlsplit(api)
+    host, tls = url.hostname, url.scheme == "https"
+    port = url.port or (443 if tls else 80)
     result: dict = {}
 
     def attempt():
         try:
             with socket.create_connection((host, port), timeout=timeout) as sock:
-                with ssl.create_default_context().wrap_socket(sock, server_hostname=host):
-                    result["ok"] = True
+                if tls:
+                    with ssl.create_default_context().wrap_socket(sock, server_hostname=host):
+                        pass
+                result["ok"] = True
         except OSError as e:
             result["err"] = f"{type(e).__name__}: {e}"
 
@@ -67,9 +81,12 @@ def build_command(
     collections,
     outdir,
     executable: list[str] | None = None,
+    env: str = "prod",
 ) -> list[str]:
     """The isic-cli command line for one class (``isic image download -s Q -l N [-c IDS] OUTDIR``)."""
     cmd = list(executable or isic_executable())
+    if env != "prod":
+        cmd.append(f"--{env}")
     # the version check calls PyPI: skip it, compute nodes are often offline
     cmd += ["--no-version-check", "image", "download"]
     query = combine_query(class_query, search)
@@ -92,7 +109,7 @@ def run_isic(cmd: list[str], timeout_s: float, log_path: Path, what: str) -> Non
         except subprocess.TimeoutExpired:
             proc.terminate()  # SIGTERM: isic-cli removes its partial files
             try:
-                proc.wait(30)
+                proc.wait(TERM_GRACE_S)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
@@ -101,9 +118,24 @@ def run_isic(cmd: list[str], timeout_s: float, log_path: Path, what: str) -> Non
                 "(downloaded files are kept) or raise isic.timeout_s"
             ) from None
     if rc != 0:
-        lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
-        last = lines[-1] if lines else "no output"
-        raise DataSourceError(f"isic-cli failed {what} (exit {rc}): {last} (full output: {log_path})")
+        raise DataSourceError(
+            f"isic-cli failed {what} (exit {rc}): {cause(log_path)} (full output: {log_path})"
+        )
+
+
+def cause(log_path: Path) -> str:
+    """The line of an isic-cli log that says what went wrong.
+
+    On an unexpected error isic-cli prints a traceback, then a bug-report block and prompt; the
+    exception line of the traceback names the cause (e.g. the HTTP status and URL), the last line
+    does not.
+    """
+    lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
+    if any(ln.startswith("Traceback (most recent call last)") for ln in lines):
+        errors = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception)\b.*", ln)]
+        if errors:
+            return errors[-1]
+    return lines[-1] if lines else "no output"
 
 
 def download(
@@ -112,7 +144,6 @@ def download(
     out_dir,
     classes: list[str],
     label_map: dict | None = None,
-    host: str = API_HOST,
     threads: int = 1,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The ``isic`` source: probe, download each class, convert like the folder source."""
@@ -123,16 +154,22 @@ def download(
             f"datasets.{dataset}.isic.class_queries has no query for {', '.join(missing)}; "
             "give one per class, e.g. benign: 'diagnosis_1:\"Benign\"'"
         )
-    err = probe(host)
+    env = cfg.get("env", "prod")
+    err = probe(APIS[env])
     if err:
         raise DataSourceError(
-            f"dataset '{dataset}': the ISIC Archive API https://{host} is unreachable ({err}); download "
+            f"dataset '{dataset}': the ISIC Archive API {APIS[env]} is unreachable ({err}); download "
             f"with isic-cli on a networked machine and use `source: folder` with that local copy instead"
         )
     raw = Path(out_dir) / "isic_raw"
     for label in classes:
         cmd = build_command(
-            queries[label], cfg.get("search"), cfg.get("per_class"), cfg.get("collections"), raw / label
+            queries[label],
+            cfg.get("search"),
+            cfg.get("per_class"),
+            cfg.get("collections"),
+            raw / label,
+            env=env,
         )
         log.info("isic %s/%s: %s", dataset, label, " ".join(cmd))
         run_isic(cmd, float(cfg.get("timeout_s") or 3600), raw / f"{label}.log", f"for {dataset}/{label}")
