@@ -5,6 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
+from dermsynth.artifacts import REASONS as FILTER_REASONS  # noqa: E402
 from dermsynth.codehash import code_hash  # noqa: E402
 from dermsynth.config import TINY_PREFIX, sampler_counts, validate  # noqa: E402
 from dermsynth.errors import ConfigError  # noqa: E402
@@ -194,6 +195,13 @@ def generation_sheets():
     return {label: f"results/report/sections/generate_{label}.png" for label in CLASSES}
 
 
+def filter_sheets():
+    """The filter's contact sheet of each rejection reason, in the report's section folder."""
+    return expand(
+        "results/report/sections/filter_{{run}}_{reason}.png", reason=FILTER_REASONS
+    )
+
+
 def eval_jsons():
     return expand(
         "results/eval/{model}/{regime}/{seed}/{testset}.json",
@@ -265,11 +273,6 @@ def tiny_image_size(wildcards):
 def finetune_gpus(wildcards, resources):
     """GPUs given to the finetune job: more than one re-launches it through `accelerate launch`."""
     return resources.gpu
-
-
-# Markdown fragments that stages add to the report: a rule file registers its fragment with
-# REPORT_SECTIONS.append(path); the report rule pastes them, in order, into summary.md.
-REPORT_SECTIONS = []
 
 
 # Input functions of the quality stage (synthetic-vs-real distribution metrics).
@@ -345,3 +348,93 @@ def segment_tables():
         sampler=SAMPLERS,
     )
     return real + synthetic
+
+
+# The report. Markdown fragments that stages add to it, in the order the report rule pastes them into
+# summary.md (each is the output of the rule named beside it).
+REPORT_SECTIONS = [
+    "results/report/sections/data.md",  # data_report
+    "results/report/sections/dullrazor.md",  # dullrazor_section
+    "results/report/sections/generate.md",  # generate_report
+    f"results/report/sections/filter_{RUN}.md",  # filter
+    f"results/report/sections/quality_{RUN}.md",  # quality_section
+    "results/report/sections/segment.md",  # segment_section
+]
+SWEEP = sweep_points(config["hybrid"])
+
+
+# labels= of the report() items: Snakemake's HTML report lists a category's results by their labels
+# instead of file names, "figure" first. No other label may take exactly two values that each mark
+# half of a category's results: the HTML report turns such a label into a toggle, which here would
+# hide half of the figures.
+def data_labels(figure):
+    return {"figure": figure, "dataset": ", ".join(DATASETS)}
+
+
+def synthetic_labels(figure, label=None, run=RUN):
+    """A figure of synthetic images: of one class (``label``) or all; ``run`` may be "{run}"."""
+    return {
+        "figure": figure,
+        "run": run,
+        "class": label or ", ".join(CLASSES),
+        "sampler": ", ".join(SAMPLERS),
+    }
+
+
+def segment_labels(figure):
+    return {**synthetic_labels(figure), "method": ", ".join(SEGMENT_METHODS)}
+
+
+def classifier_labels(figure, regime=None, test_set=None):
+    """A result of the classifiers: every model, the regimes and the test sets it covers."""
+    return {
+        "figure": figure,
+        "model": ", ".join(MODELS),
+        "regime": regime or ", ".join(REGIMES),
+        "test set": test_set or ", ".join(TEST_SETS),
+    }
+
+
+def generation_sheet_outputs():
+    """The generation contact sheet of each class as its own report item, labelled by class."""
+    return {
+        f"sheet_{label}": report(
+            path,
+            caption="../workflow/report/generate.rst",
+            category="Synthetic images",
+            labels=synthetic_labels("generated images", label=label),
+        )
+        for label, path in generation_sheets().items()
+    }
+
+
+def sweep_outputs():
+    """The ratio sweep's outputs, only when it runs (a declared output must always be written)."""
+    if not SWEEP:
+        return {}
+    return {
+        "sweep": report(
+            "results/report/sweep.png",
+            caption="../workflow/report/sweep.rst",
+            category="Ratio sweep",
+            labels=classifier_labels(
+                "accuracy vs synthetic share",
+                regime=", ".join(regime for _, regime in SWEEP),
+            ),
+        ),
+        "sweep_csv": "results/report/sweep.csv",
+    }
+
+
+def realism_outputs():
+    """The realism check's table, only when its real-only classifiers are trained."""
+    if not realism_jsons():
+        return {}
+    return {
+        "realism": report(
+            "results/report/realism.csv",
+            caption="../workflow/report/realism.rst",
+            category="Synthetic images",
+            labels=synthetic_labels("realism check: real-only classifiers on them"),
+        )
+    }

@@ -33,6 +33,7 @@ rule data_report:
             "results/report/sections/data_dullrazor.png",
             caption="../workflow/report/data_dullrazor.rst",
             category="Data",
+            labels=data_labels("hair removal: before / after"),
         ),
     log:
         "results/logs/data_report/data_report.log",
@@ -44,6 +45,3 @@ rule data_report:
         code=code_of("data_report.py"),
     script:
         "../workflow/scripts/data_report.py"
-
-
-REPORT_SECTIONS.append("results/report/sections/data.md")

@@ -1,6 +1,3 @@
-from dermsynth.artifacts import REASONS as FILTER_REASONS
-
-
 rule filter:
     """Artifact filter and memorization audit: rejected images go to rejected.csv with a reason."""
     input:
@@ -15,16 +12,17 @@ rule filter:
             "results/report/sections/filter_{run}_nn_hist.png",
             caption="../workflow/report/filter_nn.rst",
             category="Synthetic images",
+            labels=synthetic_labels(
+                "memorization: nearest fine-tune image", run="{run}"
+            ),
         ),
         pairs=report(
             "results/report/sections/filter_{run}_pairs.png",
             caption="../workflow/report/filter_pairs.rst",
             category="Synthetic images",
+            labels=synthetic_labels("memorization: closest pairs", run="{run}"),
         ),
-        sheets=expand(
-            "results/report/sections/filter_{{run}}_{reason}.png",
-            reason=FILTER_REASONS,
-        ),
+        sheets=filter_sheets(),
     log:
         "results/logs/filter/{run}.log",
     benchmark:
@@ -37,6 +35,3 @@ rule filter:
         code=code_of("filter.py"),
     script:
         "../workflow/scripts/filter.py"
-
-
-REPORT_SECTIONS.append(f"results/report/sections/filter_{RUN}.md")

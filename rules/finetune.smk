@@ -10,6 +10,7 @@ rule finetune:
             "results/lora/{run}/loss.png",
             caption="../workflow/report/loss.rst",
             category="Fine-tune",
+            labels={"figure": "training loss", "run": "{run}"},
         ),
         loss_csv="results/lora/{run}/loss.csv",
         summary="results/lora/{run}/train_summary.json",
@@ -17,6 +18,7 @@ rule finetune:
             "results/lora/{run}/validation_grid.png",
             caption="../workflow/report/validation.rst",
             category="Fine-tune",
+            labels={"figure": "validation images", "run": "{run}"},
         ),
     log:
         "results/logs/finetune/{run}.log",

@@ -63,13 +63,9 @@ rule generate_report:
     input:
         generation_manifests(),
     output:
+        **generation_sheet_outputs(),
         md="results/report/sections/generate.md",
         split=f"results/synthetic/{RUN}/split.csv",
-        sheets=report(
-            expand("results/report/sections/generate_{label}.png", label=CLASSES),
-            caption="../workflow/report/generate.rst",
-            category="Synthetic images",
-        ),
     log:
         "results/logs/generate/report.log",
     conda:
@@ -80,9 +76,6 @@ rule generate_report:
         code=code_of("generate_report.py"),
     script:
         "../workflow/scripts/generate_report.py"
-
-
-REPORT_SECTIONS.append("results/report/sections/generate.md")
 
 
 rule generate_all:

@@ -50,6 +50,7 @@ rule dullrazor_section:
             "results/report/sections/dullrazor_largest.png",
             caption="../workflow/report/dullrazor_largest.rst",
             category="Data",
+            labels=data_labels("largest hair masks"),
         ),
     log:
         "results/logs/dullrazor/section.log",
@@ -61,6 +62,3 @@ rule dullrazor_section:
         code=code_of("dullrazor_section.py"),
     script:
         "../workflow/scripts/dullrazor_section.py"
-
-
-REPORT_SECTIONS.append("results/report/sections/dullrazor.md")

@@ -68,6 +68,3 @@ rule quality_section:
 rule quality_all:
     input:
         f"results/quality/{RUN}/table.csv",
-
-
-REPORT_SECTIONS.append(f"results/report/sections/quality_{RUN}.md")

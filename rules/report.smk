@@ -1,30 +1,3 @@
-# Optional report outputs exist only when their stage runs (a declared output must always be written).
-SWEEP = sweep_points(config["hybrid"])
-SWEEP_OUTPUTS = (
-    {
-        "sweep": report(
-            "results/report/sweep.png",
-            caption="../workflow/report/sweep.rst",
-            category="Ratio sweep",
-        ),
-        "sweep_csv": "results/report/sweep.csv",
-    }
-    if SWEEP
-    else {}
-)
-REALISM_OUTPUTS = (
-    {
-        "realism": report(
-            "results/report/realism.csv",
-            caption="../workflow/report/realism.rst",
-            category="Synthetic images",
-        )
-    }
-    if realism_jsons()
-    else {}
-)
-
-
 rule report:
     """Table IV beside the paper's numbers, figures, and a Markdown summary."""
     input:
@@ -37,54 +10,63 @@ rule report:
         finetune=f"results/lora/{RUN}/train_summary.json",
         sections=REPORT_SECTIONS,
     output:
-        **SWEEP_OUTPUTS,
-        **REALISM_OUTPUTS,
+        **sweep_outputs(),
+        **realism_outputs(),
         summary="results/report/summary.md",
         table=report(
             "results/report/table4.csv",
             caption="../workflow/report/table4.rst",
             category="Table IV",
+            labels=classifier_labels("Table IV: accuracy, ours vs paper"),
         ),
         table_md="results/report/table4.md",
         paired=report(
             "results/report/paired.csv",
             caption="../workflow/report/paired.rst",
             category="Table IV",
+            labels=classifier_labels("paired bootstrap test", regime="hybrid vs real"),
         ),
         accuracy=report(
             "results/report/accuracy.png",
             caption="../workflow/report/accuracy.rst",
             category="Table IV",
+            labels=classifier_labels("accuracy vs paper"),
         ),
         curves=report(
             "results/report/curves.png",
             caption="../workflow/report/curves.rst",
             category="Classifiers",
+            labels=classifier_labels("validation curves", test_set="validation split"),
         ),
         confusion=report(
             "results/report/confusion.png",
             caption="../workflow/report/confusion.rst",
             category="Classifiers",
+            labels=classifier_labels("confusion matrices"),
         ),
         roc=report(
             "results/report/roc.png",
             caption="../workflow/report/roc.rst",
             category="Classifiers",
+            labels=classifier_labels("ROC curves"),
         ),
         samples=report(
             "results/report/samples.png",
             caption="../workflow/report/samples.rst",
             category="Synthetic images",
+            labels=synthetic_labels("kept by the filter"),
         ),
         config=report(
             "results/report/config.yaml",
             caption="../workflow/report/config.rst",
             category="Provenance",
+            labels={"figure": "config as run", "run": RUN},
         ),
         wall_times=report(
             "results/report/wall_times.csv",
             caption="../workflow/report/wall_times.rst",
             category="Provenance",
+            labels={"figure": "wall time per job", "run": RUN},
         ),
     log:
         "results/logs/report/report.log",

@@ -52,11 +52,13 @@ rule segment_section:
             "results/report/sections/segment_overlays.png",
             caption="../workflow/report/segment_overlays.rst",
             category="Synthetic data quality",
+            labels=segment_labels("lesion-mask outlines"),
         ),
         shapes=report(
             "results/report/sections/segment_shapes.png",
             caption="../workflow/report/segment_shapes.rst",
             category="Synthetic data quality",
+            labels=segment_labels("lesion-shape statistics"),
         ),
         distances="results/masks/shape_distances.csv",
     log:
@@ -74,6 +76,3 @@ rule segment_section:
 rule segment_all:
     input:
         segment_tables(),
-
-
-REPORT_SECTIONS.append("results/report/sections/segment.md")

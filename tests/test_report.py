@@ -9,6 +9,9 @@ from _paper import TABLE_IV
 from PIL import Image
 
 from dermsynth import io, metrics, report
+from dermsynth.report import figures, names, sections, stats, tables
+from dermsynth.report.methods import methods_paragraph
+from dermsynth.report.summary import write_provenance
 
 # Derm-T2IM Table IV as the report's config takes it: model -> regime -> test set
 PAPER: dict = {}
@@ -123,21 +126,28 @@ def _extras(root):
         root / "dullrazor.csv", index=False
     )
     (root / "leak.json").write_text(json.dumps({"overlap_lesions": 0, "checked": 200}))
-    cfg = {
-        "classes": ["benign", "malignant"],
-        "finetune": {
-            "pretrained": "sd15",
-            "rank": 4,
-            "alpha": 4,
-            "num_train_epochs": 120,
-            "resolution": 512,
-            "target_modules": ["to_q"],
+    # the report reads the validated config: the paper's, with these settings
+    cfg = _validated(
+        "config.yaml",
+        {
+            "classes": ["benign", "malignant"],
+            "finetune": {
+                "rank": 4,
+                "alpha": 4,
+                "num_train_epochs": 120,
+                "resolution": 512,
+                "target_modules": ["to_q"],
+            },
+            "generate": {
+                "samplers": {"euler": {"steps": 20}},
+                "images_per_class": 3000,
+                "guidance_scale": 7.0,
+            },
+            "models": {"vit": "google/vit"},
+            "classify": {"models": ["vit"], "epochs": 10, "seeds": [0, 1, 2]},
+            "evaluate": {"bootstrap": 1000, "ci": 0.95},
         },
-        "generate": {"samplers": {"euler": {"steps": 20}}, "images_per_class": 3000, "guidance_scale": 7.0},
-        "models": {"vit": "google/vit"},
-        "classify": {"models": ["vit"], "epochs": 10, "seeds": [0, 1, 2]},
-        "evaluate": {"bootstrap": 1000, "ci": 0.95},
-    }
+    )
     return {
         "samples": str(root / "synthetic.csv"),
         "rejected": str(root / "rejected.csv"),
@@ -207,7 +217,7 @@ def test_build_table4_matches_inputs(fabricated, tmp_path):
     assert mean_row["hi"] - mean_row["lo"] < r["hi"] - r["lo"]  # averaging seeds narrows the interval
     # Holm within each seed row's family (model × test set × metric), never below the raw p
     for _, fam in pr.groupby("seed"):
-        assert fam["p_holm"].to_numpy() == pytest.approx(report.holm(fam["p"]))
+        assert fam["p_holm"].to_numpy() == pytest.approx(stats.holm(fam["p"]))
     assert (pr["p_holm"] >= pr["p"] - 1e-12).all()
 
     summary = (tmp_path / "report" / "summary.md").read_text()
@@ -272,10 +282,10 @@ def test_ci_falls_back_to_first_seed_without_predictions(fabricated, tmp_path):
     )
 
 
-def test_methods_paragraph_skips_absent_keys():
-    text = report.methods_paragraph({"finetune": {"rank": 4}, "classify": {"epochs": 3}})
+def test_methods_paragraph_renders_the_validated_config():
+    text = methods_paragraph(_validated("demo.yaml", {"finetune": {"rank": 4}, "classify": {"epochs": 3}}))
     assert "rank 4" in text and "up to 3 epochs" in text and "None" not in text
-    assert report.methods_paragraph({}) == ""
+    assert methods_paragraph({}) == ""
 
 
 def test_null_metrics_and_one_class(tmp_path):
@@ -303,9 +313,9 @@ def test_null_metrics_and_one_class(tmp_path):
 
 
 def test_fmt_cell():
-    assert report.fmt_cell(80.123, 1.5, 77.0, 83.25) == "80.12 ± 1.50 [77.00, 83.25]"
-    assert report.fmt_cell(80.0, float("nan")) == "80.00"
-    assert report.fmt_cell(float("nan"), 1.0) == "—"
+    assert tables.fmt_cell(80.123, 1.5, 77.0, 83.25) == "80.12 ± 1.50 [77.00, 83.25]"
+    assert tables.fmt_cell(80.0, float("nan")) == "80.00"
+    assert tables.fmt_cell(float("nan"), 1.0) == "—"
 
 
 def test_sweep_realism_and_provenance_sections(fabricated, tmp_path):
@@ -356,7 +366,7 @@ def test_sweep_realism_and_provenance_sections(fabricated, tmp_path):
     (bench / "finetune.tsv").write_text("")  # empty: skipped, not fatal
     cfg = {"classes": ["benign", "malignant"], "evaluate": {"bootstrap": 20, "ci": 0.95}, "seed": 7}
     written = {}
-    text = report._section_provenance(cfg, bench, tmp_path / "cfg.yaml", tmp_path / "wt.csv", written)
+    text = write_provenance(cfg, bench, tmp_path / "cfg.yaml", tmp_path / "wt.csv", written)
     import yaml
 
     assert yaml.safe_load((tmp_path / "cfg.yaml").read_text()) == cfg
@@ -378,10 +388,10 @@ def test_leakage_counts_table(tmp_path):
             "hamming": [0, 3, 5],
         }
     ).to_csv(p, index=False)
-    text = report._section_leakage(str(p))
+    text = sections.section_leakage(str(p))
     assert "3 near-duplicate" in text and "| phash | 1 | 1 | 2 |" in text
     pd.DataFrame(columns=["kind", "action"]).to_csv(p, index=False)
-    assert "0 near-duplicate" in report._section_leakage(str(p))
+    assert "0 near-duplicate" in sections.section_leakage(str(p))
 
 
 def _write_json(path, obj):
@@ -390,23 +400,21 @@ def _write_json(path, obj):
 
 
 def test_finetune_section_has_one_column_per_class_lora(tmp_path):
-    from dermsynth.report import _section_finetune
-
     shared = {"n_images": 10, "it_s": 3.5, "peak_mem_gb": 2.7}
-    text = _section_finetune(str(_write_json(tmp_path / "shared.json", shared)))
+    text = sections.section_finetune(str(_write_json(tmp_path / "shared.json", shared)))
     assert "| value |" in text and "3.5" in text
     per_class = {
         "lora_mode": "per_class",
         "runs": {"benign": {"n_images": 6, "it_s": 3.0}, "malignant": {"n_images": 4, "it_s": 2.0}},
     }
-    text = _section_finetune(str(_write_json(tmp_path / "per_class.json", per_class)))
+    text = sections.section_finetune(str(_write_json(tmp_path / "per_class.json", per_class)))
     assert "LoRA benign" in text and "LoRA malignant" in text
     row = next(line for line in text.splitlines() if line.startswith("| n_images"))
     assert "6" in row and "4" in row
     # a CPU run has no GPU memory rows nor compile rows; a GPU run's failed compile is flagged
     assert "reserved" not in text and "compile" not in text
     per_class["runs"]["benign"].update(peak_mem_gb=1.0, peak_mem_with_validation_gb=1.0)  # CPU: one RSS
-    text = _section_finetune(str(_write_json(tmp_path / "cpu.json", per_class)))
+    text = sections.section_finetune(str(_write_json(tmp_path / "cpu.json", per_class)))
     assert "with_validation" not in text
     per_class["runs"]["malignant"].update(
         peak_mem_gb=2.0,
@@ -415,7 +423,7 @@ def test_finetune_section_has_one_column_per_class_lora(tmp_path):
         compile_mode=None,
         compile_error="RuntimeError: a lowering failed | x",
     )
-    text = _section_finetune(str(_write_json(tmp_path / "gpu.json", per_class)))
+    text = sections.section_finetune(str(_write_json(tmp_path / "gpu.json", per_class)))
     row = next(line for line in text.splitlines() if line.startswith("| compile_error"))
     assert row.endswith("| None | RuntimeError: a lowering failed \\| x |")
     assert "| peak_mem_reserved_gb | None | 3.1 |" in text and "compile_mode" not in text
@@ -423,7 +431,7 @@ def test_finetune_section_has_one_column_per_class_lora(tmp_path):
     assert "**torch.compile failed** (malignant): those LoRAs trained eager" in text
     # a LoRA whose CUDA graphs failed to record trained compiled without them: another warning
     per_class["runs"]["benign"].update(compile=True, compile_mode="default", compile_error="RuntimeError: y")
-    text = _section_finetune(str(_write_json(tmp_path / "no_graphs.json", per_class)))
+    text = sections.section_finetune(str(_write_json(tmp_path / "no_graphs.json", per_class)))
     assert "**torch.compile failed** (malignant): those LoRAs trained eager" in text
     assert "**torch.compile failed** (benign): recording CUDA graphs failed" in text
 
@@ -431,12 +439,16 @@ def test_finetune_section_has_one_column_per_class_lora(tmp_path):
 # ---------------------------------------------------------------- issue 22: the report tells the truth
 
 
-def _validated(name):
+def _validated(name, overrides=None):
+    """config/<name> with ``overrides`` (section -> keys, merged into that section), validated."""
     import yaml
 
     from dermsynth.config import validate
 
-    return validate(yaml.safe_load((ROOT / "config" / name).read_text()), ROOT / "config" / "schema.yaml")
+    cfg = yaml.safe_load((ROOT / "config" / name).read_text())
+    for key, value in (overrides or {}).items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    return validate(cfg, ROOT / "config" / "schema.yaml")
 
 
 def _eval(tmp_path, model, regime, seed, testset, acc, sens=0.7, spec=0.8, auroc=0.8, n=100):
@@ -467,7 +479,7 @@ def test_paper_table_default_is_table_iv_on_the_right_rows(tmp_path, monkeypatch
     # ours: a distinct accuracy per cell, so a swapped row shows in diff_vs_paper
     ours = {k: 0.5 + 0.01 * i for i, k in enumerate(sorted(table_iv))}
     jsons = [_eval(tmp_path, *k[:2], 0, k[2], acc) for k, acc in ours.items()]
-    t4 = report.table4(report.load_evals(jsons), paper, n_boot=0)
+    t4 = stats.table4(stats.load_evals(jsons), paper, n_boot=0)
     assert len(t4) == 8 and (t4["n_seeds"] == 1).all()
     for r in t4.itertuples():
         key = (r.model, r.regime, r.testset)
@@ -477,19 +489,19 @@ def test_paper_table_default_is_table_iv_on_the_right_rows(tmp_path, monkeypatch
     import matplotlib.colors as mcolors
 
     figs = []
-    monkeypatch.setattr(report, "_savefig", lambda fig, path: figs.append(fig) or path)
-    report.fig_accuracy(t4, tmp_path / "acc.png")
-    models = report._order(t4["model"], report.MODEL_NAMES)
+    monkeypatch.setattr(figures, "savefig", lambda fig, path: figs.append(fig) or path)
+    figures.fig_accuracy(t4, tmp_path / "acc.png")
+    models = names.order(t4["model"], names.MODEL_NAMES)
     seen = {}
     for ax in figs[0].axes:
-        ts = next(k for k, v in report.TESTSET_NAMES.items() if v == ax.get_title())
+        ts = next(k for k, v in names.TESTSET_NAMES.items() if v == ax.get_title())
         for bar in ax.patches:
             if bar.get_hatch() != "//":
                 continue
             model = models[round(bar.get_x() + bar.get_width() / 2)]
             regime = next(
                 reg
-                for reg, c in report.REGIME_COLORS.items()
+                for reg, c in figures.REGIME_COLORS.items()
                 if np.allclose(bar.get_edgecolor()[:3], mcolors.to_rgb(c))
             )
             seen[(model, regime, ts)] = bar.get_height()
@@ -498,47 +510,47 @@ def test_paper_table_default_is_table_iv_on_the_right_rows(tmp_path, monkeypatch
 
 def test_holm_step_down_matches_hand_computation():
     # sorted: 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 = 0.04 -> 0.06 (step-down monotone)
-    adj = report.holm([0.01, 0.04, 0.03, 0.005, float("nan")])
+    adj = stats.holm([0.01, 0.04, 0.03, 0.005, float("nan")])
     assert adj[:4] == pytest.approx([0.03, 0.06, 0.06, 0.02]) and math.isnan(adj[4])
-    assert report.holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # capped at 1, then monotone
-    assert report.holm([0.02]) == pytest.approx([0.02])
-    assert len(report.holm([])) == 0
+    assert stats.holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # capped at 1, then monotone
+    assert stats.holm([0.02]) == pytest.approx([0.02])
+    assert len(stats.holm([])) == 0
 
 
 def test_degenerate_classifiers_are_flagged(tmp_path):
-    assert report.degenerate_reason(0.0, 1.0, 0.7) == "sensitivity 0"
-    assert "AUROC 0.500" in report.degenerate_reason(0.6, 0.4, 0.5)
-    assert report.degenerate_reason(0.6, 0.4, 0.51) == ""
-    assert report.degenerate_reason(float("nan"), 0.9, float("nan")) == ""
+    assert stats.degenerate_reason(0.0, 1.0, 0.7) == "sensitivity 0"
+    assert "AUROC 0.500" in stats.degenerate_reason(0.6, 0.4, 0.5)
+    assert stats.degenerate_reason(0.6, 0.4, 0.51) == ""
+    assert stats.degenerate_reason(float("nan"), 0.9, float("nan")) == ""
     jsons = [
         _eval(tmp_path, "vit", "real", 0, "isic", 0.6, sens=0.0, spec=1.0, auroc=0.62),
         _eval(tmp_path, "vit", "real", 1, "isic", 0.8),
         _eval(tmp_path, "vit", "hybrid", 0, "isic", 0.7, auroc=0.45),
         _eval(tmp_path, "vit", "hybrid", 1, "isic", 0.75),
     ]
-    evals = report.load_evals(jsons)
-    t4 = report.table4(evals, {}, n_boot=0).set_index("regime")
+    evals = stats.load_evals(jsons)
+    t4 = stats.table4(evals, {}, n_boot=0).set_index("regime")
     assert t4.loc["real", "n_degenerate"] == 1 and t4.loc["hybrid", "n_degenerate"] == 1
-    md = report.table4_markdown(t4.reset_index())
+    md = tables.table4_markdown(t4.reset_index())
     assert md.count("⚠ degenerate (1/2 seeds)") == 2 and "predicts one class only" in md
-    run = report._run_section(evals, ["benign", "malignant"])
+    run = sections.section_run(evals, ["benign", "malignant"])
     assert "**Degenerate classifiers** (2 of 4 evaluations" in run
     assert "seed 0 on ISIC Archive: sensitivity 0" in run and "AUROC 0.450 ≤ 0.5" in run
-    healthy = report.load_evals([j for j in jsons if "_1_" in j])
-    assert "Degenerate" not in report._run_section(healthy, ["benign", "malignant"])
-    assert "⚠" not in report.table4_markdown(report.table4(healthy, {}, n_boot=0))
+    healthy = stats.load_evals([j for j in jsons if "_1_" in j])
+    assert "Degenerate" not in sections.section_run(healthy, ["benign", "malignant"])
+    assert "⚠" not in tables.table4_markdown(stats.table4(healthy, {}, n_boot=0))
 
 
 def test_sd_only_with_two_or_more_seeds(tmp_path):
-    assert report.seeds_phrase([1, 1]) == "one seed: the value of that seed alone, no sd"
-    assert report.seeds_phrase([3, 3, 0]) == "mean ± sd over 3 seeds"
-    assert "a cell with one seed" in report.seeds_phrase([1, 3])
-    one = report.load_evals([_eval(tmp_path, "vit", "real", 0, "isic", 0.8125)])
-    md = report.table4_markdown(report.table4(one, {}, n_boot=0))
+    assert tables.seeds_phrase([1, 1]) == "one seed: the value of that seed alone, no sd"
+    assert tables.seeds_phrase([3, 3, 0]) == "mean ± sd over 3 seeds"
+    assert "a cell with one seed" in tables.seeds_phrase([1, 3])
+    one = stats.load_evals([_eval(tmp_path, "vit", "real", 0, "isic", 0.8125)])
+    md = tables.table4_markdown(stats.table4(one, {}, n_boot=0))
     assert "81.25 [76.25, 86.25]" in md and "±" not in md and "one seed" in md
-    assert "one seed" in report._run_section(one, ["benign", "malignant"])
-    two = report.load_evals([_eval(tmp_path, "vit", "real", s, "isic", a) for s, a in ((0, 0.8), (1, 0.9))])
-    md = report.table4_markdown(report.table4(two, {}, n_boot=0))
+    assert "one seed" in sections.section_run(one, ["benign", "malignant"])
+    two = stats.load_evals([_eval(tmp_path, "vit", "real", s, "isic", a) for s, a in ((0, 0.8), (1, 0.9))])
+    md = tables.table4_markdown(stats.table4(two, {}, n_boot=0))
     assert f"85.00 ± {np.std([80, 90], ddof=1):.2f}" in md and "mean ± sd over 2 seeds" in md
 
 
@@ -562,7 +574,7 @@ def test_validation_accuracy_beside_fig10(tmp_path, monkeypatch):
         {"epoch": [1, 2], "train_loss": 0.5, "val_loss": nan, "val_accuracy": nan, "val_auroc": nan}
     ).to_csv(p)
     hist["mobilenet_v2/hybrid/0"] = str(p)
-    va = report.val_accuracy_table(hist, paper_val).set_index(["model", "regime"])
+    va = stats.val_accuracy_table(hist, paper_val).set_index(["model", "regime"])
     assert len(va) == 4  # every paper cell, ours or not
     r = va.loc[("vit", "real")]
     assert (r["n_seeds"], r["epochs"]) == (2, "2 3")
@@ -576,8 +588,8 @@ def test_validation_accuracy_beside_fig10(tmp_path, monkeypatch):
     import matplotlib
 
     figs = []
-    monkeypatch.setattr(report, "_savefig", lambda fig, path: figs.append(fig) or path)
-    report.fig_curves(hist, tmp_path / "curves.png", paper_val)
+    monkeypatch.setattr(figures, "savefig", lambda fig, path: figs.append(fig) or path)
+    figures.fig_curves(hist, tmp_path / "curves.png", paper_val)
     acc_axes = [ax for ax in figs[0].axes if ax.get_ylabel() == "val accuracy (%)"]
     assert [ax.get_title() for ax in acc_axes] == ["ViT-B/16", "MobileNetV2"]
     for ax, model in zip(acc_axes, ("vit", "mobilenet_v2"), strict=True):
@@ -586,7 +598,7 @@ def test_validation_accuracy_beside_fig10(tmp_path, monkeypatch):
         }
         assert sorted(dashed.values()) == pytest.approx(sorted(paper_val[model].values()))
     matplotlib.pyplot.close("all")
-    md = report._val_accuracy_markdown(va.reset_index())
+    md = sections.section_val_accuracy(va.reset_index())
     assert "| ViT-B/16 | Baseline (real) | 2 | 2 3 | 85.00 ± 7.07 | 91.16 | -6.16 |" in md
     assert "| MobileNetV2 | Hybrid (synthetic + real) | 1 | 2 | — | 86.57 | — |" in md
 
@@ -598,22 +610,22 @@ def test_finetune_section_has_the_paper_figures():
 
     with tempfile.TemporaryDirectory() as d:
         path = _write_json(Path(d) / "s.json", {"final_loss": 0.21, "wall_s": 120.5, "peak_mem_gb": 2.5})
-        text = report._section_finetune(str(path), pf)
+        text = sections.section_finetune(str(path), pf)
         assert "| final_loss | 0.21 | 0.1394 |" in text
         assert "| wall_s | 120.5 | 37440 (10.4 h) |" in text
         assert "| peak_mem_gb | 2.5 | 5.3 (GPU) |" in text
         assert "| steps | None |  |" in text  # no paper figure: empty cell
-        assert "Derm-T2IM" not in report._section_finetune(str(path))
+        assert "Derm-T2IM" not in sections.section_finetune(str(path))
 
 
 def test_banner_for_tiny_models(fabricated, tmp_path):
-    assert report.not_comparable_reasons(_validated("config.yaml")) == []
+    assert sections.not_comparable_reasons(_validated("config.yaml")) == []
     demo = _validated("demo.yaml")
-    why = "\n".join(report.not_comparable_reasons(demo))
+    why = "\n".join(sections.not_comparable_reasons(demo))
     for key in ("models.sd", "models.vit", "models.mobilenet_v2", "quality.features", "segment.sam_model"):
         assert key in why
     demo["segment"]["methods"] = ["classical"]  # a tiny SAM that never runs changes nothing
-    assert "segment.sam_model" not in "\n".join(report.not_comparable_reasons(demo))
+    assert "segment.sam_model" not in "\n".join(sections.not_comparable_reasons(demo))
     jsons = fabricated[0][:4]
     out = report.build(jsons, tmp_path / "tiny", PAPER, extras={"config": demo}, n_boot=0)
     head = Path(out["summary_md"]).read_text().split("## ")[0]
@@ -635,7 +647,9 @@ def _train_csv(path, counts):
 
 
 def test_hybrid_composition_and_methods_state_actual_fraction(tmp_path):
-    cfg = {"hybrid": {"synthetic_fraction": 0.75}, "report": {"hybrid_fraction_tolerance": 0.02}}
+    cfg = _validated(
+        "demo.yaml", {"hybrid": {"synthetic_fraction": 0.75}, "report": {"hybrid_fraction_tolerance": 0.02}}
+    )
     real = _train_csv(tmp_path / "real" / "train.csv", {("real", "benign"): 10, ("real", "malignant"): 10})
     # benign has its 30 synthetic images (75 %); the filter left malignant 15 instead of 30 (60 %)
     hybrid = _train_csv(
@@ -647,7 +661,7 @@ def test_hybrid_composition_and_methods_state_actual_fraction(tmp_path):
             ("synthetic", "malignant"): 15,
         },
     )
-    comp = report.hybrid_composition([real, hybrid], cfg, ["benign", "malignant"])
+    comp = stats.hybrid_composition([real, hybrid], cfg, ["benign", "malignant"])
     c = comp.set_index(["regime", "label"])
     assert c.loc[("hybrid", "all"), "fraction"] == pytest.approx(45 / 65)
     assert c.loc[("hybrid", "malignant"), "n_synthetic"] == 15 and c.loc[("hybrid", "benign"), "n_real"] == 10
@@ -656,25 +670,27 @@ def test_hybrid_composition_and_methods_state_actual_fraction(tmp_path):
         ["hybrid", "all"],
         ["hybrid", "malignant"],
     ]
-    md = report._composition_markdown(comp, 0.02)
+    md = sections.section_composition(comp, 0.02)
     assert "| hybrid | malignant | 10 | 15 | 60.0 | 75.0 |" in md
     assert (
         "**Warning:** hybrid: synthetic share overall 69.2 %, malignant 60.0 %, below the configured 75 %"
         in md
     )
     # a looser tolerance forgives the overall share (69.2 >= 75 - 10) but not malignant's 60 %
-    loose = report.hybrid_composition(
-        [hybrid], {**cfg, "report": {"hybrid_fraction_tolerance": 0.1}}, ["benign", "malignant"]
+    loose = stats.hybrid_composition(
+        [hybrid],
+        {**cfg, "report": {**cfg["report"], "hybrid_fraction_tolerance": 0.1}},
+        ["benign", "malignant"],
     )
     assert loose[loose["short"]]["label"].tolist() == ["malignant"]
-    text = report.methods_paragraph(cfg, comp)
+    text = methods_paragraph(cfg, comp)
     assert "held 69.2 % synthetic images (45 synthetic and 20 real" in text
     assert "benign 75.0 % (30 of 40), malignant 60.0 % (15 of 25)" in text and "75 % configured" in text
-    assert "configured to hold 75 %" in report.methods_paragraph(cfg)  # no list read: no claim of 75 %
+    assert "configured to hold 75 %" in methods_paragraph(cfg)  # no list read: no claim of 75 %
     bad = _train_csv(tmp_path / "x" / "train.csv", {("real", "benign"): 1})
     pd.read_csv(bad).drop(columns="origin").to_csv(bad, index=False)
     with pytest.raises(ValueError, match="no column origin"):
-        report.hybrid_composition([bad], cfg, ["benign"])
+        stats.hybrid_composition([bad], cfg, ["benign"])
     # build() puts the table, its warning and the actual share in summary.md
     jsons = [_eval(tmp_path, "vit", r, 0, "isic", 0.8) for r in ("real", "hybrid")]
     out = report.build(
