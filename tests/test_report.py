@@ -285,6 +285,7 @@ def test_ci_falls_back_to_first_seed_without_predictions(fabricated, tmp_path):
 def test_methods_paragraph_renders_the_validated_config():
     text = methods_paragraph(_validated("demo.yaml", {"finetune": {"rank": 4}, "classify": {"epochs": 3}}))
     assert "rank 4" in text and "up to 3 epochs" in text and "None" not in text
+    assert "Stable Diffusion (results/models/tiny-sd) was fine-tuned" in text  # the model is named
     assert methods_paragraph({}) == ""
 
 

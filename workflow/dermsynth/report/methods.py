@@ -18,7 +18,7 @@ PARAGRAPH = (
     "{hair} "
     "Images were resized to {resize[diffusion]} px for diffusion and {resize[classifier]} px for the "
     "classifiers. "
-    "Stable Diffusion was fine-tuned with DreamBooth and LoRA (rank {ft[rank]}, alpha {ft[alpha]}, "
+    "Stable Diffusion ({sd}) was fine-tuned with DreamBooth and LoRA (rank {ft[rank]}, alpha {ft[alpha]}, "
     "modules {modules}, {ft[resolution]} px, {length}, batch size {ft[train_batch_size]}, "
     "LoRA learning rate {ft[lora_learning_rate]}, {ft[lr_scheduler]} schedule, "
     "optimizer {ft[optimizer]}, mixed precision {ft[mixed_precision]}{prompt}). "
@@ -67,6 +67,7 @@ def methods_paragraph(cfg: dict, composition: pd.DataFrame | None = None) -> str
         sources=", ".join(f"{name} ({spec['source']} source)" for name, spec in cfg["datasets"].items()),
         hair=HAIR_ON.format(**dr) if dr["activate"] else HAIR_OFF,
         resize=cfg["preprocess"]["resize"],
+        sd=cfg["models"]["sd"],
         ft=ft,
         modules=", ".join(ft["target_modules"]),
         # max_train_steps, when set, overrides the epochs
