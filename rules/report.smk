@@ -13,6 +13,12 @@ rule report:
         **sweep_outputs(),
         **realism_outputs(),
         summary="results/report/summary.md",
+        summary_html=report(
+            "results/report/summary.html",
+            caption="../workflow/report/summary.rst",
+            category="Table IV",
+            labels={"figure": "summary: every table and figure of every stage"},
+        ),
         table=report(
             "results/report/table4.csv",
             caption="../workflow/report/table4.rst",

@@ -701,3 +701,21 @@ def test_hybrid_composition_and_methods_state_actual_fraction(tmp_path):
     assert "## Training sets after the filter" in summary and "**Warning:** hybrid" in summary
     methods = summary.split("## Methods")[1].split("##")[0]
     assert "69.2 % synthetic" in methods
+
+
+def test_summary_html_holds_real_tables_and_embedded_figures(tmp_path):
+    from PIL import Image
+
+    from dermsynth.report import html
+
+    (tmp_path / "sections").mkdir()
+    Image.new("RGB", (7, 5), (200, 10, 10)).save(tmp_path / "sections" / "fig.png")
+    md = "## Table IV\n\n| model | acc |\n|---|---|\n| ViT | 81.2 |\n\n![a figure](sections/fig.png)\n"
+    page = html.render(md, tmp_path, "t")
+    assert "<table>" in page and "<td>81.2</td>" in page and 'id="table-iv"' in page
+    src = page.split('src="', 1)[1].split('"', 1)[0]
+    assert src.startswith("data:image/png;base64,")
+    import base64
+    import io as _io
+
+    assert Image.open(_io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).size == (7, 5)

@@ -14,7 +14,7 @@ import yaml
 
 from .. import io
 from ..config import SCHEMA, load_schema, section
-from . import figures
+from . import figures, html
 from .sections import (
     banner,
     section_composition,
@@ -134,6 +134,8 @@ def build(
     text = "# Derm-T2IM reproduction: results\n\n" + (banner(cfg) if cfg else "") + "\n".join(sections)
     io.write_text(out_dir / "summary.md", text)
     written["summary_md"] = out_dir / "summary.md"
+    io.write_text(out_dir / "summary.html", html.render(text, out_dir, "Derm-T2IM reproduction: results"))
+    written["summary_html"] = out_dir / "summary.html"
     log.info("report: wrote %s", ", ".join(str(p) for p in written.values()))
     return {k: str(v) for k, v in written.items()}
 
