@@ -154,20 +154,20 @@ def _write_json(path, obj) -> None:
     os.replace(tmp, path)
 
 
-def _ours_compile(settings: dict, device: str) -> tuple[bool, str]:
+def _ours_compile(cfg: dict, device: str) -> tuple[bool, str]:
     """(whether train_lora compiles the UNet with these finetune settings on ``device``, its mode)."""
-    from dermsynth.diffusion import train
+    from dermsynth.diffusion.finetune import compiled_step, settings
 
-    s = {**train.DEFAULTS, **settings}
-    return bool(s["compile"]) and train._compiles_on(device), s["compile_mode"]
+    s = settings.resolve(cfg)
+    return bool(s["compile"]) and compiled_step.compiles_on(device), s["compile_mode"]
 
 
-def _cuda_graphs_so_far(settings: dict, device: str) -> bool | None:
+def _cuda_graphs_so_far(cfg: dict, device: str) -> bool | None:
     """train_lora's summary field ``cuda_graphs``, read before the job ends (in a fresh worker
     process, whose Inductor has declined nothing before the job)."""
-    from dermsynth.diffusion import train
+    from dermsynth.diffusion.finetune import compiled_step
 
-    return train._cuda_graphs_ran(*_ours_compile(settings, device))
+    return compiled_step.cuda_graphs_ran(*_ours_compile(cfg, device))
 
 
 def _dynamo_counts() -> dict:
@@ -198,7 +198,7 @@ def _without_the_compile_probe(settings: dict, device: str) -> None:
 def _worker_ours(a) -> dict:
     import pandas as pd
 
-    from dermsynth.diffusion.train import train_lora
+    from dermsynth.diffusion.finetune import train_lora
 
     images = pd.DataFrame({"path": sorted(str(p) for p in Path(a.images).glob("*.png"))})
     images["label"] = "benign"  # one prompt for every image, as the peer's --instance_prompt

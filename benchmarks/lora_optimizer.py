@@ -54,27 +54,24 @@ def run(device: str, rank: int, steps: int, warmup: int) -> dict:
     import bitsandbytes as bnb
     import torch
 
-    from dermsynth.diffusion import train
+    from dermsynth.diffusion.finetune import model, settings
 
-    targets = list(train.DEFAULTS["target_modules"])
+    targets = list(settings.resolve({})["target_modules"])
     shapes = sd15_lora_shapes(rank, targets)
     gen = torch.Generator().manual_seed(0)
     init = [torch.randn(s, generator=gen).mul_(0.01) for s in shapes]
     # a total norm of about 0.45: the clip (max 1) scales by 1, so the shared tensors stay as they are
     grads = [[torch.randn(s, generator=gen).mul_(5e-4).to(device) for s in shapes] for _ in range(4)]
     kw = dict(lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
-    s = {
-        **train.DEFAULTS,
-        "optimizer": "adamw8bit",
-        "lora_learning_rate": kw["lr"],
-        "adam_weight_decay": kw["weight_decay"],
-    }
+    s = settings.resolve(
+        {"optimizer": "adamw8bit", "lora_learning_rate": kw["lr"], "adam_weight_decay": kw["weight_decay"]}
+    )
 
     peer_params = [torch.nn.Parameter(t.clone().to(device)) for t in init]
     peer_opt = bnb.optim.AdamW8bit(peer_params, **kw)
     ours_params = [torch.nn.Parameter(t.clone().to(device)) for t in init]
-    flat = train._flat_params(s, ours_params)
-    ours_opt = train._optimizer(s, flat, device)
+    flat = model.flat_params(s, ours_params)
+    ours_opt = model.optimizer(s, flat, device)
 
     def peer_step(i):
         for p, g in zip(peer_params, grads[i % len(grads)], strict=True):

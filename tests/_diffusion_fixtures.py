@@ -108,7 +108,7 @@ def lesion_images(tmp_path_factory, n: int = 6, size: int = 72) -> pd.DataFrame:
 def trained_lora(tmp_path_factory) -> tuple[Path, dict]:
     """(output dir, summary) of one small LoRA training run on the tiny SD."""
     if "lora" not in _CACHE:
-        from dermsynth.diffusion.train import train_lora
+        from dermsynth.diffusion.finetune import train_lora
 
         root = tmp_path_factory.mktemp("lora")
         summary = train_lora(

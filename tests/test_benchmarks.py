@@ -194,7 +194,7 @@ def test_lora_optimizer_benchmark_times_sd15_lora_shapes_and_both_sides_end_iden
 def test_the_dynamo_counts_leave_out_the_compile_probe(finetune_bench, monkeypatch):
     from torch._dynamo.utils import counters
 
-    from dermsynth.diffusion import train
+    from dermsynth.diffusion.finetune import compiled_step
     from dermsynth.diffusion.pipeline import compile_unavailable
 
     fx.skip_without_cxx()
@@ -202,7 +202,7 @@ def test_the_dynamo_counts_leave_out_the_compile_probe(finetune_bench, monkeypat
     counters["stats"]["unique_graphs"] = 5  # earlier work of this process
     finetune_bench._without_the_compile_probe({"compile": False}, "cpu")
     assert counters["stats"]["unique_graphs"] == 5  # nothing compiles: nothing is touched
-    monkeypatch.setattr(train, "_compiles_on", lambda device: True)
+    monkeypatch.setattr(compiled_step, "compiles_on", lambda device: True)
     finetune_bench._without_the_compile_probe({}, "cpu")
     assert compile_unavailable("cpu") is None  # train_lora's own probe, after the benchmark's
     assert finetune_bench._dynamo_counts()["unique_graphs"] == 0

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from dermsynth.diffusion.finetune import train_lora
 from dermsynth.diffusion.pipeline import load_pipeline
-from dermsynth.diffusion.train import train_lora
 from dermsynth.errors import ConfigError, ModelNotFoundError, TrainingError
 
 LORA = "pytorch_lora_weights.safetensors"
@@ -303,23 +303,23 @@ def test_per_class_mode_trains_one_lora_per_class(tiny_sd, images, tmp_path):
 def test_multi_gpu_runs_through_accelerate_launch(tmp_path, monkeypatch):
     from accelerate.commands.launch import launch_command_parser
 
-    from dermsynth.diffusion import train
+    from dermsynth.diffusion import finetune
 
     cfg = {**fx.FINETUNE, "mixed_precision": "bf16"}
-    cmd = train.launch_command(
+    cmd = finetune.launch.launch_command(
         4, "models/sd", "ft.csv", "out/lora", cfg, "out/lora.ckpt", threads=3, python="py"
     )
     assert cmd[:3] == ["py", "-m", "accelerate.commands.launch"]
     launch = launch_command_parser().parse_args(cmd[3:])  # accelerate's own parser accepts it
     assert launch.num_processes == 4 and launch.multi_gpu and launch.module
-    assert launch.mixed_precision == "bf16" and launch.training_script == "dermsynth.diffusion.train"
+    assert launch.mixed_precision == "bf16" and launch.training_script == "dermsynth.diffusion.finetune"
     assert 1024 <= launch.main_process_port < 65536  # its own port, not torchrun's shared default
-    ours = train.parse_args(launch.training_script_args)
+    ours = finetune.launch.parse_args(launch.training_script_args)
     assert ours.pretrained_model_name_or_path == "models/sd" and ours.instance_data_csv == "ft.csv"
     assert ours.output_dir == "out/lora" and ours.checkpoint_dir == "out/lora.ckpt" and ours.threads == 3
     assert json.loads(ours.config_json) == cfg
     with pytest.raises(ConfigError):
-        train.launch_command(1, "m", "x.csv", "o", cfg, "c")
+        finetune.launch.launch_command(1, "m", "x.csv", "o", cfg, "c")
 
     calls = []
 
@@ -333,8 +333,10 @@ def test_multi_gpu_runs_through_accelerate_launch(tmp_path, monkeypatch):
         return Done()
 
     monkeypatch.setattr("subprocess.run", fake_run)
-    monkeypatch.setattr(train, "train_lora", lambda *a, **k: pytest.fail("2 GPUs must not train in-process"))
-    assert train.run_finetune("m", "x.csv", tmp_path / "o", cfg, tmp_path / "c", gpus=2) == {
+    monkeypatch.setattr(
+        finetune.launch, "train_lora", lambda *a, **k: pytest.fail("2 GPUs must not train in-process")
+    )
+    assert finetune.run_finetune("m", "x.csv", tmp_path / "o", cfg, tmp_path / "c", gpus=2) == {
         "num_processes": 2
     }
     assert calls[0][calls[0].index("--num_processes") + 1] == "2"
@@ -348,11 +350,11 @@ def test_two_processes_through_accelerate_launch_train_the_lora_of_one_with_two_
     Each process takes every other micro-batch and DDP averages the gradients, so two processes
     must train the LoRA that one process trains with gradient accumulation 2.
     """
-    from dermsynth.diffusion.train import run_finetune
+    from dermsynth.diffusion.finetune import run_finetune
 
     csv = tmp_path / "ft.csv"
     images.to_csv(csv, index=False)
-    cfg = {**fx.FINETUNE, "max_train_steps": 6, "checkpointing_steps": 4, "num_validation_images": 0}
+    cfg = {**fx.FINETUNE, "max_train_steps": 6, "checkpointing_steps": 4}
 
     # a one-process run of the same settings, killed after its step-4 checkpoint
     with pytest.raises(Killed):
@@ -376,7 +378,7 @@ def test_two_processes_through_accelerate_launch_train_the_lora_of_one_with_two_
 
 
 def test_module_entry_point_trains(tiny_sd, images, tmp_path):
-    from dermsynth.diffusion.train import main
+    from dermsynth.diffusion.finetune import main
 
     csv = tmp_path / "ft.csv"
     images.to_csv(csv, index=False)
@@ -576,7 +578,7 @@ _LORA_SHAPES = [(4, 320), (320, 4), (4, 1280), (1280, 4), (4, 768), (3, 1500), (
 def _ours_and_bitsandbytes_adamw8bit(bnb, seed: int, device: str = "cpu"):
     """The same random LoRA matrices twice: ours in flat buffers with our 8-bit AdamW, and a copy with
     bitsandbytes' AdamW8bit per tensor, at the same settings."""
-    from dermsynth.diffusion.train import _flat_params, _optimizer
+    from dermsynth.diffusion.finetune import model
 
     torch.manual_seed(seed)
     init = [torch.randn(s).to(device) for s in _LORA_SHAPES]
@@ -584,8 +586,8 @@ def _ours_and_bitsandbytes_adamw8bit(bnb, seed: int, device: str = "cpu"):
     ps_ref = [torch.nn.Parameter(t.clone()) for t in init]
     s = {**fx.FINETUNE, "optimizer": "adamw8bit", "adam_beta1": 0.9, "adam_beta2": 0.999}
     s.update(adam_weight_decay=1e-2, adam_epsilon=1e-8, lora_learning_rate=1e-3)
-    flat = _flat_params(s, ps_ours)
-    ours = _optimizer(s, flat, device)
+    flat = model.flat_params(s, ps_ours)
+    ours = model.optimizer(s, flat, device)
     ref = bnb.optim.AdamW8bit(ps_ref, lr=1e-3, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
     return init, ps_ours, ps_ref, flat, ours, ref
 
@@ -666,11 +668,11 @@ def test_adamw8bit_takes_fp16_overflow_steps_back_on_the_device_as_grad_scaler_s
 
 @pytest.mark.parametrize("n, bs", [(5, 2), (7, 3), (6, 2), (1, 2)])
 def test_every_batch_is_full_and_every_epoch_shows_every_image(n, bs):
-    from dermsynth.diffusion.train import _Data
+    from dermsynth.diffusion.finetune.data import Batches
 
     images = pd.DataFrame({"path": [f"{i}.png" for i in range(n)], "label": ["benign"] * n})
     s = {"train_batch_size": bs, "resolution": 64, "center_crop": True, "random_flip": True, "seed": 3}
-    data = _Data(images, s)
+    data = Batches(images, s)
     assert data.nb == -(-n // bs)
     orders = []
     for epoch in range(3):
@@ -792,22 +794,22 @@ def test_compiled_gradients_are_checked_against_eager_ones_and_a_miscompile_trai
 ):
     from torch._dynamo.utils import counters
 
-    from dermsynth.diffusion import train
+    from dermsynth.diffusion.finetune import compiled_step
 
     # no reference (an fp16 overflow of the eager pass): nan, the check waits; a compiled inf: inf, it fails
-    assert math.isnan(train._grad_rel_error([torch.tensor([1.0, math.inf])], [torch.ones(2)]))
-    assert train._grad_rel_error([torch.ones(2)], [torch.tensor([1.0, math.inf])]) == math.inf
-    assert train._grad_rel_error([torch.zeros(2)], [torch.zeros(2)]) == 0.0
+    assert math.isnan(compiled_step.grad_rel_error([torch.tensor([1.0, math.inf])], [torch.ones(2)]))
+    assert compiled_step.grad_rel_error([torch.ones(2)], [torch.tensor([1.0, math.inf])]) == math.inf
+    assert compiled_step.grad_rel_error([torch.zeros(2)], [torch.zeros(2)]) == 0.0
     # torch.compile on CPU, with dynamo's own eager backend or one whose backward negates the gradients
-    monkeypatch.setattr(train, "_compiles_on", lambda device: True)
-    monkeypatch.setattr(train, "compile_unavailable", lambda dev: None)
+    monkeypatch.setattr(compiled_step, "compiles_on", lambda device: True)
+    monkeypatch.setattr(compiled_step, "compile_unavailable", lambda dev: None)
     if backend == "inductor":
         fx.skip_without_cxx()
     if backend in ("eager", "inductor"):
         chosen = backend
     else:
         chosen = _miscompiling_backend(3 if "replay" in backend else 1)
-    monkeypatch.setattr(train, "_compile_backend", lambda: chosen)
+    monkeypatch.setattr(compiled_step, "compile_backend", lambda: chosen)
     torch._dynamo.reset()
     counters.clear()
     _MISCOMPILED_CALLS.clear()
@@ -878,13 +880,13 @@ def _failing_backend(at_call: int):
 def test_a_torch_compile_failure_trains_on_without_cuda_graphs_or_eager_to_the_same_lora(
     mode, fails_at, compiled_as, error, tiny_sd, images, tmp_path, monkeypatch
 ):
-    from dermsynth.diffusion import train
+    from dermsynth.diffusion.finetune import compiled_step
 
-    monkeypatch.setattr(train, "_compiles_on", lambda device: True)
-    monkeypatch.setattr(train, "compile_unavailable", lambda dev: None)
+    monkeypatch.setattr(compiled_step, "compiles_on", lambda device: True)
+    monkeypatch.setattr(compiled_step, "compile_unavailable", lambda dev: None)
     # each compilation of the job gets the next backend; once they run out, dynamo's own (no failure)
     backends = iter([_failing_backend(n) for n in fails_at])
-    monkeypatch.setattr(train, "_compile_backend", lambda: next(backends, "eager"))
+    monkeypatch.setattr(compiled_step, "compile_backend", lambda: next(backends, "eager"))
     torch._dynamo.reset()
     kw = {"compile_mode": mode, "max_train_steps": 4}
     if error is None:
@@ -911,11 +913,11 @@ def test_cuda_graphs_are_freed_for_a_validation_and_recorded_again_after_it(
 ):
     from torch._dynamo.utils import counters
 
-    from dermsynth.diffusion import train
+    from dermsynth.diffusion.finetune import compiled_step
 
-    monkeypatch.setattr(train, "_compiles_on", lambda device: True)
-    monkeypatch.setattr(train, "compile_unavailable", lambda dev: None)
-    monkeypatch.setattr(train, "_compile_backend", lambda: "eager")
+    monkeypatch.setattr(compiled_step, "compiles_on", lambda device: True)
+    monkeypatch.setattr(compiled_step, "compile_unavailable", lambda dev: None)
+    monkeypatch.setattr(compiled_step, "compile_backend", lambda: "eager")
     torch._dynamo.reset()
     counters.clear()
     # 6 images at batch 2: a validation after step 3, mid-run, and one at the end
@@ -938,14 +940,14 @@ def test_upsampling_without_scatter_keeps_values_and_layout_and_compiles_to_the_
     from diffusers.models.resnet import ResnetBlock2D
     from diffusers.models.upsampling import Upsample2D
 
-    from dermsynth.diffusion import train
+    from dermsynth.diffusion.finetune import compiled_step
 
     torch.manual_seed(0)
     ups = Upsample2D(8, use_conv=True)
     ref = Upsample2D(8, use_conv=True)
     ref.load_state_dict(ups.state_dict())
     holder = torch.nn.ModuleList([ups, torch.nn.Conv2d(8, 8, 1)])
-    assert train._upsampling_without_scatter(holder) == 1
+    assert compiled_step.upsampling_without_scatter(holder) == 1
     for layout in (torch.contiguous_format, torch.channels_last):
         x = torch.randn(2, 8, 5, 3).contiguous(memory_format=layout)
         up = F.interpolate(x, scale_factor=2.0, mode="nearest")
@@ -962,7 +964,7 @@ def test_upsampling_without_scatter_keeps_values_and_layout_and_compiles_to_the_
     # torch 2.13's Inductor (CPU) returned a zero input gradient with interpolate's scatter backward
     res = ResnetBlock2D(in_channels=64, out_channels=32, temb_channels=16, groups=16).requires_grad_(False)
     up2 = Upsample2D(32, use_conv=True).requires_grad_(False)
-    train._upsampling_without_scatter(up2)
+    compiled_step.upsampling_without_scatter(up2)
     x0, skip, temb = torch.randn(2, 32, 4, 4), torch.randn(2, 32, 4, 4), torch.randn(2, 16)
 
     def block(x):
@@ -974,4 +976,4 @@ def test_upsampling_without_scatter_keeps_values_and_layout_and_compiles_to_the_
         fn(x).square().sum().backward()
         grads.append(x.grad)
     assert grads[0].norm() > 0
-    assert train._grad_rel_error([grads[0]], [grads[1]]) < 1e-4
+    assert compiled_step.grad_rel_error([grads[0]], [grads[1]]) < 1e-4

@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from dermsynth.diffusion import train
+from dermsynth.diffusion.finetune import checkpoints, settings, train_lora
 from dermsynth.diffusion.pipeline import load_pipeline
 
 LORA = "pytorch_lora_weights.safetensors"
@@ -35,7 +35,7 @@ def tiny_sd(tmp_path_factory):
 def strong(tiny_sd, tmp_path_factory, request):
     """(output dir, the UNet as training left it in memory) of a rank 4 / alpha 16 LoRA."""
     kept = {}
-    save = train._save_lora
+    save = checkpoints.save_lora
 
     def spy(unet, *args, **kw):
         kept["unet"] = copy.deepcopy(unet)
@@ -43,10 +43,10 @@ def strong(tiny_sd, tmp_path_factory, request):
 
     mp = pytest.MonkeyPatch()
     request.addfinalizer(mp.undo)
-    mp.setattr(train, "_save_lora", spy)
+    mp.setattr(checkpoints, "save_lora", spy)
     root = tmp_path_factory.mktemp("strong")
-    cfg = {**fx.FINETUNE, "alpha": 16, "max_train_steps": 6, "num_validation_images": 0}
-    train.train_lora(
+    cfg = {**fx.FINETUNE, "alpha": 16, "max_train_steps": 6}
+    train_lora(
         str(tiny_sd), fx.lesion_images(tmp_path_factory), root / "run", cfg, root / "run.ckpt", device="cpu"
     )
     mp.undo()
@@ -130,5 +130,5 @@ def test_export_must_keep_the_diffusers_file():
     from dermsynth.errors import ConfigError
 
     with pytest.raises(ConfigError, match="finetune.export"):
-        train.settings({"export": ["kohya"]})
-    assert train.settings({"export": ["diffusers"]})["export"] == ["diffusers"]
+        settings.resolve({"export": ["kohya"]})
+    assert settings.resolve({"export": ["diffusers"]})["export"] == ["diffusers"]

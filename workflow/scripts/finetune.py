@@ -6,7 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importable in any env (conda too)
 
 from dermsynth import logs
-from dermsynth.diffusion.train import run_finetune
+from dermsynth.diffusion.finetune import run_finetune
 
 logs.setup(snakemake.log[0])
 with logs.stage("finetune"):
