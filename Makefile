@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 DEMO_CONFIG := config/demo.yaml
 
-.PHONY: install demo report test test-fast test-slurm lint format dryrun clean
+.PHONY: install demo report test test-fast test-slurm test-browser lint format dryrun clean
 
 install: $(STAMP)
 
@@ -45,6 +45,16 @@ test-fast: install
 # cluster on loopback, the demo DAG through profiles/slurm, checked with sacct against a local run.
 test-slurm: install
 	$(OFFLINE) PY=$(PY) tests/slurm/run.sh
+
+# Not part of `make test` (root for apt): the demo's report.html opened in headless Chromium, checked
+# for console errors, every summary.md section, Table IV's numbers and decodable figures
+# (tests/browser/check_report.py); screenshots go to results/report/.
+test-browser: install
+	command -v chromium >/dev/null && test -x /usr/bin/chromedriver || \
+	  { apt-get update -q && apt-get install -y -q --no-install-recommends chromium chromium-driver; }
+	$(PY) -c 'import selenium' 2>/dev/null || $(PY) -m pip install -q selenium
+	test -f results/report/report.html || $(MAKE) demo
+	$(PY) tests/browser/check_report.py results/report
 
 dryrun: install
 	$(VENV)/bin/snakemake -n --quiet rules
