@@ -168,6 +168,11 @@ def lora_outputs(run="{run}"):
     return list(dict.fromkeys(lora_file_of(run, label) for label in CLASSES))
 
 
+def card_outputs(run="{run}"):
+    """The model card (README.md) beside each of the run's LoRA files."""
+    return [str(Path(f).parent / "README.md") for f in lora_outputs(run)]
+
+
 def kohya_outputs(run="{run}"):
     """The kohya/web-UI copies of the run's LoRA(s) (finetune.export), each beside its diffusers file."""
     if "kohya" not in config["finetune"]["export"]:

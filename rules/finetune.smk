@@ -6,6 +6,7 @@ rule finetune:
     output:
         lora=lora_outputs(),
         kohya=kohya_outputs(),
+        cards=card_outputs(),
         loss=report(
             "results/lora/{run}/loss.png",
             caption="../workflow/report/loss.rst",
@@ -47,3 +48,4 @@ rule finetune_all:
     input:
         lora_outputs(RUN),
         kohya_outputs(RUN),
+        card_outputs(RUN),

@@ -132,3 +132,29 @@ def test_export_must_keep_the_diffusers_file():
     with pytest.raises(ConfigError, match="finetune.export"):
         settings.resolve({"export": ["kohya"]})
     assert settings.resolve({"export": ["diffusers"]})["export"] == ["diffusers"]
+
+
+def test_model_card_describes_the_run_it_sits_beside(tmp_path_factory):
+    import yaml
+
+    from dermsynth import io
+    from dermsynth.config import section
+
+    out, summary = fx.trained_lora(tmp_path_factory)
+    text = (out / "README.md").read_text()
+    _, front, body = text.split("---\n", 2)
+    meta = yaml.safe_load(front)
+    assert meta["base_model"] == summary["pretrained"] and meta["library_name"] == "diffusers"
+    assert meta["license"] == section("finetune")["card_license"]
+    assert {"lora", "dreambooth", "dermoscopy"} <= set(meta["tags"])
+    labels = summary["labels"]
+    assert meta["instance_prompt"] == [fx.FINETUNE["instance_prompt"].format(label=lb) for lb in labels]
+    # the sha256 it gives is the weights' own, and every figure it shows is in the folder
+    assert f"`{io.sha256_file(out / LORA)}`" in body
+    for fig in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", body):
+        assert (out / fig).is_file(), fig
+    images = fx.lesion_images(tmp_path_factory)
+    for label, n in images.groupby("label").size().items():
+        assert f"| {label} | {n} |" in body
+    assert f"| optimizer steps | {summary['steps']} |" in body
+    assert "Not for diagnosis" in body

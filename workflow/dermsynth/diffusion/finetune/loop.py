@@ -28,7 +28,7 @@ import pandas as pd
 from ... import io
 from ...errors import TrainingError
 from ..pipeline import KOHYA_SUFFIX, LORA_WEIGHT_NAME, resolve_device
-from . import checkpoints, model, settings
+from . import card, checkpoints, model, settings
 from .compiled_step import CompiledStep
 from .data import Batches, LatentCache, Stream
 from .objective import Objective
@@ -223,6 +223,7 @@ def train_one(
         "lora_sha256": io.sha256_file(lora_path),
     }
     io.write_json(out / "train_summary.json", summary)
+    card.write(s, summary, images, out, name)
     if writer is not None:
         writer.close()
     shutil.rmtree(ckpt_dir, ignore_errors=True)

@@ -25,6 +25,7 @@ RESUME_NEUTRAL = (
     "validation_sampler",
     "tensorboard",
     "export",
+    "card_license",
 )
 
 
