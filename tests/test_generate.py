@@ -638,7 +638,7 @@ def test_top_up_resumes_and_follows_changed_checks(topped_up, tiny_sd, pipe, tmp
 
 
 def test_round_bound_stops_and_reports_the_shortfall(tiny_sd, pipe, tmp_path, caplog):
-    from dermsynth.quality import kept_vs_target
+    from dermsynth.filter import kept_vs_target
 
     cfg = {**fx.GENERATE, "samplers": {"plms": {"steps": 2}}, "max_rounds": 2}
     with caplog.at_level("WARNING", logger="dermsynth"):
@@ -665,7 +665,7 @@ def test_round_bound_stops_and_reports_the_shortfall(tiny_sd, pipe, tmp_path, ca
 def test_filter_stage_gives_the_shard_verdicts(tiny_sd, pipe, tmp_path):
     """The shard's checks are the filter's: a strict threshold rejects some, and the filter agrees."""
     from dermsynth.artifacts import gray_of
-    from dermsynth.quality import filter_synthetic
+    from dermsynth.filter import filter_synthetic
 
     off = {"activate": False}
     cfg = {**fx.GENERATE, "samplers": {"euler_a": {"steps": 3}}, "max_rounds": 4}

@@ -1,7 +1,7 @@
 """Per-image artifact checks: one verdict per generated image, shared by generation and the filter.
 
 Generation applies ``image_verdict`` to top up a shard with new seeds; the filter stage
-(``dermsynth.quality``) applies the same callable and adds the set-level checks (duplicates,
+(``dermsynth.filter``) applies the same callable and adds the set-level checks (duplicates,
 memorization), which need every image at once. Each check measures one score per image and compares
 it with a threshold from the config's ``filter`` section; the reason codes are listed in ``REASONS``
 (the set-level ones too, so the priority order lives in one place):

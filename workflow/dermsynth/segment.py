@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from . import io, metrics
 from .config import TINY_PREFIX
 from .errors import ConfigError, ImageError, ModelNotFoundError
+from .imaging import contact_sheet
 
 log = logging.getLogger("dermsynth.segment")
 
@@ -517,13 +518,8 @@ def _overlay(rgb: np.ndarray, mask: np.ndarray, colour=(0, 255, 0)) -> np.ndarra
     return out
 
 
-def overlay_grid(table: pd.DataFrame, out_png, n_examples: int = 6, seed: int = 0) -> int:
+def overlay_grid(table: pd.DataFrame, out_png, n_examples: int = 6, seed: int = 0, thumb: int = 128) -> int:
     """Rows: real then each sampler, per class and method; columns: examples with the mask outline."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     groups = []
     for (label, method), g in table.groupby(["label", "method"], sort=True):
         real = g[g["set"].str.startswith("real")]
@@ -531,35 +527,21 @@ def overlay_grid(table: pd.DataFrame, out_png, n_examples: int = 6, seed: int = 
             (s, gg) for s, gg in g[~g["set"].str.startswith("real")].groupby("sampler")
         ]
         groups += [(label, method, name, part) for name, part in parts if len(part)]
-    if not groups:
-        return 0
     rng = np.random.default_rng(seed)
-    fig, axes = plt.subplots(
-        len(groups), n_examples, figsize=(1.4 * n_examples, 1.5 * len(groups)), squeeze=False
-    )
-    shown = 0
-    for r, (label, method, name, part) in enumerate(groups):
+    cells, row_labels, shown = [], [], 0
+    for label, method, name, part in groups:
         pick = part.iloc[np.sort(rng.choice(len(part), min(n_examples, len(part)), replace=False))]
-        for cidx in range(n_examples):
-            ax = axes[r, cidx]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if cidx < len(pick):
-                row = pick.iloc[cidx]
-                try:
-                    rgb = _load(row["path"])
-                    mask = np.asarray(io.load_rgb(row["mask_path"]))[..., 0] > 127
-                    ax.imshow(_overlay(rgb, mask))
-                    shown += 1
-                except ImageError:
-                    ax.text(0.5, 0.5, "unreadable", ha="center", va="center", fontsize=6)
-            else:
-                ax.axis("off")
-        axes[r, 0].set_ylabel(f"{label}\n{name}\n{method}", fontsize=7)
-    fig.tight_layout()
-    with io.atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+        for row in pick.itertuples():
+            try:
+                rgb = _load(row.path)
+                mask = np.asarray(io.load_rgb(row.mask_path))[..., 0] > 127
+                cells.append(_overlay(rgb, mask))
+                shown += 1
+            except ImageError:
+                cells.append(str(row.path))  # the sheet shows it as unreadable
+        cells += [None] * (n_examples - len(pick))
+        row_labels.append(f"{label}\n{name}\n{method}")
+    contact_sheet(cells, out_png, ncols=n_examples, thumb=thumb, row_labels=row_labels)
     return shown
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importable in any env (conda too)
 
 from dermsynth import logs
-from dermsynth.fidelity import write_quality_section
+from dermsynth.quality import write_quality_section
 
 logs.setup(snakemake.log[0])
 with logs.stage("quality_section"):

@@ -28,6 +28,7 @@ import pandas as pd
 
 from .. import io
 from ..errors import ConfigError, ImageError
+from ..imaging import contact_sheet
 from .pipeline import display_name, load_pipeline, lora_file, set_sampler, speed_up
 
 log = logging.getLogger("dermsynth")
@@ -650,35 +651,6 @@ def _parse_modifiers(text: str) -> dict:
     return dict(part.split("=", 1) for part in text.split(";") if "=" in part)
 
 
-def _sheet(
-    rows: list[tuple[str, list[str]]], out_png, thumb: int = 96, label_w: int = 150, title: str = ""
-) -> Path:
-    """A grid: one row per (caption, image paths), captions on the left, blank cells where short."""
-    from PIL import Image, ImageDraw
-
-    ncols = max([len(p) for _, p in rows] + [1])
-    pad, title_h = 2, 18 if title else 0
-    sheet = Image.new(
-        "RGB",
-        (label_w + ncols * (thumb + pad) + pad, title_h + max(1, len(rows)) * (thumb + pad) + pad),
-        (255, 255, 255),
-    )
-    draw = ImageDraw.Draw(sheet)
-    if title:
-        draw.text((4, 3), title, fill=(0, 0, 0))
-    for r, (caption, paths) in enumerate(rows):
-        y = title_h + pad + r * (thumb + pad)
-        for line, text in enumerate(caption.split("\n")):
-            draw.text((4, y + thumb // 2 - 12 + 12 * line), text[: label_w // 6], fill=(0, 0, 0))
-        for c, p in enumerate(paths):
-            im = io.load_rgb(p)
-            # enlarge small demo images and shrink 512 px ones to the same cell
-            im = im.resize((thumb, thumb), Image.Resampling.LANCZOS)
-            sheet.paste(im, (label_w + pad + c * (thumb + pad), y))
-    io.save_png(out_png, sheet)
-    return Path(out_png)
-
-
 def generation_report(
     manifests, out_md, figures: dict, split_csv=None, per_row: int = 6, thumb: int = 96
 ) -> pd.DataFrame:
@@ -733,7 +705,15 @@ def generation_report(
                 for option in dict.fromkeys(option_of):
                     paths = g["path"][option_of == option].head(per_row).tolist()
                     rows.append((f"{sampler}\n{group}={option}", paths))
-        _sheet(rows, png, thumb=thumb, title=f"{label}: sampler x modifier")
+        ncols = max([len(p) for _, p in rows] + [1])
+        contact_sheet(
+            [c for _, p in rows for c in p + [None] * (ncols - len(p))],  # blank cells where a row is short
+            png,
+            ncols=ncols,
+            thumb=thumb,
+            title=f"{label}: sampler x modifier",
+            row_labels=[caption for caption, _ in rows],
+        )
         lines += [
             f"![{label} contact sheet](sections/{Path(png).name})",
             "",
