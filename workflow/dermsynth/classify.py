@@ -32,6 +32,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import io, metrics
+from .device import resolve_device
 from .errors import ConfigError, DataSourceError, TrainingError
 from .hub import load_pretrained
 
@@ -62,15 +63,6 @@ _AMP = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device '{device}' requested but CUDA is not available: use device=auto or cpu")
-    return dev
 
 
 def _train_cfg(cfg: dict) -> dict:
@@ -299,7 +291,7 @@ def train(
     c = _train_cfg(cfg)
     out_dir = Path(out_dir)
     torch.set_num_threads(max(1, int(threads)))
-    dev = resolve_device(device)
+    dev = torch.device(resolve_device(device))
     amp = c["mixed_precision"] if dev.type == "cuda" else "no"
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -566,7 +558,7 @@ def predict(
     """
     pos = _positive_index(classes)
     torch.set_num_threads(max(1, int(threads)))
-    dev = resolve_device(device)
+    dev = torch.device(resolve_device(device))
     amp = mixed_precision if dev.type == "cuda" else "no"
     model, mean, std, size = _load_for_inference(model_dir, classes)
     model.to(dev).eval()

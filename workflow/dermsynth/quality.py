@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import hub, io, preflight
+from .device import resolve_device
 from .errors import ConfigError, ModelNotFoundError, one_line
 
 log = logging.getLogger("dermsynth.quality")
@@ -151,8 +152,6 @@ class Extractor:
 def load_extractor(
     kind: str, cfg: dict | None = None, model_dir=None, classes=None, device: str = "auto"
 ) -> Extractor:
-    from .classify import resolve_device
-
     c = quality_cfg({**(cfg or {}), "features": kind})
     dev = resolve_device(device)
     if kind == "tiny":

@@ -228,7 +228,7 @@ class SamSegmenter:
         import torch
         from transformers import SamModel, SamProcessor
 
-        from .classify import resolve_device
+        from .device import resolve_device
         from .hub import load_pretrained
 
         if prompt not in PROMPTS:
