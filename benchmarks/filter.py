@@ -23,7 +23,8 @@ made from the lesion they belong to, so no image is in both). Thresholds are der
 part (each threshold halfway between the 99.5 % quantile of the clean scores and the 2 % quantile
 of its artifact kind's scores; the memorization threshold halfway in log(1 - similarity)), printed,
 and the filter is then run end to end (``dermsynth.filter.filter_synthetic``) on the held-out part
-twice: with the config defaults (``FILTER_DEFAULTS``, what ships) and with the thresholds just tuned.
+twice: with the config defaults (the schema's ``filter`` section, what ships) and with the thresholds
+just tuned.
 
 Real dermoscopy (the figures the shipped thresholds are calibrated on): the ISIC and HAM10000 images
 of shared/data through the workflow's resize and DullRazor, at 512 and 128 px (``--quick`` or

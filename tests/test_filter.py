@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dermsynth import artifacts, audit, filter, io
-from dermsynth.config import load_schema
+from dermsynth import audit, filter, io
+from dermsynth.config import section
 from dermsynth.data import demo
 from dermsynth.errors import ConfigError
 from dermsynth.filter import filter_synthetic
@@ -279,8 +279,9 @@ def test_each_reason_caught_and_clean_kept(measured):
     # demo-like clean lesions (with and without hairs, both domains) all survive
     assert sorted(Path(p).stem for p in measured["kept"]["path"]) == [f"clean_{i}" for i in range(10)]
     rej = measured["rej"].set_index(measured["rej"]["path"].map(lambda p: Path(p).stem))
-    assert rej.loc["noise", "score"] > artifacts.FILTER_DEFAULTS["noise"]["max_sigma"]
-    assert rej.loc["mem_rot90", "score"] >= artifacts.FILTER_DEFAULTS["memorization"]["min_similarity"]
+    defaults = section("filter")
+    assert rej.loc["noise", "score"] > defaults["noise"]["max_sigma"]
+    assert rej.loc["mem_rot90", "score"] >= defaults["memorization"]["min_similarity"]
     assert "t2.png" in rej.loc["mem_rot90", "detail"] and "rot" in rej.loc["mem_rot90", "detail"]
     assert "clean_2.png" in rej.loc["duplicate", "detail"]
 
@@ -292,7 +293,7 @@ def test_nearest_csv(measured):
     nn = nn.set_index(nn["path"].map(lambda p: Path(p).stem))
     assert Path(nn.loc["mem_flip", "nearest"]).name == "t1.png" and nn.loc["mem_flip", "transform"] == "flip"
     assert nn.loc["mem_flip", "phash_distance"] <= 2
-    thr = artifacts.FILTER_DEFAULTS["memorization"]["min_similarity"]
+    thr = section("filter")["memorization"]["min_similarity"]
     clean = nn.loc[[f"clean_{i}" for i in range(10)]]
     assert (clean["similarity"] < thr).all() and not clean["memorized"].any()
 
@@ -370,14 +371,3 @@ def test_filter_stage_writes_report_fragment(measured, tmp_path):
     pairs = Image.open(sec / "filter_demo_pairs.png")
     assert pairs.width > 4 * 96  # two pairs side by side per row
     assert all(Path(s).stat().st_size > 0 for s in sheets)
-
-
-def test_schema_defaults_are_the_tuned_defaults():
-    """config/schema.yaml documents the same defaults the library falls back on (FILTER_DEFAULTS)."""
-    schema = load_schema(Path(__file__).resolve().parents[1] / "config" / "schema.yaml")
-    props = schema["properties"]["filter"]["properties"]
-    for key, value in artifacts.FILTER_DEFAULTS.items():
-        if isinstance(value, dict):
-            assert {k: props[key]["properties"][k]["default"] for k in value} == value, key
-        else:
-            assert props[key]["default"] == value, key

@@ -29,13 +29,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import hub, io, preflight
+from . import config, hub, io, preflight
 from .device import resolve_device
 from .errors import ConfigError, ModelNotFoundError, one_line
 
 log = logging.getLogger("dermsynth.quality")
 
-FEATURES = ("inception", "domain", "tiny")
 INCEPTION_FILE, INCEPTION_URL = preflight.INCEPTION_FILE, preflight.INCEPTION_URL
 METRICS = (
     "fid",
@@ -49,32 +48,6 @@ METRICS = (
     "ms_ssim_real",
     "near_duplicates",
 )
-
-QUALITY_DEFAULTS = {
-    "features": "inception",
-    "domain_model": None,  # classifier name; None = the first of classify.models
-    "inception_weights": None,  # file path; None = torch hub's checkpoint folder
-    "image_size": 64,  # side for the tiny encoder and the MS-SSIM diversity
-    "min_images": 10,
-    "nearest_k": 5,
-    "kid_subsets": 50,
-    "kid_subset_size": 1000,
-    "max_pairs": 500,
-    "near_duplicate_ms_ssim": 0.95,
-    "max_images": None,
-    "gap_datasets": ["isic", "ham10000"],
-    "batch_size": 64,
-    "seed": 0,
-}
-
-
-def quality_cfg(cfg: dict | None) -> dict:
-    out = dict(QUALITY_DEFAULTS)
-    out.update({k: v for k, v in (cfg or {}).items() if v is not None or k in ("domain_model",)})
-    if out["features"] not in FEATURES:
-        raise ConfigError(f"quality.features = {out['features']!r}: use {', '.join(FEATURES)}")
-    return out
-
 
 # ---------------------------------------------------------------- feature extractors
 
@@ -152,7 +125,8 @@ class Extractor:
 def load_extractor(
     kind: str, cfg: dict | None = None, model_dir=None, classes=None, device: str = "auto"
 ) -> Extractor:
-    c = quality_cfg({**(cfg or {}), "features": kind})
+    """The ``kind`` extractor (``quality.features``); ``cfg``: the rest of the quality section."""
+    c = config.section("quality", {**(cfg or {}), "features": kind})
     dev = resolve_device(device)
     if kind == "tiny":
         enc = TinyEncoder(seed=c["seed"], size=c["image_size"]).to(dev)
@@ -166,9 +140,7 @@ def load_extractor(
             name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(weights)
         ).to(dev)
         return Extractor(kind, 299, net, "InceptionV3 pool3 (torch-fidelity weights)", dev)
-    if kind == "domain":
-        return _domain_extractor(model_dir, classes, dev)
-    raise ConfigError(f"quality.features = {kind!r}: use {', '.join(FEATURES)}")
+    return _domain_extractor(model_dir, classes, dev)  # the schema allows no other kind
 
 
 def _domain_extractor(model_dir, classes, dev) -> Extractor:
@@ -337,7 +309,7 @@ def compare(
     cfg: dict | None = None,
 ) -> dict:
     """Every metric of one real-vs-synthetic comparison; ``n/a`` with the reason for too few images."""
-    c = quality_cfg(cfg)
+    c = config.section("quality", cfg)
     n_r, n_f = len(real_feats), len(fake_feats)
     need = max(int(c["min_images"]), int(c["nearest_k"]) + 2, 2)
     base = {"n_real": int(n_r), "n_synthetic": int(n_f)}
@@ -394,7 +366,7 @@ class _Featurizer:
     """Features and diversity-size pixels of image lists, one extractor per job."""
 
     def __init__(self, cfg: dict, model_dir=None, classes=None, device="auto", threads=1):
-        self.c = quality_cfg(cfg)
+        self.c = config.section("quality", cfg)
         self.threads = threads
         self.ex = load_extractor(self.c["features"], self.c, model_dir, classes, device)
 
@@ -419,7 +391,7 @@ def quality_job(
 ) -> dict:
     """One class x sampler: the kept synthetic images against the real training images of the class."""
     torch.set_num_threads(max(1, int(threads)))
-    c = quality_cfg(cfg)
+    c = config.section("quality", cfg)
     real = _subsample(_paths(_read_manifests(real_manifests), label), c["max_images"], c["seed"])
     synth_df = io.read_csv(synthetic_manifest)
     fake = _subsample(_paths(synth_df, label, sampler), c["max_images"], c["seed"])
@@ -457,7 +429,7 @@ def reference_job(
     """The scale for every synthetic row, per class: two halves of the real training set (the floor)
     and the two real datasets against each other (the domain gap)."""
     torch.set_num_threads(max(1, int(threads)))
-    c = quality_cfg(cfg)
+    c = config.section("quality", cfg)
     feat = _Featurizer(c, model_dir, classes, device, threads)
     train = _read_manifests(train_manifests)
     rows = []
@@ -577,7 +549,7 @@ def table_markdown(df: pd.DataFrame) -> str:
 
 def write_quality_section(reference_json, job_jsons, out_csv, out_md, cfg: dict) -> pd.DataFrame:
     """The table as CSV and the report fragment "Synthetic data quality"."""
-    c = quality_cfg(cfg)
+    c = config.section("quality", cfg)
     df = quality_table(reference_json, job_jsons)
     io.write_csv(out_csv, df)
     extractor = (

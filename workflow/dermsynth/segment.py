@@ -29,7 +29,7 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import io, metrics
+from . import config, io, metrics
 from .config import TINY_PREFIX
 from .errors import ConfigError, ImageError, ModelNotFoundError
 from .imaging import contact_sheet
@@ -48,34 +48,8 @@ SHAPE_LABELS = {
 }
 MASK_COLUMNS = ["path", "label", "set", "sampler", "method", "mask_path", "status", "reason", *SHAPE_STATS]
 
-SEGMENT_DEFAULTS = {
-    "methods": ["classical"],
-    "sam_model": "facebook/sam-vit-base",
-    "prompt": "center_point",
-    "batch_size": 8,
-    "blur_sigma": 1.5,
-    "closing_radius": 3,
-    "min_area_fraction": 0.005,
-    "dilate_radius": 2,
-    "hair_radius": 2,
-    "background_order": 2,
-    "grow": 0.35,
-    "smooth_sigma": 4.0,
-    "convex_hull": False,
-}
 FRAME_DARK = 0.25  # grey level (0-1) below which border-connected pixels are the dermoscope's frame
 WORK_SIDE = 300  # classical masks are computed with the short side at most this long, then upsampled
-
-
-def segment_cfg(cfg: dict | None) -> dict:
-    out = dict(SEGMENT_DEFAULTS)
-    out.update({k: v for k, v in (cfg or {}).items() if v is not None})
-    bad = [m for m in out["methods"] if m not in METHODS]
-    if bad:
-        raise ConfigError(f"segment.methods has {bad}: use {', '.join(METHODS)}")
-    if out["prompt"] not in PROMPTS:
-        raise ConfigError(f"segment.prompt = {out['prompt']!r}: use {' or '.join(PROMPTS)}")
-    return out
 
 
 # ---------------------------------------------------------------- classical
@@ -137,7 +111,7 @@ def classical_mask(rgb: np.ndarray, cfg: dict | None = None) -> np.ndarray:
     from scipy import ndimage as ndi
     from skimage import filters, measure, morphology
 
-    c = {**SEGMENT_DEFAULTS, **(cfg or {})}
+    c = config.section("segment", cfg)
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ImageError(f"expected an RGB image (H, W, 3), got shape {rgb.shape}")
@@ -382,7 +356,7 @@ def segment_set(
 
     An image that cannot be read or segmented gets an empty mask and a row in ``rejected_csv``.
     """
-    c = segment_cfg(cfg)
+    c = config.section("segment", cfg)
     if method not in METHODS:
         raise ConfigError(f"segment method {method!r}: use {', '.join(METHODS)}")
     if method == "sam":  # the classical baseline never imports torch: its jobs start in a second
@@ -600,7 +574,7 @@ def write_segment_section(
     n_examples: int = 6,
 ) -> pd.DataFrame:
     """The report fragment: mask overlays per class x sampler, shape histograms, distances table."""
-    c = segment_cfg(cfg)
+    c = config.section("segment", cfg)
     frames = [io.read_csv(p) for p in mask_tables]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=MASK_COLUMNS)
     dist = shape_distances(table)
