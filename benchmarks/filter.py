@@ -65,7 +65,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow"))
 
-from dermsynth import artifacts, audit, filter, hair, imaging, io  # noqa: E402
+from dermsynth import artifacts, audit, filter, hair, imaging, io, splits  # noqa: E402
 from dermsynth.data import demo  # noqa: E402
 
 CLASSES = ["benign", "malignant"]
@@ -555,7 +555,7 @@ def audit_speed(root: Path, threads: int, n_syn: int = 6000, n_train: int = 2800
         io.save_png(p, a)
         paths.append(p)
     t, c = time.perf_counter(), time.process_time()
-    audit.thumbnails(paths, threads)
+    splits.thumbnails(paths, threads)
     t_read = (time.perf_counter() - t) / len(paths) * (n_syn + n_train)
     c_read = (time.process_time() - c) / len(paths) * (n_syn + n_train)
     pairs = n_syn * n_train

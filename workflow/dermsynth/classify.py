@@ -98,7 +98,8 @@ def _processor_stats(pretrained: str) -> tuple[list[float], list[float], object 
         return [0.5] * 3, [0.5] * 3, None
 
 
-def _normalizer(mean, std, device):
+def normalizer(mean, std, device):
+    """x in [0, 1] (B, 3, H, W) -> (x - mean) / std per channel, as the checkpoint was trained."""
     m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     return lambda x: (x - m) / s
@@ -445,7 +446,7 @@ def train(
     size = int(c["image_size"])
     model, mean, std, processor = _load_classifier(arch, pretrained, classes, size, seed)
     model.to(dev)
-    norm = _normalizer(mean, std, dev)
+    norm = normalizer(mean, std, dev)
     x_tr, x_va = _load_splits(train_df, val_df, size, threads)
     cw = _class_weights(y_tr, len(classes))
     loss_w = torch.tensor(cw, dtype=torch.float32, device=dev) if c["class_balance"] == "loss" else None
@@ -537,7 +538,9 @@ def _model_dir(model_dir) -> Path:
     return p
 
 
-def _load_for_inference(model_dir, classes: list[str]):
+def load_trained(model_dir, classes: list[str]):
+    """A trained classifier (its folder or the training output above it) for ``classes``: (model, mean,
+    std, image size), the normalisation and size it was trained with."""
     from transformers import AutoModelForImageClassification
 
     d = _model_dir(model_dir)
@@ -575,9 +578,9 @@ def predict(
     torch.set_num_threads(max(1, int(threads)))
     dev = torch.device(resolve_device(device))
     amp = mixed_precision if dev.type == "cuda" else "no"
-    model, mean, std, size = _load_for_inference(model_dir, classes)
+    model, mean, std, size = load_trained(model_dir, classes)
     model.to(dev).eval()
-    norm = _normalizer(mean, std, dev)
+    norm = normalizer(mean, std, dev)
     paths = df["path"].astype(str).tolist()
     out = np.zeros(len(paths), dtype=np.float64)
     with torch.inference_mode():
@@ -701,7 +704,7 @@ def train_from_manifests(
 ) -> dict:
     """The train_classifier stage: a regime's training list and the real validation splits."""
     train_df = io.read_csv(train_manifest)
-    val_df = pd.concat([io.read_csv(p) for p in val_manifests], ignore_index=True)
+    val_df = io.read_manifests(val_manifests)
     return train(
         arch, pretrained, train_df, val_df, out_dir, cfg, seed, classes, threads=threads, device=device
     )

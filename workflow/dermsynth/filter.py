@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,22 +28,11 @@ from . import audit, io
 from .artifacts import REASONS, check_image, image_verdict, thresholds
 from .errors import ConfigError, DermsynthError
 from .imaging import contact_sheet
-from .splits import find_duplicates
+from .splits import find_duplicates, phashes, thumbnails
 
 log = logging.getLogger("dermsynth.filter")
 
 REJECTED_COLUMNS = ["path", "label", "sampler", "reason", "score", "detail"]
-
-
-def _read_manifests(manifests: Sequence[str | os.PathLike]) -> pd.DataFrame:
-    if not manifests:
-        raise ConfigError("filter_synthetic needs at least one generation manifest")
-    frames = [io.read_csv(m) for m in manifests]
-    df = pd.concat(frames, ignore_index=True, sort=False)
-    missing = [c for c in ("path", "label") if c not in df.columns]
-    if missing:
-        raise ConfigError(f"generation manifests lack column(s) {missing}: regenerate them")
-    return df
 
 
 def _text(v) -> str:
@@ -66,7 +54,7 @@ def _near_duplicates(
     # exact pixel copies are always duplicates; near copies only when the check is on
     threshold = int(d["phash_threshold"]) if d["activate"] else -1
     pairs = find_duplicates(
-        frame, thumbs, audit.hashes(thumbs), threshold=threshold, min_corr=float(d["min_corr"])
+        frame, thumbs, phashes(thumbs), threshold=threshold, min_corr=float(d["min_corr"])
     )
     out: dict[int, tuple[int, str, int]] = {}
     for i, j, kind, ham in pairs:
@@ -91,7 +79,9 @@ def filter_synthetic(
     """
     thr = thresholds(cfg)
     verdict = image_verdict(cfg)
-    df = _read_manifests(manifests)
+    if not manifests:
+        raise ConfigError("filter_synthetic needs at least one generation manifest")
+    df = io.read_manifests(manifests)
     shas = df["sha256"].map(_text) if "sha256" in df.columns else pd.Series([""] * len(df))
     paths = df["path"].map(str).tolist()
     with ThreadPoolExecutor(max_workers=max(1, int(threads))) as pool:
@@ -103,7 +93,7 @@ def filter_synthetic(
                 disable=None,
             )
         )
-    thumbs, readable = audit.thumbnails(paths, threads, "filter: thumbnails")
+    thumbs, readable = thumbnails(paths, threads, "filter: thumbnails")
 
     mem = thr["memorization"]
     nearest = pd.DataFrame(columns=audit.NEAREST_COLUMNS)
@@ -355,7 +345,7 @@ def filter_stage(
         raise ConfigError(f"{len(sheets)} contact sheet paths for {len(REASONS)} reasons")
     kept, rej = filter_synthetic(manifests, kept_path, rejected_path, cfg, threads, finetune, nearest_path)
     nearest = io.read_csv(nearest_path)
-    made = _read_manifests(manifests)
+    made = io.read_manifests(manifests)
     targets = kept_vs_target(made, kept)
     for r in targets[targets["short"] > 0].itertuples():
         log.warning("filter: %s/%s keeps %d of its target %d images", r.label, r.sampler, r.kept, r.target)

@@ -145,16 +145,16 @@ def load_extractor(
 
 def _domain_extractor(model_dir, classes, dev) -> Extractor:
     """Penultimate features of a trained classifier: the input of its classification head."""
-    from .classify import _load_for_inference, _normalizer
+    from .classify import load_trained, normalizer
 
     if model_dir is None or not Path(model_dir).exists():
         raise ModelNotFoundError(
             f"quality.features: domain needs the real-only classifier at {model_dir}: train it first "
             "(rule train_classifier) or use quality.features: tiny|inception"
         )
-    model, mean, std, size = _load_for_inference(model_dir, list(classes or []))
+    model, mean, std, size = load_trained(model_dir, list(classes or []))
     model.to(dev).eval()
-    norm = _normalizer(mean, std, dev)
+    norm = normalizer(mean, std, dev)
     head = getattr(model, "classifier", None)
     if not isinstance(head, torch.nn.Module):
         raise ConfigError(f"classifier at {model_dir} has no .classifier head to take features from")
@@ -348,11 +348,6 @@ def _subsample(paths: list[str], max_images, seed: int) -> list[str]:
     return paths
 
 
-def _read_manifests(paths) -> pd.DataFrame:
-    frames = [io.read_csv(p) for p in paths]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["path", "label"])
-
-
 def _paths(df: pd.DataFrame, label: str, sampler: str | None = None) -> list[str]:
     if df.empty:
         return []
@@ -392,7 +387,7 @@ def quality_job(
     """One class x sampler: the kept synthetic images against the real training images of the class."""
     torch.set_num_threads(max(1, int(threads)))
     c = config.section("quality", cfg)
-    real = _subsample(_paths(_read_manifests(real_manifests), label), c["max_images"], c["seed"])
+    real = _subsample(_paths(io.read_manifests(real_manifests), label), c["max_images"], c["seed"])
     synth_df = io.read_csv(synthetic_manifest)
     fake = _subsample(_paths(synth_df, label, sampler), c["max_images"], c["seed"])
     feat = _Featurizer(c, model_dir, classes, device, threads)
@@ -431,7 +426,7 @@ def reference_job(
     torch.set_num_threads(max(1, int(threads)))
     c = config.section("quality", cfg)
     feat = _Featurizer(c, model_dir, classes, device, threads)
-    train = _read_manifests(train_manifests)
+    train = io.read_manifests(train_manifests)
     rows = []
     for label in classes:
         paths = _subsample(_paths(train, label), c["max_images"], c["seed"])
@@ -453,10 +448,10 @@ def reference_job(
         gap = list(gap_datasets or [])
         if len(gap) == 2 and all(d in dataset_manifests for d in gap):
             d1 = _subsample(
-                _paths(_read_manifests([dataset_manifests[gap[0]]]), label), c["max_images"], c["seed"]
+                _paths(io.read_manifests([dataset_manifests[gap[0]]]), label), c["max_images"], c["seed"]
             )
             d2 = _subsample(
-                _paths(_read_manifests([dataset_manifests[gap[1]]]), label), c["max_images"], c["seed"]
+                _paths(io.read_manifests([dataset_manifests[gap[1]]]), label), c["max_images"], c["seed"]
             )
             f1, p1 = feat(d1, f"{label} {gap[0]}")
             f2, p2 = feat(d2, f"{label} {gap[1]}")

@@ -666,7 +666,7 @@ def generation_report(
     ``figures``: label -> PNG path (written beside the fragment and linked as ``sections/<name>``).
     Each sheet has one row per sampler x modifier option with its first ``per_row`` images.
     """
-    made = pd.concat([io.read_csv(m) for m in manifests], ignore_index=True)
+    made = io.read_manifests(manifests)
     made["modifiers"] = made["modifiers"].map(_text) if "modifiers" in made.columns else ""
     # the split and the sheets show the images that passed the per-image checks, one per slot
     df = passing(made).reset_index(drop=True)
