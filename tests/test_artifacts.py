@@ -138,7 +138,7 @@ def test_report_section_flags_uneven_check(tmp_path):
     )
     for gap, flagged in ((0.1, True), (0.3, False)):
         md_path = tmp_path / f"f{gap}.md"
-        filter.write_section(
+        filter.section_filter(
             20,
             rej,
             nearest,

@@ -15,12 +15,12 @@ from dermsynth.diffusion.sample import (
     MANIFEST_COLUMNS,
     a1111_parameters,
     generate,
-    generation_report,
     image_seed,
     merge_shards,
     modifier_plan,
     regenerate,
     run_batch,
+    section_generate,
     shards,
     split_counts,
     steps_for,
@@ -336,10 +336,10 @@ def test_shards_merge_into_the_unsharded_block(sharded):
         merge_shards(parts[:1], d / "bad.csv", block_size=5)
 
 
-def test_generation_report_has_the_split_and_a_sheet_per_class(sharded, tmp_path):
+def test_section_generate_has_the_split_and_a_sheet_per_class(sharded, tmp_path):
     d, _, merged, _ = sharded
     sheet = tmp_path / "generate_benign.png"
-    table = generation_report(
+    table = section_generate(
         [d / "manifest.csv"],
         tmp_path / "generate.md",
         {"benign": sheet},

@@ -247,7 +247,7 @@ def test_hair_section_shows_the_largest_masks(tmp_path):
     src = _demo_manifest(tmp_path)
     df = hair.remove_hair_dataset(src, tmp_path / "clean", tmp_path / "clean.csv", CFG, threads=1)
     md, png = tmp_path / "sections" / "dullrazor.md", tmp_path / "sections" / "dullrazor_largest.png"
-    text = hair.write_hair_section([src], [tmp_path / "clean.csv"], md, png, n=3, tile=64)
+    text = hair.section_dullrazor([src], [tmp_path / "clean.csv"], md, png, n=3, tile=64)
     assert md.read_text() == text and "(sections/dullrazor_largest.png)" in text
     assert f"largest {100 * df['hair_fraction'].max():.2f} %" in text
     assert f"{int((df['hair_fraction'] > 0).sum())} images have any hair masked" in text
@@ -258,7 +258,7 @@ def test_hair_section_shows_the_largest_masks(tmp_path):
     masks = [sheet[16 + r * 66 : 16 + r * 66 + 64, 218:282].mean() for r in range(3)]
     assert masks[0] >= max(masks[1:]) - 1e-9
     with pytest.raises(ConfigError, match="rows"):
-        hair.write_hair_section([src], [_short(tmp_path)], md, png)
+        hair.section_dullrazor([src], [_short(tmp_path)], md, png)
 
 
 def _short(tmp_path):

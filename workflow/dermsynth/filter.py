@@ -208,7 +208,7 @@ def _histogram(nearest: pd.DataFrame, min_similarity: float, out_png) -> None:
     plt.close(fig)
 
 
-def write_section(
+def section_filter(
     total: int,
     rej: pd.DataFrame,
     nearest: pd.DataFrame,
@@ -349,7 +349,7 @@ def filter_stage(
     targets = kept_vs_target(made, kept)
     for r in targets[targets["short"] > 0].itertuples():
         log.warning("filter: %s/%s keeps %d of its target %d images", r.label, r.sampler, r.kept, r.target)
-    write_section(
+    section_filter(
         len(kept) + len(rej),
         rej,
         nearest,

@@ -379,7 +379,7 @@ def remove_hair_dataset(manifest_in, out_dir, manifest_out, cfg: dict, threads: 
     return df
 
 
-def write_hair_section(raw: list, clean: list, out_md, out_png, n: int = 12, tile: int = 160) -> str:
+def section_dullrazor(raw: list, clean: list, out_md, out_png, n: int = 12, tile: int = 160) -> str:
     """Report fragment: the ``n`` images of the run with the largest hair masks, before / mask / after.
 
     ``raw`` and ``clean`` are the per-dataset manifests before and after :func:`remove_hair_dataset`

@@ -542,7 +542,7 @@ def table_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def write_quality_section(reference_json, job_jsons, out_csv, out_md, cfg: dict) -> pd.DataFrame:
+def section_quality(reference_json, job_jsons, out_csv, out_md, cfg: dict) -> pd.DataFrame:
     """The table as CSV and the report fragment "Synthetic data quality"."""
     c = config.section("quality", cfg)
     df = quality_table(reference_json, job_jsons)

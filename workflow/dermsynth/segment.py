@@ -563,7 +563,7 @@ def shape_histograms(table: pd.DataFrame, out_png, method: str = "classical") ->
     plt.close(fig)
 
 
-def write_segment_section(
+def section_segment(
     mask_tables: list,
     out_md,
     overlay_png,

@@ -67,7 +67,7 @@ def dullrazor_sheet(
     return sheet, len(names)
 
 
-def write_section(
+def section_data(
     raw: dict[str, str],
     rejected: dict[str, str],
     clean: dict[str, str],

@@ -658,7 +658,7 @@ def _parse_modifiers(text: str) -> dict:
     return dict(part.split("=", 1) for part in text.split(";") if "=" in part)
 
 
-def generation_report(
+def section_generate(
     manifests, out_md, figures: dict, split_csv=None, per_row: int = 6, thumb: int = 96
 ) -> pd.DataFrame:
     """Markdown fragment for the report: the split table and one contact sheet per class.
