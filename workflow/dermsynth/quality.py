@@ -517,22 +517,7 @@ def _fmt(v, digits=3) -> str:
 
 
 def table_markdown(df: pd.DataFrame) -> str:
-    cols = [
-        "label",
-        "sampler",
-        "reference",
-        "n_real",
-        "n_synthetic",
-        "fid",
-        "kid",
-        "precision",
-        "recall",
-        "density",
-        "coverage",
-        "ms_ssim",
-        "ms_ssim_real",
-        "near_duplicates",
-    ]
+    cols = ["label", "sampler", "reference", "n_real", "n_synthetic", *(m for m in METRICS if m != "kid_std")]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in df.iterrows():
         cells = [str(r[c]) if c in ("label", "sampler", "reference") else _fmt(r[c]) for c in cols]
