@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow"))
 
 from dermsynth import classify, io, tiny  # noqa: E402
+from dermsynth.device import resolve_device  # noqa: E402
 
 CLASSES = ["benign", "malignant"]
 ARCHS = ("vit", "mobilenet_v2")
@@ -122,15 +123,16 @@ def run_one(arch, model, train_df, val_df, out, size, args, precision, device) -
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    dev = classify.resolve_device(args.device)
-    full = dev.type == "cuda" and not args.quick
+    dev = resolve_device(args.device)
+    cuda = dev.startswith("cuda")
+    full = cuda and not args.quick
     size = 224 if full else 64
     args.images = args.images or (1024 if full else 96)
     args.batch_size = args.batch_size or (64 if full else 16)
-    precisions = ["no", args.amp] if dev.type == "cuda" else ["no"]
+    precisions = ["no", args.amp] if cuda else ["no"]
     result = {
         "benchmark": "classify",
-        "device": str(dev) if dev.type == "cpu" else f"cuda ({_gpu_name()})",
+        "device": f"cuda ({_gpu_name()})" if cuda else dev,
         "models": "ViT-B/16 + MobileNetV2 1.0 (random weights)" if full else "tiny ViT + MobileNetV2 0.35",
         "image_size": size,
         "n_train": args.images,
@@ -149,7 +151,7 @@ def main(argv=None) -> dict:
             for prec in precisions:
                 key = f"{arch}_{'fp32' if prec == 'no' else prec}"
                 t0 = time.perf_counter()
-                r = run_one(arch, models[arch], train_df, val_df, tmp / key, size, args, prec, str(dev))
+                r = run_one(arch, models[arch], train_df, val_df, tmp / key, size, args, prec, dev)
                 print(f"{key}: {r} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
                 for k, v in r.items():
                     result[f"{key}_{k}"] = v

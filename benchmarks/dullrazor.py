@@ -141,7 +141,7 @@ def skin_around(rgb: np.ndarray) -> np.ndarray:
 
 def real_hairy_sheet(data: Path, out: Path, cfg: dict, size: int = 256) -> dict:
     """Contact sheet of all hairy images; hair-score drops over the report half (odd indices)."""
-    rows, fractions, drops, skin_drops = [], [], [], []
+    rows, names, fractions, drops, skin_drops = [], [], [], [], []
     for k, p in enumerate(sorted((data / "hairy").glob("*.jpg"))):
         rgb = np.asarray(io.load_rgb(p))
         clean, mask = hair.dullrazor(rgb, **hair.scaled_params(cfg, *rgb.shape[:2]))
@@ -150,11 +150,11 @@ def real_hairy_sheet(data: Path, out: Path, cfg: dict, size: int = 256) -> dict:
             drops.append(1 - hair_score(clean) / max(hair_score(rgb), 1e-9))
             skin = skin_around(rgb)
             skin_drops.append(1 - hair_score(clean, skin) / max(hair_score(rgb, skin), 1e-9))
-        tiles = [center_square_resize(x, size) for x in (rgb, clean, np.repeat(mask[..., None], 3, 2))]
-        rows.append((p.stem, tiles, f"hair {100 * fractions[-1]:.1f}%"))
-    contact_sheet(rows, ["before", "after", "mask"], out)
+        rows += [center_square_resize(x, size) for x in (rgb, clean, np.repeat(mask[..., None], 3, 2))]
+        names.append(f"{p.stem}\nhair {100 * fractions[-1]:.1f}%")
+    contact_sheet(rows, out, ncols=3, thumb=size, row_labels=names, headers=["before", "after", "mask"])
     return {
-        "n": len(rows),
+        "n": len(names),
         "hair_fraction_mean": float(np.mean(fractions)) if fractions else 0.0,
         "score_drop_median": float(np.median(drops)) if drops else None,
         "skin_score_drop_median": float(np.median(skin_drops)) if skin_drops else None,
@@ -185,15 +185,15 @@ def lesion_hairfree(data: Path, stems, cfg: dict, small: bool, sheet: Path | Non
         worst = sorted(rows, key=lambda r: -r[4])[:12]
         contact_sheet(
             [
-                (
-                    s,
-                    [center_square_resize(x, 200) for x in (a, np.repeat(m[..., None], 3, 2), c)],
-                    f"lesion {100 * f:.1f}%",
-                )
-                for s, a, m, c, f in worst
+                center_square_resize(x, 200)
+                for _, a, m, c, _ in worst
+                for x in (a, np.repeat(m[..., None], 3, 2), c)
             ],
-            ["before", "mask", "after"],
             sheet,
+            ncols=3,
+            thumb=200,
+            row_labels=[f"{s}\nlesion {100 * f:.1f}%" for s, _, _, _, f in worst],
+            headers=["before", "mask", "after"],
         )
     frac, psnr = np.array(frac), np.array(psnr)
     return {

@@ -22,8 +22,9 @@ Split: lesions with an even index form the tuning part, odd ones the held-out pa
 made from the lesion they belong to, so no image is in both). Thresholds are derived on the tuning
 part (each threshold halfway between the 99.5 % quantile of the clean scores and the 2 % quantile
 of its artifact kind's scores; the memorization threshold halfway in log(1 - similarity)), printed,
-and the filter is then run end to end (``dermsynth.quality.filter_synthetic``) on the held-out part
-twice: with the config defaults (``FILTER_DEFAULTS``, what ships) and with the thresholds just tuned.
+and the filter is then run end to end (``dermsynth.filter.filter_synthetic``) on the held-out part
+twice: with the config defaults (the schema's ``filter`` section, what ships) and with the thresholds
+just tuned.
 
 Real dermoscopy (the figures the shipped thresholds are calibrated on): the ISIC and HAM10000 images
 of shared/data through the workflow's resize and DullRazor, at 512 and 128 px (``--quick`` or
@@ -64,7 +65,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow"))
 
-from dermsynth import artifacts, audit, hair, imaging, io, quality  # noqa: E402
+from dermsynth import artifacts, audit, filter, hair, imaging, io, splits  # noqa: E402
 from dermsynth.data import demo  # noqa: E402
 
 CLASSES = ["benign", "malignant"]
@@ -318,7 +319,7 @@ def tune(df: pd.DataFrame, s: pd.DataFrame) -> dict:
 def evaluate(df: pd.DataFrame, train_csv: Path, cfg: dict, work: Path, threads: int) -> dict:
     m = work / "manifest.csv"
     df.drop(columns=["kind", "part"]).to_csv(m, index=False)
-    _, rej = quality.filter_synthetic([str(m)], work / "kept.csv", work / "rej.csv", cfg, threads, train_csv)
+    _, rej = filter.filter_synthetic([str(m)], work / "kept.csv", work / "rej.csv", cfg, threads, train_csv)
     reason = dict(zip(rej["path"], rej["reason"], strict=True))
     got = df["path"].map(reason)
     per_kind, match = {}, {}
@@ -482,7 +483,7 @@ def evaluate_real(df: pd.DataFrame, cfg: dict, work: Path, threads: int) -> dict
     work.mkdir(parents=True, exist_ok=True)
     m = work / "manifest.csv"
     df.drop(columns=["kind", "part"]).to_csv(m, index=False)
-    _, rej = quality.filter_synthetic([str(m)], work / "kept.csv", work / "rej.csv", cfg, threads)
+    _, rej = filter.filter_synthetic([str(m)], work / "kept.csv", work / "rej.csv", cfg, threads)
     got = df["path"].map(dict(zip(rej["path"], rej["reason"], strict=True)))
     clean = df["kind"] == "clean"
     per_class = got[clean].notna().groupby(df["label"][clean]).mean()
@@ -554,7 +555,7 @@ def audit_speed(root: Path, threads: int, n_syn: int = 6000, n_train: int = 2800
         io.save_png(p, a)
         paths.append(p)
     t, c = time.perf_counter(), time.process_time()
-    audit.thumbnails(paths, threads)
+    splits.thumbnails(paths, threads)
     t_read = (time.perf_counter() - t) / len(paths) * (n_syn + n_train)
     c_read = (time.process_time() - c) / len(paths) * (n_syn + n_train)
     pairs = n_syn * n_train

@@ -156,7 +156,8 @@ def ours(pipe, pretrained: str, n: int, out: Path, a, device: str, compile_: boo
 def main(argv=None) -> dict:
     import torch
 
-    from dermsynth.diffusion.pipeline import load_pipeline, resolve_device
+    from dermsynth.device import resolve_device
+    from dermsynth.diffusion.pipeline import load_pipeline
 
     a = parse_args(argv)
     device = "cpu" if a.quick else resolve_device(a.device)

@@ -24,7 +24,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
-from dermsynth import fidelity, segment  # noqa: E402
+from dermsynth import quality, segment  # noqa: E402
 from dermsynth.errors import DermsynthError  # noqa: E402
 
 HAM = Path(__file__).resolve().parents[2] / "shared" / "data" / "ham10000_200x150"
@@ -77,20 +77,20 @@ def main(argv=None) -> dict:
 def _fid(a, out: dict, root: Path, seg_ids: list, n_fid: int, dev: str) -> None:
     # features and FID
     fid_paths = [str(root / "images" / f"{i}.jpg") for i in seg_ids[:n_fid]]
-    ex = fidelity.load_extractor(a.features, {"seed": a.seed}, device=dev)
-    x = fidelity.load_uint8(fid_paths, ex.size, threads=2)
+    ex = quality.load_extractor(a.features, {"seed": a.seed}, device=dev)
+    x = quality.load_uint8(fid_paths, ex.size, threads=2)
     t = time.perf_counter()
     feats = np.concatenate([ex(x[i : i + 64]).double().numpy() for i in range(0, len(x), 64)])
     if dev.startswith("cuda"):
         torch.cuda.synchronize()
     out["feature_images_per_s"] = round(len(x) / (time.perf_counter() - t), 1)
-    out["fid_same_set"] = fidelity.fid(feats, feats)
+    out["fid_same_set"] = quality.fid(feats, feats)
     g = torch.Generator().manual_seed(a.seed)
     levels = []
     for sigma in NOISE:
         xn = (x.float() + sigma * torch.randn(x.shape, generator=g)).clamp(0, 255).to(torch.uint8)
         fn = np.concatenate([ex(xn[i : i + 64]).double().numpy() for i in range(0, len(xn), 64)])
-        levels.append(round(fidelity.fid(feats, fn), 5))
+        levels.append(round(quality.fid(feats, fn), 5))
     out["fid_noise_sigmas"] = list(NOISE)
     out["fid_noise_levels"] = levels
     out["fid_noise_monotonic"] = all(p < q for p, q in zip(levels, levels[1:], strict=False))

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from dermsynth import artifacts, hair, imaging, io, quality
+from dermsynth import artifacts, filter, hair, imaging, io
 from dermsynth.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +85,7 @@ def test_sharpness_is_scale_free(real):
 
 
 def _rejected(rows):
-    return pd.DataFrame(rows, columns=quality.REJECTED_COLUMNS)
+    return pd.DataFrame(rows, columns=filter.REJECTED_COLUMNS)
 
 
 def test_class_reject_rates_flag_a_gap():
@@ -116,7 +116,7 @@ def test_class_reject_rates_flag_a_gap():
             }
         ]
     )
-    rates = quality.class_reject_rates(labels, rej, 0.15).set_index("check")
+    rates = filter.class_reject_rates(labels, rej, 0.15).set_index("check")
     assert rates.loc["cast", "benign"] == pytest.approx(0.3) and rates.loc["cast", "malignant"] == 0
     assert rates.loc["blurry", "benign"] == pytest.approx(0.1) == rates.loc["blurry", "malignant"]
     assert rates.loc["cast", "flagged"] and not rates.loc["blurry", "flagged"]
@@ -132,13 +132,13 @@ def test_report_section_flags_uneven_check(tmp_path):
             for i in range(2)
         ]
     )
-    sheets = {r: str(tmp_path / f"s_{r}.png") for r in quality.REASONS}
+    sheets = {r: str(tmp_path / f"s_{r}.png") for r in filter.REASONS}
     nearest = pd.DataFrame(columns=["path", "nearest", "similarity", "memorized"]).astype(
         {"similarity": float}
     )
     for gap, flagged in ((0.1, True), (0.3, False)):
         md_path = tmp_path / f"f{gap}.md"
-        quality.write_section(
+        filter.section_filter(
             20,
             rej,
             nearest,
@@ -160,14 +160,14 @@ def test_max_class_gap_checked():
 
 
 def test_cli_filters_a_folder(real, tmp_path):
-    """python -m dermsynth.quality on a folder: labels from subfolders, the rule's two CSVs."""
+    """python -m dermsynth.filter on a folder: labels from subfolders, the rule's two CSVs."""
     d = tmp_path / "in"
     for i, a in enumerate(real[128][:4]):
         io.save_png(d / ("benign" if i % 2 else "malignant") / f"r{i}.png", a)
     io.save_png(d / "benign" / "z_copy.png", real[128][1])  # same pixels as r1, later in path order
     io.save_png(d / "malignant" / "green.png", _plant("cast", real[128][0]))
     out = tmp_path / "out"
-    rc = quality.main(
+    rc = filter.main(
         ["--config", str(ROOT / "config" / "config.yaml"), "--images", str(d), "--out", str(out)]
     )
     assert rc == 0
@@ -177,7 +177,7 @@ def test_cli_filters_a_folder(real, tmp_path):
     assert rej.loc[str(d / "benign" / "z_copy.png"), "reason"] == "duplicate"
     assert len(kept) + len(rej) == 6 and set(kept["label"]) <= {"benign", "malignant"}
     assert (
-        quality.main(
+        filter.main(
             [
                 "--config",
                 str(ROOT / "config" / "config.yaml"),

@@ -185,15 +185,15 @@ def test_train_deterministic_per_seed(data, tiny_models, tmp_path):
 
 def test_class_balance_sampler_and_early_stopping(data, tiny_models, tmp_path):
     train, val, _ = data
-    # lr 0 cannot improve the validation loss after the first epoch: stops after 1 + patience epochs
-    # (ViT: no BatchNorm statistics that would still move at lr 0)
+    # lr 1e-30 (the schema wants lr > 0) moves no float32 weight, so the validation loss cannot improve
+    # after the first epoch: stops after 1 + patience epochs (ViT: no BatchNorm statistics that move)
     s = classify.train(
         "vit",
         tiny_models["vit"],
         train.iloc[:40],
         val,
         tmp_path / "m",
-        _cfg(learning_rate=0.0, epochs=10, early_stopping_patience=2, class_balance="sampler"),
+        _cfg(learning_rate=1e-30, epochs=10, early_stopping_patience=2, class_balance="sampler"),
         seed=0,
         classes=CLASSES,
         threads=1,

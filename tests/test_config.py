@@ -116,3 +116,28 @@ def test_section_fills_schema_defaults_and_names_the_key():
         section("finetune", {"rank": "four"})
     with pytest.raises(ConfigError, match="config section 'nope'"):
         section("nope")
+
+
+def test_section_fills_defaults_into_each_place_of_a_shared_override():
+    from dermsynth.config import section
+
+    off = {"activate": False}  # one dict for two checks: each gets its own defaults
+    f = section("filter", {"cast": off, "blur": off})
+    assert f["cast"]["max_chroma"] == section("filter")["cast"]["max_chroma"]
+    assert set(f["blur"]) == {"activate", "min_sharpness"} and off == {"activate": False}
+
+
+def test_no_module_restates_the_schema_defaults():
+    """Defaults live in config/schema.yaml only; modules read config.section(name, cfg)."""
+    import ast
+
+    package = ROOT / "workflow" / "dermsynth"
+    found = set()
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            named = [t.id for t in targets if isinstance(t, ast.Name)]
+            value = getattr(node, "value", None)
+            if any(n.upper().endswith("DEFAULTS") for n in named) and isinstance(value, ast.Dict):
+                found.add(path.relative_to(package).as_posix())
+    assert not found, f"module-level *DEFAULTS dicts restate the schema in {sorted(found)}"

@@ -557,7 +557,7 @@ def test_data_report_section_counts_rejected_hair_and_leakage(tmp_path, bad_inpu
     splits.make_splits(
         clean, {d: {"val": 0.2, "test": 0.2} for d in raw}, 0, tmp_path / "s.csv", tmp_path / "l.csv"
     )
-    text = summary.write_section(
+    text = summary.section_data(
         raw,
         rejected,
         clean,

@@ -15,12 +15,12 @@ from dermsynth.diffusion.sample import (
     MANIFEST_COLUMNS,
     a1111_parameters,
     generate,
-    generation_report,
     image_seed,
     merge_shards,
     modifier_plan,
     regenerate,
     run_batch,
+    section_generate,
     shards,
     split_counts,
     steps_for,
@@ -336,10 +336,10 @@ def test_shards_merge_into_the_unsharded_block(sharded):
         merge_shards(parts[:1], d / "bad.csv", block_size=5)
 
 
-def test_generation_report_has_the_split_and_a_sheet_per_class(sharded, tmp_path):
+def test_section_generate_has_the_split_and_a_sheet_per_class(sharded, tmp_path):
     d, _, merged, _ = sharded
     sheet = tmp_path / "generate_benign.png"
-    table = generation_report(
+    table = section_generate(
         [d / "manifest.csv"],
         tmp_path / "generate.md",
         {"benign": sheet},
@@ -638,7 +638,7 @@ def test_top_up_resumes_and_follows_changed_checks(topped_up, tiny_sd, pipe, tmp
 
 
 def test_round_bound_stops_and_reports_the_shortfall(tiny_sd, pipe, tmp_path, caplog):
-    from dermsynth.quality import kept_vs_target
+    from dermsynth.filter import kept_vs_target
 
     cfg = {**fx.GENERATE, "samplers": {"plms": {"steps": 2}}, "max_rounds": 2}
     with caplog.at_level("WARNING", logger="dermsynth"):
@@ -665,7 +665,7 @@ def test_round_bound_stops_and_reports_the_shortfall(tiny_sd, pipe, tmp_path, ca
 def test_filter_stage_gives_the_shard_verdicts(tiny_sd, pipe, tmp_path):
     """The shard's checks are the filter's: a strict threshold rejects some, and the filter agrees."""
     from dermsynth.artifacts import gray_of
-    from dermsynth.quality import filter_synthetic
+    from dermsynth.filter import filter_synthetic
 
     off = {"activate": False}
     cfg = {**fx.GENERATE, "samplers": {"euler_a": {"steps": 3}}, "max_rounds": 4}

@@ -247,17 +247,18 @@ def test_hair_section_shows_the_largest_masks(tmp_path):
     src = _demo_manifest(tmp_path)
     df = hair.remove_hair_dataset(src, tmp_path / "clean", tmp_path / "clean.csv", CFG, threads=1)
     md, png = tmp_path / "sections" / "dullrazor.md", tmp_path / "sections" / "dullrazor_largest.png"
-    text = hair.write_hair_section([src], [tmp_path / "clean.csv"], md, png, n=3, tile=64)
+    text = hair.section_dullrazor([src], [tmp_path / "clean.csv"], md, png, n=3, tile=64)
     assert md.read_text() == text and "(sections/dullrazor_largest.png)" in text
     assert f"largest {100 * df['hair_fraction'].max():.2f} %" in text
     assert f"{int((df['hair_fraction'] > 0).sum())} images have any hair masked" in text
     sheet = np.asarray(io.load_rgb(png))
-    assert sheet.shape[0] == 22 + 3 * (64 + 4) and sheet.shape[1] == 3 * (64 + 4) - 4
+    # imaging.contact_sheet: a 14 px header line, a 150 px margin for the row names, 2 px between tiles
+    assert sheet.shape[0] == 14 + 3 * (64 + 2) + 2 and sheet.shape[1] == 150 + 3 * (64 + 2) + 2
     # the first row is the image with the largest mask: its mask tile is the brightest of the rows
-    masks = [sheet[22 + r * 68 : 22 + r * 68 + 64, 68:132].mean() for r in range(3)]
+    masks = [sheet[16 + r * 66 : 16 + r * 66 + 64, 218:282].mean() for r in range(3)]
     assert masks[0] >= max(masks[1:]) - 1e-9
     with pytest.raises(ConfigError, match="rows"):
-        hair.write_hair_section([src], [_short(tmp_path)], md, png)
+        hair.section_dullrazor([src], [_short(tmp_path)], md, png)
 
 
 def _short(tmp_path):

@@ -28,10 +28,6 @@ def test_auroc_hand_cases_with_ties():
     assert M.auroc([0, 0, 0, 1, 1], [0.3, 0.3, 0.3, 0.3, 0.3]) == 0.5
 
 
-def test_rankdata_average_ties():
-    assert M.rankdata([10, 20, 20, 5]).tolist() == [2.0, 3.5, 3.5, 1.0]
-
-
 def test_single_class_edge_cases():
     y = [1, 1, 1]
     assert math.isnan(M.auroc(y, [0.1, 0.5, 0.9]))
@@ -189,3 +185,30 @@ def test_paired_bootstrap_hand_cases():
     ba = M.paired_bootstrap_diff(y2, b, a, acc, n=300, seed=2)
     assert ab["diff"] == pytest.approx(-ba["diff"]) and ab["lo"] == pytest.approx(-ba["hi"])
     assert ab["p"] == pytest.approx(ba["p"])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_resampled_metrics_are_sklearn_on_each_resample(seed):
+    import warnings
+
+    rng = np.random.default_rng(seed)
+    n = 40
+    y = rng.integers(0, 2, n) if seed else np.r_[np.ones(3, int), np.zeros(n - 3, int)]  # seed 0: rare
+    score = np.clip(0.3 * y + rng.normal(0.35, 0.25, n), 0, 1).round(1)  # rounded: many ties
+    idx = M.resample_indices(n, 200, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn warns on resamples without a class
+        by_hand = {
+            "accuracy": [skm.accuracy_score(y[i], score[i] >= 0.5) for i in idx],
+            "balanced_accuracy": [skm.balanced_accuracy_score(y[i], score[i] >= 0.5) for i in idx],
+            "sensitivity": [skm.recall_score(y[i], score[i] >= 0.5, zero_division=np.nan) for i in idx],
+            "specificity": [
+                skm.recall_score(y[i], score[i] >= 0.5, pos_label=0, zero_division=np.nan) for i in idx
+            ],
+            "f1": [skm.f1_score(y[i], score[i] >= 0.5, zero_division=np.nan) for i in idx],
+            "auroc": [skm.roc_auc_score(y[i], score[i]) if len(set(y[i])) == 2 else np.nan for i in idx],
+        }
+    for name, expected in by_hand.items():
+        got = M.metric_from_score(name).resampled(y, score, idx)
+        np.testing.assert_allclose(got, np.array(expected, dtype=float), rtol=0, atol=1e-12, err_msg=name)
+    assert np.isnan(by_hand["auroc"]).any() == (seed == 0)  # the rare class drops out of some resamples

@@ -233,12 +233,12 @@ def test_online_missing_inception_weights_are_fine_when_the_url_answers(tmp_path
 
 
 def test_inception_extractor_without_weights_offline_is_one_line(tmp_path, offline):
-    from dermsynth import fidelity
+    from dermsynth import quality
     from dermsynth.errors import ModelNotFoundError
 
     path = tmp_path / "w" / preflight.INCEPTION_FILE
     with pytest.raises(ModelNotFoundError) as e:
-        fidelity.load_extractor("inception", {"inception_weights": str(path)}, device="cpu")
+        quality.load_extractor("inception", {"inception_weights": str(path)}, device="cpu")
     msg = str(e.value)
     assert "\n" not in msg and preflight.INCEPTION_FILE in msg and str(path.parent) in msg
     assert preflight.INCEPTION_URL in msg and not path.parent.exists()  # nothing downloaded offline
@@ -257,7 +257,7 @@ def test_inception_extractor_gives_2048_features_from_a_weights_file(tmp_path, o
     import torch
     from torch_fidelity import feature_extractor_inceptionv3 as fe
 
-    from dermsynth import fidelity
+    from dermsynth import quality
 
     # a random-weight state dict of the real architecture: build it without its download
     with monkeypatch.context() as m:
@@ -266,7 +266,7 @@ def test_inception_extractor_gives_2048_features_from_a_weights_file(tmp_path, o
         net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
     path = tmp_path / preflight.INCEPTION_FILE
     torch.save(net.state_dict(), path)
-    ex = fidelity.load_extractor("inception", {"inception_weights": str(path)}, device="cpu")
+    ex = quality.load_extractor("inception", {"inception_weights": str(path)}, device="cpu")
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (3, 3, ex.size, ex.size), dtype=torch.uint8, generator=g)
     f = ex(x)

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from dermsynth import segment
 from dermsynth.data import demo
@@ -83,12 +82,3 @@ def test_classical_flat_and_frame_only_images_give_empty_masks(shape):
     assert not segment.classical_mask(np.full(shape, 128, np.uint8)).any()
     black = np.zeros(shape, np.uint8)
     assert not segment.classical_mask(black).any()
-
-
-def test_segment_defaults_match_the_schema():
-    props = yaml.safe_load(SCHEMA.read_text())["properties"]["segment"]["properties"]
-    for key, value in segment.SEGMENT_DEFAULTS.items():
-        if key == "methods":  # the library defaults to the CPU method; the workflow runs both
-            continue
-        assert key in props, key
-        assert props[key]["default"] == value, key

@@ -205,7 +205,7 @@ def test_editing_a_stage_script_reruns_that_stage_onward(demo):
 
 
 def test_editing_a_library_module_reruns_the_rules_that_import_it_onward(demo):
-    module = demo / "workflow" / "dermsynth" / "quality.py"  # filter_stage, rule filter's code
+    module = demo / "workflow" / "dermsynth" / "filter.py"  # filter_stage, rule filter's code
     with edited(module) as write:
         original = module.read_text()
         write(original + "\n# a comment changes no output\n")
@@ -213,7 +213,7 @@ def test_editing_a_library_module_reruns_the_rules_that_import_it_onward(demo):
         write(original + "\n_EDITED = True\n")
         jobs = planned_jobs(demo, "config/demo.yaml")
     assert comment_only == {}
-    # quality.py is reached only by the filter's script and the report's: what reruns is the filter
+    # filter.py is reached only by the filter's script: what reruns is the filter
     # and everything downstream of it, exactly as if the filter were forced
     assert jobs.get("filter") == 1
     assert jobs == planned_jobs(demo, "config/demo.yaml", "--forcerun", "filter")

@@ -1,7 +1,7 @@
 """Per-image artifact checks: one verdict per generated image, shared by generation and the filter.
 
 Generation applies ``image_verdict`` to top up a shard with new seeds; the filter stage
-(``dermsynth.quality``) applies the same callable and adds the set-level checks (duplicates,
+(``dermsynth.filter``) applies the same callable and adds the set-level checks (duplicates,
 memorization), which need every image at once. Each check measures one score per image and compares
 it with a threshold from the config's ``filter`` section; the reason codes are listed in ``REASONS``
 (the set-level ones too, so the priority order lives in one place):
@@ -34,7 +34,6 @@ and are scored at the native resolution; one threshold holds at 128 and 512 px o
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import math
 from functools import partial
@@ -42,7 +41,7 @@ from functools import partial
 import cv2
 import numpy as np
 
-from . import io
+from . import config, io
 from .errors import ConfigError, ImageError
 
 #: Reasons in priority order: the first that applies is a row's reason.
@@ -67,47 +66,16 @@ WHITE_LEVEL = 245  # gray value above which a pixel counts as white
 ANALYSIS_SIZE = 128  # side (px) at which sharpness is measured, whatever the image size
 DISC = 0.45  # radius of the central disc (share of the shorter side): inside any dermoscope ring
 
-#: Defaults of the config's ``filter`` section (schema.yaml repeats them; the benchmark tunes them).
-FILTER_DEFAULTS = {
-    "min_std": 4.0,
-    "max_black_fraction": 0.9,
-    "max_white_fraction": 0.9,
-    "clipped": {"activate": True, "max_fraction": 0.45},
-    "cast": {"activate": True, "min_hue": -91.4, "max_hue": 91.3, "max_chroma": 57.4},
-    "noise": {"activate": True, "max_sigma": 6.6},
-    "tiling": {"activate": True, "max_score": 0.6},
-    "blur": {"activate": True, "min_sharpness": 3.5},
-    "lesion": {"activate": True, "min_area": 0.01, "min_contrast": 22.0},
-    "duplicates": {"activate": True, "phash_threshold": 6, "min_corr": 0.985},
-    "memorization": {"activate": True, "min_similarity": 0.997, "transforms": "dihedral", "block": 2048},
-    "max_class_gap": 0.03,
-}
 _GRAY = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 def thresholds(cfg: dict | None) -> dict:
-    """The config's filter section over the defaults, checked."""
-    out = copy.deepcopy(FILTER_DEFAULTS)
-    for k, v in (cfg or {}).items():
-        if isinstance(out.get(k), dict) and isinstance(v, dict):
-            out[k].update({kk: vv for kk, vv in v.items() if vv is not None})
-        elif k in out and v is not None:
-            out[k] = v
-    for key in ("max_black_fraction", "max_white_fraction", "max_class_gap"):
-        if not 0.0 <= float(out[key]) <= 1.0:
-            raise ConfigError(f"filter.{key} = {out[key]} must lie in [0, 1]")
-    if float(out["min_std"]) < 0:
-        raise ConfigError(f"filter.min_std = {out['min_std']} must be >= 0")
-    for sec, key in (("clipped", "max_fraction"), ("lesion", "min_area")):
-        if not 0.0 <= float(out[sec][key]) <= 1.0:
-            raise ConfigError(f"filter.{sec}.{key} = {out[sec][key]} must lie in [0, 1]")
+    """The config's ``filter`` section with the schema's defaults for keys left out, checked; also the
+    one rule the schema cannot state (``cast.min_hue`` <= ``cast.max_hue``)."""
+    out = config.section("filter", cfg)
     if float(out["cast"]["min_hue"]) > float(out["cast"]["max_hue"]):
         raise ConfigError(
             f"filter.cast.min_hue = {out['cast']['min_hue']} exceeds max_hue = {out['cast']['max_hue']}"
-        )
-    if out["memorization"]["transforms"] not in ("none", "dihedral"):
-        raise ConfigError(
-            f"filter.memorization.transforms = {out['memorization']['transforms']!r}; allowed: none, dihedral"
         )
     return out
 

@@ -15,41 +15,17 @@ Measured on the project's generator (benchmarks/filter.py): different lesions co
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
-from .errors import ImageError
-from .splits import phash_bits, thumbnail
+from .splits import phashes, thumbnails
 
 log = logging.getLogger("dermsynth.audit")
 
 NEAREST_COLUMNS = ["path", "nearest", "transform", "similarity", "phash_distance", "memorized"]
 #: The 8 symmetries of the square (flips and quarter turns), as applied to the training image.
 TRANSFORMS = ("id", "rot90", "rot180", "rot270", "flip", "flip_rot90", "flip_rot180", "flip_rot270")
-
-
-def _thumb_or_none(path) -> np.ndarray | None:
-    try:
-        return thumbnail(path)
-    except ImageError:
-        return None
-
-
-def thumbnails(paths, threads: int = 1, desc: str = "thumbnails") -> tuple[np.ndarray, np.ndarray]:
-    """(N x 32 x 32 float32 thumbnails, N bools: readable). Unreadable images get a zero thumbnail."""
-    paths = [str(p) for p in paths]
-    with ThreadPoolExecutor(max_workers=max(1, int(threads))) as pool:
-        out = list(tqdm(pool.map(_thumb_or_none, paths), total=len(paths), desc=desc, disable=None))
-    ok = np.array([t is not None for t in out], bool)
-    arr = (
-        np.stack([t if t is not None else np.zeros((32, 32), np.float32) for t in out])
-        if out
-        else np.zeros((0, 32, 32), np.float32)
-    )
-    return arr, ok
 
 
 def dihedral(thumbs: np.ndarray) -> np.ndarray:
@@ -70,10 +46,6 @@ def embed(thumbs: np.ndarray) -> np.ndarray:
     return x / np.maximum(norm, 1e-6)
 
 
-def hashes(thumbs: np.ndarray) -> np.ndarray:
-    return np.array([phash_bits(t) for t in thumbs], dtype=np.uint64)
-
-
 def nearest_neighbours(
     syn: np.ndarray, train: np.ndarray, transforms: str = "dihedral", block: int = 2048
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -91,8 +63,8 @@ def nearest_neighbours(
     flat = variants.reshape(m * k, *train.shape[1:])
     tf = embed(flat)  # (m*k, d): row j is training image j // k under transform j % k
     sf = embed(syn)
-    th = hashes(flat)
-    sh = hashes(syn)
+    th = phashes(flat)
+    sh = phashes(syn)
     best = np.empty(n, np.int64)
     sim = np.empty(n, np.float32)
     for s in range(0, n, block):

@@ -14,7 +14,6 @@ one for the balanced objective. ``class_balance: sampler`` (weighted sampling wi
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -31,7 +30,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import io, metrics
+from . import config, io, metrics
+from .device import resolve_device
 from .errors import ConfigError, DataSourceError, TrainingError
 from .hub import load_pretrained
 
@@ -40,56 +40,12 @@ log = logging.getLogger("dermsynth.classify")
 #: config arch name -> transformers ``model_type`` the checkpoint must have
 ARCHS = {"vit": "vit", "mobilenet_v2": "mobilenet_v2"}
 
-TRAIN_DEFAULTS = {
-    "image_size": 224,
-    "epochs": 10,
-    "batch_size": 32,
-    "learning_rate": 5.0e-5,
-    "weight_decay": 0.01,
-    "warmup_ratio": 0.1,
-    "lr_schedule": "cosine",  # cosine | linear decay after warmup
-    "mixed_precision": "fp16",  # no | fp16 | bf16; applied on CUDA only
-    "augment": {"hflip": True, "vflip": True, "rotate90": True, "color_jitter": 0.1},
-    "early_stopping_patience": 3,
-    "class_balance": "loss",  # loss | sampler | none
-    "max_grad_norm": 1.0,
-    "eval_batch_size": 64,
-}
-
 #: written beside the saved model so prediction normalises exactly as training did
 PREPROCESS_FILE = "dermsynth_classifier.json"
 _AMP = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device '{device}' requested but CUDA is not available: use device=auto or cpu")
-    return dev
-
-
-def _train_cfg(cfg: dict) -> dict:
-    out = copy.deepcopy(TRAIN_DEFAULTS)
-    for k, v in (cfg or {}).items():
-        if k == "augment" and isinstance(v, dict):
-            out["augment"].update(v)
-        elif v is not None:
-            out[k] = v
-    if out["class_balance"] not in ("loss", "sampler", "none"):
-        raise ConfigError(f"classify.class_balance = {out['class_balance']!r}: use loss, sampler or none")
-    if out["lr_schedule"] not in ("cosine", "linear"):
-        raise ConfigError(f"classify.lr_schedule = {out['lr_schedule']!r}: use cosine or linear")
-    if out["mixed_precision"] not in ("no", "fp16", "bf16"):
-        raise ConfigError(f"classify.mixed_precision = {out['mixed_precision']!r}: use no, fp16 or bf16")
-    for key in ("epochs", "batch_size", "image_size"):
-        if int(out[key]) < 1:
-            raise ConfigError(f"classify.{key} = {out[key]} must be >= 1")
-    return out
 
 
 def _label_indices(df: pd.DataFrame, classes: list[str], what: str) -> np.ndarray:
@@ -142,7 +98,8 @@ def _processor_stats(pretrained: str) -> tuple[list[float], list[float], object 
         return [0.5] * 3, [0.5] * 3, None
 
 
-def _normalizer(mean, std, device):
+def normalizer(mean, std, device):
+    """x in [0, 1] (B, 3, H, W) -> (x - mean) / std per channel, as the checkpoint was trained."""
     m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     return lambda x: (x - m) / s
@@ -275,6 +232,190 @@ def _save_model_dir(model, processor, info: dict, final: Path) -> None:
 # ---------------------------------------------------------------- train
 
 
+def _load_classifier(arch: str, pretrained: str, classes: list[str], size: int, seed: int):
+    """``pretrained`` with a new head for ``classes`` (drawn from ``seed``), checked against ``arch`` and
+    ``size``; returns (model, mean, std, image processor) with the normalisation it was trained with."""
+    from transformers import AutoModelForImageClassification
+
+    if arch not in ARCHS:
+        raise ConfigError(f"classifier arch '{arch}' is not supported: use one of {sorted(ARCHS)}")
+    torch.manual_seed(seed)  # the new classification head is initialised from the global RNG
+    np.random.seed(seed % (2**32))
+    model = load_pretrained(
+        AutoModelForImageClassification,
+        str(pretrained),
+        num_labels=len(classes),
+        id2label=dict(enumerate(classes)),
+        label2id={c: i for i, c in enumerate(classes)},
+        ignore_mismatched_sizes=True,
+    )
+    if getattr(model.config, "model_type", None) != ARCHS[arch]:
+        raise ConfigError(
+            f"'{pretrained}' is a {model.config.model_type} checkpoint, not {arch}: "
+            "fix classify.models in the config"
+        )
+    if arch == "vit" and int(getattr(model.config, "image_size", size)) != size:
+        raise ConfigError(
+            f"'{pretrained}' expects {model.config.image_size} px images but "
+            f"classify.image_size is {size}: make them equal"
+        )
+    mean, std, processor = _processor_stats(str(pretrained))
+    return model, mean, std, processor
+
+
+class _Optimizer:
+    """AdamW with linear warmup then cosine or linear decay, gradient clipping and the fp16 loss scale."""
+
+    def __init__(self, model, c: dict, total_steps: int, amp: str):
+        self.params = list(model.parameters())
+        self.opt = torch.optim.AdamW(
+            self.params, lr=float(c["learning_rate"]), weight_decay=float(c["weight_decay"])
+        )
+        warmup = int(round(float(c["warmup_ratio"]) * total_steps))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, _lr_lambda(total_steps, warmup, c["lr_schedule"])
+        )
+        self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+        self.max_grad_norm = c["max_grad_norm"]
+
+    @property
+    def lr(self) -> float:
+        return self.opt.param_groups[0]["lr"]
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)
+        else:
+            loss.backward()
+        if self.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.params, float(self.max_grad_norm))
+        stepped = True
+        if self.scaler is not None:
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            # fp16 skips a step whose gradients overflowed (the scale then drops): the schedule waits
+            stepped = self.scaler.get_scale() >= scale
+        else:
+            self.opt.step()
+        if stepped:
+            self.sched.step()
+
+
+class _Batches:
+    """The training images on the host (uint8) and one epoch's shuffled, augmented batches of them."""
+
+    def __init__(self, x: torch.Tensor, y: np.ndarray, class_weights: np.ndarray, c: dict, seed: int):
+        self.x, self.y, self.c = x, y, c
+        self.bs = int(c["batch_size"])
+        self.sample_p = torch.tensor(class_weights[y] / class_weights[y].sum(), dtype=torch.float64)
+        self.gen = torch.Generator().manual_seed(int(seed))  # order and augmentations, on any device
+
+    def __len__(self) -> int:
+        return len(_batches(np.arange(len(self.y)), self.bs))
+
+    def epoch(self, dev, norm):
+        """(index array, normalised augmented images on ``dev``, targets on ``dev``) per batch."""
+        n = len(self.y)
+        if self.c["class_balance"] == "sampler":
+            order = torch.multinomial(self.sample_p, n, replacement=True, generator=self.gen).numpy()
+        else:
+            order = torch.randperm(n, generator=self.gen).numpy()
+        for idx in _batches(order, self.bs):
+            x = self.x[torch.from_numpy(idx)].to(dev, non_blocking=True).float() / 255.0
+            yield idx, norm(augment(x, self.c["augment"], self.gen)), torch.from_numpy(self.y[idx]).to(dev)
+
+
+def _train_epoch(model, batches: _Batches, optim: _Optimizer, norm, loss_w, dev, amp: str, epoch: int, bar):
+    """One pass over the training set; returns (mean training loss, images seen, seconds)."""
+    t0 = time.perf_counter()
+    model.train()
+    loss_sum, n_seen = 0.0, 0
+    for idx, x, t in batches.epoch(dev, norm):
+        with _autocast(dev, amp):
+            logits = _logits(model, x)
+        loss = torch.nn.functional.cross_entropy(logits, t, weight=loss_w)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"loss became {float(loss)} at epoch {epoch}: lower "
+                "classify.learning_rate or set mixed_precision: bf16/no"
+            )
+        optim.step(loss)
+        loss_val = float(loss.detach())
+        loss_sum += loss_val * len(idx)
+        n_seen += len(idx)
+        bar.update(1)
+        bar.set_postfix(epoch=epoch, loss=f"{loss_val:.4f}")
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return loss_sum / max(1, n_seen), n_seen, time.perf_counter() - t0
+
+
+def _validate(model, x_va, y_va, norm, dev, c: dict, loss_w, amp: str, n_classes: int) -> dict:
+    if not len(y_va):
+        return {"val_loss": float("nan"), "val_accuracy": float("nan"), "val_auroc": float("nan")}
+    val_loss, p_va = _evaluate_tensor(model, x_va, y_va, norm, dev, int(c["eval_batch_size"]), loss_w, amp)
+    return {
+        "val_loss": val_loss,
+        "val_accuracy": metrics.accuracy(y_va, p_va.argmax(1)),
+        "val_auroc": metrics.auroc(y_va, p_va[:, 1]) if n_classes == 2 else float("nan"),
+    }
+
+
+HISTORY_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_accuracy",
+    "val_auroc",
+    "lr",
+    "seconds",
+    "train_seconds",
+]
+
+
+def _training_device(device: str) -> torch.device:
+    dev = torch.device(resolve_device(device))
+    if dev.type == "cuda":  # fixed shapes: let cuDNN pick its fastest kernels; TF32 matmuls
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return dev
+
+
+def _load_splits(train_df: pd.DataFrame, val_df: pd.DataFrame, size: int, threads: int):
+    """The training and validation images as uint8 tensors, decoded once before the first epoch."""
+    t_load = time.perf_counter()
+    x_tr = load_images(train_df["path"].astype(str).tolist(), size, threads, desc="load train")
+    val_paths = val_df["path"].astype(str).tolist() if len(val_df) else []
+    x_va = load_images(val_paths, size, threads, desc="load val")
+    log.info(
+        "loaded %d train + %d val images at %d px in %.1f s",
+        len(x_tr),
+        len(x_va),
+        size,
+        time.perf_counter() - t_load,
+    )
+    return x_tr, x_va
+
+
+def _save_run(out: Path, model, processor, history, classes, size, mean, std, arch, pretrained) -> None:
+    """``model/`` (with the preprocessing prediction must repeat) and ``history.csv``."""
+    model.to("cpu")
+    info = {
+        "classes": list(classes),
+        "image_size": size,
+        "image_mean": mean,
+        "image_std": std,
+        "arch": arch,
+        "pretrained": str(pretrained),
+    }
+    _save_model_dir(model, processor, info, out / "model")
+    io.write_csv(out / "history.csv", pd.DataFrame(history, columns=HISTORY_COLUMNS))
+
+
 def train(
     arch: str,
     pretrained: str,
@@ -289,155 +430,49 @@ def train(
 ) -> dict:
     """Fine-tune ``pretrained`` end to end; write ``model/``, ``history.csv`` and ``train_summary.json``.
 
-    ``cfg`` is the config's ``classify`` section. The weights of the epoch with the lowest validation
-    loss are kept (early stopping after ``early_stopping_patience`` epochs without improvement).
+    ``cfg`` is the config's ``classify`` section (keys left out take the schema's defaults). The weights
+    of the epoch with the lowest validation loss are kept (early stopping after
+    ``early_stopping_patience`` epochs without improvement; without validation images, the last epoch).
     """
-    from transformers import AutoModelForImageClassification
-
-    if arch not in ARCHS:
-        raise ConfigError(f"classifier arch '{arch}' is not supported: use one of {sorted(ARCHS)}")
-    c = _train_cfg(cfg)
-    out_dir = Path(out_dir)
+    # ---- setup: device, labels, model, images, loss weights, optimizer
+    c = config.section("classify", cfg)
     torch.set_num_threads(max(1, int(threads)))
-    dev = resolve_device(device)
+    dev = _training_device(device)
     amp = c["mixed_precision"] if dev.type == "cuda" else "no"
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
     y_tr = _label_indices(train_df, classes, "training")
     y_va = _label_indices(val_df, classes, "validation") if len(val_df) else np.zeros(0, np.int64)
     if len(y_tr) == 0:
         raise TrainingError("training manifest is empty: check the split and hybrid stages")
-
-    torch.manual_seed(seed)  # the new classification head is initialised from the global RNG
-    np.random.seed(seed % (2**32))
-    model = load_pretrained(
-        AutoModelForImageClassification,
-        str(pretrained),
-        num_labels=len(classes),
-        id2label=dict(enumerate(classes)),
-        label2id={c_: i for i, c_ in enumerate(classes)},
-        ignore_mismatched_sizes=True,
-    )
-    if getattr(model.config, "model_type", None) != ARCHS[arch]:
-        raise ConfigError(
-            f"'{pretrained}' is a {model.config.model_type} checkpoint, not {arch}: "
-            "fix classify.models in the config"
-        )
     size = int(c["image_size"])
-    if arch == "vit" and int(getattr(model.config, "image_size", size)) != size:
-        raise ConfigError(
-            f"'{pretrained}' expects {model.config.image_size} px images but "
-            f"classify.image_size is {size}: make them equal"
-        )
-    mean, std, processor = _processor_stats(str(pretrained))
+    model, mean, std, processor = _load_classifier(arch, pretrained, classes, size, seed)
     model.to(dev)
-    norm = _normalizer(mean, std, dev)
-
-    t_load = time.perf_counter()
-    x_tr = load_images(train_df["path"].astype(str).tolist(), size, threads, desc="load train")
-    val_paths = val_df["path"].astype(str).tolist() if len(val_df) else []
-    x_va = load_images(val_paths, size, threads, desc="load val")
-    log.info(
-        "loaded %d train + %d val images at %d px in %.1f s",
-        len(x_tr),
-        len(x_va),
-        size,
-        time.perf_counter() - t_load,
-    )
-
-    n_cls = len(classes)
-    cw = _class_weights(y_tr, n_cls)
+    norm = normalizer(mean, std, dev)
+    x_tr, x_va = _load_splits(train_df, val_df, size, threads)
+    cw = _class_weights(y_tr, len(classes))
     loss_w = torch.tensor(cw, dtype=torch.float32, device=dev) if c["class_balance"] == "loss" else None
-    sample_p = torch.tensor(cw[y_tr] / cw[y_tr].sum(), dtype=torch.float64)
-    gen = torch.Generator().manual_seed(int(seed))
+    batches = _Batches(x_tr, y_tr, cw, c, seed)
+    total = int(c["epochs"]) * len(batches)
+    optim = _Optimizer(model, c, total, amp)
 
-    bs = int(c["batch_size"])
-    steps_per_epoch = len(_batches(np.arange(len(y_tr)), bs))
-    total = int(c["epochs"]) * steps_per_epoch
-    warmup = int(round(float(c["warmup_ratio"]) * total))
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=float(c["learning_rate"]), weight_decay=float(c["weight_decay"])
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, warmup, c["lr_schedule"]))
-    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
-    patience = c["early_stopping_patience"]
-    patience = None if patience is None or int(patience) <= 0 else int(patience)
-
+    # ---- epochs: train, validate, keep the best weights, stop early
     history, best = [], {"loss": math.inf, "epoch": 0, "state": None}
     train_time, train_images, bad_epochs = 0.0, 0, 0
     t_start = time.perf_counter()
     bar = tqdm(total=total, desc=f"train {arch} seed {seed}", disable=None)
     for epoch in range(1, int(c["epochs"]) + 1):
         t_ep = time.perf_counter()
-        model.train()
-        if c["class_balance"] == "sampler":
-            order = torch.multinomial(sample_p, len(y_tr), replacement=True, generator=gen).numpy()
-        else:
-            order = torch.randperm(len(y_tr), generator=gen).numpy()
-        loss_sum, n_seen = 0.0, 0
-        for idx in _batches(order, bs):
-            idx_t = torch.from_numpy(idx)
-            x = x_tr[idx_t].to(dev, non_blocking=True).float() / 255.0
-            x = norm(augment(x, c["augment"], gen))
-            t = torch.from_numpy(y_tr[idx]).to(dev)
-            with _autocast(dev, amp):
-                logits = _logits(model, x)
-            loss = torch.nn.functional.cross_entropy(logits, t, weight=loss_w)
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"loss became {float(loss)} at epoch {epoch}: lower "
-                    "classify.learning_rate or set mixed_precision: bf16/no"
-                )
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(opt)
-            else:
-                loss.backward()
-            if c["max_grad_norm"]:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), float(c["max_grad_norm"]))
-            stepped = True
-            if scaler is not None:
-                scale = scaler.get_scale()
-                scaler.step(opt)
-                scaler.update()
-                # fp16 skips a step whose gradients overflowed (the scale then drops): the schedule waits
-                stepped = scaler.get_scale() >= scale
-            else:
-                opt.step()
-            if stepped:
-                sched.step()
-            loss_val = float(loss.detach())
-            loss_sum += loss_val * len(idx)
-            n_seen += len(idx)
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{loss_val:.4f}")
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        ep_train_s = time.perf_counter() - t_ep
+        train_loss, n_seen, ep_train_s = _train_epoch(
+            model, batches, optim, norm, loss_w, dev, amp, epoch, bar
+        )
         train_time += ep_train_s
         train_images += n_seen
-
-        if len(y_va):
-            val_loss, p_va = _evaluate_tensor(
-                model, x_va, y_va, norm, dev, int(c["eval_batch_size"]), loss_w, amp
-            )
-            pred = p_va.argmax(1)
-            val_acc = metrics.accuracy(y_va, pred)
-            val_auc = metrics.auroc(y_va, p_va[:, 1]) if n_cls == 2 else float("nan")
-        else:
-            val_loss = val_acc = val_auc = float("nan")
+        val = _validate(model, x_va, y_va, norm, dev, c, loss_w, amp, len(classes))
         history.append(
             {
                 "epoch": epoch,
-                "train_loss": loss_sum / max(1, n_seen),
-                "val_loss": val_loss,
-                "val_accuracy": val_acc,
-                "val_auroc": val_auc,
-                "lr": opt.param_groups[0]["lr"],
+                "train_loss": train_loss,
+                **val,
+                "lr": optim.lr,
                 "seconds": time.perf_counter() - t_ep,
                 "train_seconds": ep_train_s,  # the optimisation steps alone, for img/s
             }
@@ -445,55 +480,28 @@ def train(
         log.info(
             "epoch %d: train_loss %.4f val_loss %.4f val_acc %.4f val_auroc %.4f",
             epoch,
-            history[-1]["train_loss"],
-            val_loss,
-            val_acc,
-            val_auc,
+            train_loss,
+            val["val_loss"],
+            val["val_accuracy"],
+            val["val_auroc"],
         )
-
-        # without a validation set the last epoch is kept
-        improved = (not len(y_va)) or val_loss < best["loss"]
-        if improved:
+        if not len(y_va) or val["val_loss"] < best["loss"]:  # without validation the last epoch is kept
             best = {
-                "loss": val_loss if len(y_va) else math.inf,
+                "loss": val["val_loss"] if len(y_va) else math.inf,
                 "epoch": epoch,
                 "state": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
             }
             bad_epochs = 0
         else:
             bad_epochs += 1
-            if patience is not None and bad_epochs >= patience:
+            if bad_epochs >= int(c["early_stopping_patience"]):
                 log.info("early stopping after epoch %d (best epoch %d)", epoch, best["epoch"])
                 break
     bar.close()
 
+    # ---- summary: the best weights, the history and what the run was
     model.load_state_dict(best["state"])
-    model.to("cpu")
-    info = {
-        "classes": list(classes),
-        "image_size": size,
-        "image_mean": mean,
-        "image_std": std,
-        "arch": arch,
-        "pretrained": str(pretrained),
-    }
-    _save_model_dir(model, processor, info, out_dir / "model")
-    io.write_csv(
-        out_dir / "history.csv",
-        pd.DataFrame(
-            history,
-            columns=[
-                "epoch",
-                "train_loss",
-                "val_loss",
-                "val_accuracy",
-                "val_auroc",
-                "lr",
-                "seconds",
-                "train_seconds",
-            ],
-        ),
-    )
+    _save_run(Path(out_dir), model, processor, history, classes, size, mean, std, arch, pretrained)
     origin = train_df["origin"].astype(str) if "origin" in train_df.columns else pd.Series([], dtype=str)
     summary = {
         "arch": arch,
@@ -513,9 +521,9 @@ def train(
         "class_balance": c["class_balance"],
         "wall_s": time.perf_counter() - t_start,
         "train_img_s": train_images / train_time if train_time else None,
-        "config": c,
+        "config": {k: v for k, v in c.items() if k not in ("models", "seeds")},  # the recipe, not the jobs
     }
-    io.write_json(out_dir / "train_summary.json", summary)
+    io.write_json(Path(out_dir) / "train_summary.json", summary)
     return summary
 
 
@@ -530,7 +538,9 @@ def _model_dir(model_dir) -> Path:
     return p
 
 
-def _load_for_inference(model_dir, classes: list[str]):
+def load_trained(model_dir, classes: list[str]):
+    """A trained classifier (its folder or the training output above it) for ``classes``: (model, mean,
+    std, image size), the normalisation and size it was trained with."""
     from transformers import AutoModelForImageClassification
 
     d = _model_dir(model_dir)
@@ -566,11 +576,11 @@ def predict(
     """
     pos = _positive_index(classes)
     torch.set_num_threads(max(1, int(threads)))
-    dev = resolve_device(device)
+    dev = torch.device(resolve_device(device))
     amp = mixed_precision if dev.type == "cuda" else "no"
-    model, mean, std, size = _load_for_inference(model_dir, classes)
+    model, mean, std, size = load_trained(model_dir, classes)
     model.to(dev).eval()
-    norm = _normalizer(mean, std, dev)
+    norm = normalizer(mean, std, dev)
     paths = df["path"].astype(str).tolist()
     out = np.zeros(len(paths), dtype=np.float64)
     with torch.inference_mode():
@@ -694,7 +704,7 @@ def train_from_manifests(
 ) -> dict:
     """The train_classifier stage: a regime's training list and the real validation splits."""
     train_df = io.read_csv(train_manifest)
-    val_df = pd.concat([io.read_csv(p) for p in val_manifests], ignore_index=True)
+    val_df = io.read_manifests(val_manifests)
     return train(
         arch, pretrained, train_df, val_df, out_dir, cfg, seed, classes, threads=threads, device=device
     )

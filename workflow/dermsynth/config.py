@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 
 import jsonschema
@@ -98,13 +99,20 @@ def validate(config: dict, schema_path: str | Path) -> dict:
     return config
 
 
+@functools.lru_cache(maxsize=8)
+def _parsed_schema(path: str, mtime_ns: int) -> dict:
+    # parsing the schema takes ~60 ms, validating a section ~0.2 ms: section() runs per image in some
+    # callers (segment.classical_mask), so it parses once per file version; it never mutates the result
+    return load_schema(path)
+
+
 def section(name: str, overrides: dict | None = None, schema_path: str | Path = SCHEMA) -> dict:
     """The config section ``name`` with the schema's defaults filled under ``overrides``, validated.
 
     Library functions called outside Snakemake (benchmarks, tests, the CLIs) get their defaults here,
     so no module restates a default. ``overrides`` is not modified; errors name the dotted key.
     """
-    schema = load_schema(schema_path)
+    schema = _parsed_schema(str(schema_path), Path(schema_path).stat().st_mtime_ns)
     sub = schema["properties"].get(name)
     if sub is None:
         raise ConfigError(
@@ -114,13 +122,23 @@ def section(name: str, overrides: dict | None = None, schema_path: str | Path = 
         sub = {**schema["$defs"][sub["$ref"].split("/")[-1]], **{k: v for k, v in sub.items() if k != "$ref"}}
     wrapped = {**schema, "properties": {name: sub}, "required": [name]}
     wrapped.pop("additionalProperties", None)
-    doc = {name: copy.deepcopy(overrides) if overrides is not None else {}}
+    doc = {name: _unshared(overrides) if overrides is not None else {}}
     errors = sorted(_Validator(wrapped).iter_errors(doc), key=lambda e: (len(e.absolute_path), e.path))
     if errors:
         e = errors[0]
         msg = (_propertynames_error(e) if e.validator == "propertyNames" else None) or _explain(e)
         raise ConfigError(f"config key '{_key(e)}': {msg}")
     return doc[name]
+
+
+def _unshared(obj):
+    """A copy in which no two places hold the same dict or list, even where ``obj``'s do (deepcopy keeps
+    such sharing): defaults filled into one ``{activate: false}`` must not show up in another."""
+    if isinstance(obj, dict):
+        return {k: _unshared(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unshared(v) for v in obj]
+    return copy.deepcopy(obj)
 
 
 def check_consistency(config: dict) -> None:

@@ -379,7 +379,7 @@ def remove_hair_dataset(manifest_in, out_dir, manifest_out, cfg: dict, threads: 
     return df
 
 
-def write_hair_section(raw: list, clean: list, out_md, out_png, n: int = 12, tile: int = 160) -> str:
+def section_dullrazor(raw: list, clean: list, out_md, out_png, n: int = 12, tile: int = 160) -> str:
     """Report fragment: the ``n`` images of the run with the largest hair masks, before / mask / after.
 
     ``raw`` and ``clean`` are the per-dataset manifests before and after :func:`remove_hair_dataset`
@@ -395,14 +395,14 @@ def write_hair_section(raw: list, clean: list, out_md, out_png, n: int = 12, til
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     hf = pd.to_numeric(df.get("hair_fraction", pd.Series(dtype=float)), errors="coerce")
     df = df.assign(hf=hf).sort_values("hf", ascending=False, kind="stable")
-    rows = []
+    tiles, names = [], []
     for r in df.head(n).itertuples():
-        tiles = [np.asarray(io.load_rgb(p)) for p in (r.raw_path, r.mask_path, r.path)]
-        name = str(getattr(r, "source_id", Path(r.path).stem))[-18:]
-        rows.append((name, [square_resize(t, tile, "pad") for t in tiles], f"hair {100 * r.hf:.1f}%"))
-    if not rows:  # nothing to show: a blank tile keeps the declared output
-        rows = [("no images", [np.full((tile, tile, 3), 255, np.uint8)] * 3, "")]
-    contact_sheet(rows, ["before", "mask", "after"], out_png)
+        tiles += [
+            square_resize(np.asarray(io.load_rgb(p)), tile, "pad") for p in (r.raw_path, r.mask_path, r.path)
+        ]
+        names.append(f"{str(getattr(r, 'source_id', Path(r.path).stem))[-18:]}\nhair {100 * r.hf:.1f}%")
+    # no images: the placeholder keeps the declared output
+    contact_sheet(tiles, out_png, ncols=3, thumb=tile, row_labels=names, headers=["before", "mask", "after"])
     text = (
         "## Hair removal: the largest hair masks\n\n"
         f"The {min(n, len(df))} images of {len(df)} with the largest DullRazor hair masks: before, mask, "

@@ -1,4 +1,4 @@
-"""Geometry: centre-crop or pad to a square, Lanczos resize, contact sheets; a thread pool for images."""
+"""Geometry: centre-crop or pad to a square, Lanczos resize, the contact sheet; a thread pool for images."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from . import io
-from .errors import ConfigError
+from .errors import ConfigError, ImageError
 
 
 @contextlib.contextmanager
@@ -49,8 +50,6 @@ def lanczos(rgb: np.ndarray, size: int) -> np.ndarray:
     """
     if rgb.shape[0] == size and rgb.shape[1] == size:
         return rgb.copy()
-    from PIL import Image
-
     return np.asarray(
         Image.fromarray(np.ascontiguousarray(rgb)).resize((size, size), Image.Resampling.LANCZOS)
     )
@@ -139,33 +138,82 @@ def resize_dataset(
     return df
 
 
-def contact_sheet(rows: list[tuple[str, list[np.ndarray], str]], headers: list[str], out) -> Path:
-    """PNG grid: one row per (name, equally sized RGB tiles, note), column ``headers`` on top.
+def _placeholder(size: int, text: str) -> Image.Image:
+    im = Image.new("RGB", (size, size), (200, 200, 200))
+    ImageDraw.Draw(im).text((4, size // 2 - 6), text, fill=(90, 0, 0))
+    return im
 
-    The name and note are written on the row's first tile; used for DullRazor before/after/mask sheets.
+
+def _cell(image, size: int) -> Image.Image:
+    """One grid cell: ``image`` (a path or an RGB / gray array) scaled into a ``size`` square, centred.
+
+    None or an empty path is a deliberate blank cell (padding a row); an unreadable file shows as such.
     """
-    if not rows:
-        raise ConfigError("contact sheet: no rows")
-    th, tw = rows[0][1][0].shape[:2]
-    gap, head = 4, 22
-    cols = len(rows[0][1])
-    sheet = np.full((head + len(rows) * (th + gap), cols * (tw + gap) - gap, 3), 255, np.uint8)
-    for c, h in enumerate(headers):
-        cv2.putText(
-            sheet, h, (c * (tw + gap) + 6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA
+    if image is None or (isinstance(image, str) and not image):
+        return Image.new("RGB", (size, size), (255, 255, 255))
+    if isinstance(image, np.ndarray):
+        im = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).convert("RGB")
+    else:
+        try:
+            im = io.load_rgb(str(image))
+        except ImageError:
+            return _placeholder(size, "unreadable")
+    if im.size != (size, size):
+        # scale to the cell both ways: small generated images are enlarged, large photographs shrunk
+        scale = size / max(im.width, im.height)
+        im = im.resize(
+            (max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.LANCZOS
         )
-    for r, (name, tiles, note) in enumerate(rows):
-        y = head + r * (th + gap)
-        for c, t in enumerate(tiles):
-            tile = np.ascontiguousarray(t[..., :3], dtype=np.uint8)
-            if c == 0:
-                tile = tile.copy()
-                for k, text in enumerate(x for x in (name, note) if x):
-                    org = (4, 14 + 16 * k)
-                    cv2.putText(tile, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 3, cv2.LINE_AA)
-                    cv2.putText(
-                        tile, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.42, (255, 255, 255), 1, cv2.LINE_AA
-                    )
-            sheet[y : y + th, c * (tw + gap) : c * (tw + gap) + tw] = tile
-    io.save_png(out, sheet)
-    return Path(out)
+    canvas = Image.new("RGB", (size, size), (255, 255, 255))
+    canvas.paste(im, ((size - im.width) // 2, (size - im.height) // 2))
+    return canvas
+
+
+def contact_sheet(
+    images: list,
+    out_png,
+    ncols: int = 8,
+    thumb: int = 96,
+    labels: list[str] | None = None,
+    title: str | None = None,
+    row_labels: list[str] | None = None,
+    headers: list[str] | None = None,
+    label_w: int = 150,
+) -> Path:
+    """The one image grid of every stage and the report, saved as PNG.
+
+    ``images`` fill rows of ``ncols`` cells; each is a path or an RGB array (None or "" = blank cell).
+    Optional: a caption under each cell (``labels``), a ``title``, a text left of each row
+    (``row_labels``, lines split at newlines, in a margin ``label_w`` px wide) and one above each
+    column (``headers``). No images: a placeholder that says so.
+    """
+    if labels is not None and len(labels) != len(images):
+        raise ValueError(f"{len(labels)} labels for {len(images)} images")
+    if not len(images):
+        io.save_png(out_png, _placeholder(max(thumb, 120), "no images"))
+        return Path(out_png)
+    ncols = max(1, min(int(ncols), len(images)))
+    nrows = -(-len(images) // ncols)
+    pad = 2
+    caption_h = 14 if labels is not None else 0
+    top = (18 if title else 0) + (14 if headers else 0)
+    left = label_w if row_labels is not None else 0
+    cell_w, cell_h = thumb + pad, thumb + caption_h + pad
+    sheet = Image.new("RGB", (left + ncols * cell_w + pad, top + nrows * cell_h + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    if title:
+        draw.text((pad + 2, 3), title, fill=(0, 0, 0))
+    for c, text in enumerate(headers or []):
+        draw.text((left + pad + c * cell_w + 2, top - 13), str(text), fill=(0, 0, 0))
+    for r, text in enumerate(row_labels or []):
+        y = top + pad + r * cell_h
+        for k, line in enumerate(str(text).split("\n")):
+            draw.text((4, y + thumb // 2 - 12 + 12 * k), line[: label_w // 6], fill=(0, 0, 0))
+    for k, image in enumerate(images):
+        r, c = divmod(k, ncols)
+        x, y = left + pad + c * cell_w, top + pad + r * cell_h
+        sheet.paste(_cell(image, thumb), (x, y))
+        if labels is not None:
+            draw.text((x + 1, y + thumb + 1), str(labels[k])[: max(4, thumb // 6)], fill=(0, 0, 0))
+    io.save_png(out_png, sheet)
+    return Path(out_png)

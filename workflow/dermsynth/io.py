@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from .errors import ConfigError, ImageError
 
 #: Columns every image manifest carries; stages add their own after these.
 MANIFEST_COLUMNS = ["path", "label", "dataset", "source_id", "sha256"]
@@ -69,6 +69,20 @@ def write_csv(path: str | os.PathLike, df: pd.DataFrame) -> None:
 def read_csv(path: str | os.PathLike) -> pd.DataFrame:
     # keep ids such as "0001" as text: they are identifiers, not numbers
     return pd.read_csv(path, dtype={"source_id": str, "lesion_id": str, "patient_id": str})
+
+
+def read_manifests(paths) -> pd.DataFrame:
+    """The rows of the manifests ``paths``, one after another (columns: their union); none: no rows.
+
+    A manifest lists images (columns ``path`` and ``label`` at least): one without them is a
+    ConfigError naming it, before any image is read.
+    """
+    frames = [read_csv(p) for p in paths]
+    for p, df in zip(paths, frames, strict=True):
+        missing = [c for c in ("path", "label") if c not in df.columns]
+        if missing:
+            raise ConfigError(f"manifest {p} lacks column(s) {missing}: regenerate it")
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["path", "label"])
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

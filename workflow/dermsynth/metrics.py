@@ -1,16 +1,26 @@
-"""Binary classification metrics with bootstrap confidence intervals (numpy only).
+"""Binary classification metrics (scikit-learn) with bootstrap confidence intervals.
 
 Convention: class 1 is the positive class (malignant). ``y`` holds 0/1 labels, ``score`` P(class 1),
 ``yhat`` 0/1 predictions. A metric that is undefined for its input (no positives for sensitivity,
 one class only for AUROC, ...) returns ``nan`` instead of raising: bootstrap resamples and one-class
 test sets then degrade gracefully.
+
+The metrics of one sample are scikit-learn's. The bootstrap is this module's own: scikit-learn has
+none, and it computes every resample at once from confusion counts (AUROC: the Mann-Whitney U of the
+resample's multiplicities), because one scikit-learn call costs 0.5-1.5 ms of input checks. Measured
+on 1,000 test images x 1,000 resamples, the six metrics of ``summarize`` take 6.6 s through
+scikit-learn per resample, 0.16 s with the former numpy loop and 0.06 s vectorised (the report
+bootstraps every model x regime x test set, seeds pooled, and its paired differences); a test
+asserts that the vectorised values are scikit-learn's on each resample.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from sklearn import metrics as skm
 
 METRIC_NAMES = ("accuracy", "balanced_accuracy", "auroc", "sensitivity", "specificity", "f1")
 
@@ -24,94 +34,78 @@ def _check_same_length(*arrays: np.ndarray) -> None:
         raise ValueError(f"arrays differ in length: {[len(a) for a in arrays]}")
 
 
+# ---------------------------------------------------------------- one sample (scikit-learn)
+
+
 def confusion(y, yhat, n_classes: int = 2) -> np.ndarray:
     """Confusion matrix, rows = true class, columns = predicted class."""
     y, yhat = _arr(y, np.int64), _arr(yhat, np.int64)
     _check_same_length(y, yhat)
-    if len(y) and (min(y.min(), yhat.min()) < 0 or max(y.max(), yhat.max()) >= n_classes):
+    if not len(y):
+        return np.zeros((n_classes, n_classes), np.int64)
+    if min(y.min(), yhat.min()) < 0 or max(y.max(), yhat.max()) >= n_classes:
         raise ValueError(f"labels must lie in 0..{n_classes - 1}")
-    return np.bincount(y * n_classes + yhat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
-
-
-def _ratio(num: float, den: float) -> float:
-    return float(num) / float(den) if den else float("nan")
+    return skm.confusion_matrix(y, yhat, labels=np.arange(n_classes))
 
 
 def accuracy(y, yhat) -> float:
     y, yhat = _arr(y), _arr(yhat)
     _check_same_length(y, yhat)
-    return float(np.mean(y == yhat)) if len(y) else float("nan")
+    return float(skm.accuracy_score(y, yhat)) if len(y) else float("nan")
+
+
+def _recall(y, yhat, positive: int) -> float:
+    y, yhat = _arr(y, np.int64), _arr(yhat, np.int64)
+    _check_same_length(y, yhat)
+    if not len(y):
+        return float("nan")
+    return float(skm.recall_score(y, yhat, labels=[0, 1], pos_label=positive, zero_division=np.nan))
 
 
 def sensitivity(y, yhat) -> float:
     """Recall of class 1 (malignant): TP / (TP + FN); nan without positives."""
-    (tn, fp), (fn, tp) = confusion(y, yhat)
-    return _ratio(tp, tp + fn)
+    return _recall(y, yhat, 1)
 
 
 def specificity(y, yhat) -> float:
     """Recall of class 0 (benign): TN / (TN + FP); nan without negatives."""
-    (tn, fp), (fn, tp) = confusion(y, yhat)
-    return _ratio(tn, tn + fp)
+    return _recall(y, yhat, 0)
 
 
 def balanced_accuracy(y, yhat) -> float:
-    """Mean recall over the classes present in ``y`` (as scikit-learn defines it)."""
-    recalls = [r for r in (sensitivity(y, yhat), specificity(y, yhat)) if not np.isnan(r)]
-    return float(np.mean(recalls)) if recalls else float("nan")
+    """Mean recall over the classes present in ``y`` (scikit-learn's definition)."""
+    y, yhat = _arr(y), _arr(yhat)
+    _check_same_length(y, yhat)
+    if not len(y):
+        return float("nan")
+    with warnings.catch_warnings():  # "y_pred contains classes not in y_true": by definition here
+        warnings.simplefilter("ignore", UserWarning)
+        return float(skm.balanced_accuracy_score(y, yhat))
 
 
 def f1(y, yhat) -> float:
     """F1 of class 1; nan when there are neither positives nor positive predictions."""
-    (tn, fp), (fn, tp) = confusion(y, yhat)
-    return _ratio(2 * tp, 2 * tp + fp + fn)
-
-
-def rankdata(x) -> np.ndarray:
-    """Ranks 1..n with ties given their average rank (scipy's ``rankdata(method='average')``)."""
-    x = _arr(x, np.float64)
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    # boundaries of runs of equal values in the sorted array
-    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
-    ends = np.r_[starts[1:], len(xs)]
-    avg = (starts + ends + 1) / 2.0  # mean of ranks start+1 .. end
-    ranks = np.empty(len(x), dtype=np.float64)
-    ranks[order] = np.repeat(avg, ends - starts)
-    return ranks
+    y, yhat = _arr(y, np.int64), _arr(yhat, np.int64)
+    _check_same_length(y, yhat)
+    if not len(y):
+        return float("nan")
+    return float(skm.f1_score(y, yhat, labels=[0, 1], pos_label=1, zero_division=np.nan))
 
 
 def auroc(y, score) -> float:
-    """Area under the ROC curve via the Mann-Whitney U statistic (ties count one half).
-
-    Returns nan when ``y`` holds only one class.
-    """
+    """Area under the ROC curve (ties count one half); nan when ``y`` holds only one class."""
     y, score = _arr(y, np.int64), _arr(score, np.float64)
     _check_same_length(y, score)
-    n_pos = int(np.sum(y == 1))
-    n_neg = len(y) - n_pos
-    if n_pos == 0 or n_neg == 0:
+    if len(np.unique(y)) < 2:
         return float("nan")
     if not np.all(np.isfinite(score)):
         raise ValueError("scores must be finite")
-    r = rankdata(score)
-    u = r[y == 1].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
+    return float(skm.roc_auc_score(y, score))
 
 
 def roc_curve(y, score) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fpr, tpr, thresholds), one point per distinct score, starting at (0, 0)."""
-    y, score = _arr(y, np.int64), _arr(score, np.float64)
-    order = np.argsort(-score, kind="mergesort")
-    y, score = y[order], score[order]
-    last = np.r_[np.flatnonzero(score[1:] != score[:-1]), len(score) - 1]
-    tps = np.cumsum(y)[last]
-    fps = (last + 1) - tps
-    n_pos, n_neg = max(int(y.sum()), 1), max(int(len(y) - y.sum()), 1)
-    fpr = np.r_[0.0, fps / n_neg]
-    tpr = np.r_[0.0, tps / n_pos]
-    thr = np.r_[np.inf, score[last]]
-    return fpr, tpr, thr
+    """(fpr, tpr, thresholds), one point per distinct score, starting at (0, 0) with threshold inf."""
+    return skm.roc_curve(_arr(y, np.int64), _arr(score, np.float64), drop_intermediate=False)
 
 
 def predictions(score, threshold: float = 0.5) -> np.ndarray:
@@ -128,24 +122,95 @@ _THRESHOLDED: dict[str, Callable] = {
 }
 
 
-def metric_from_score(name: str, threshold: float = 0.5) -> Callable[[np.ndarray, np.ndarray], float]:
+# ---------------------------------------------------------------- many resamples at once
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / np.maximum(den, 1), np.nan)
+
+
+def _counts(y: np.ndarray, yhat: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(tp, fp, fn, tn) of every resample (the rows of ``idx``)."""
+    pos, hit = y[idx] == 1, yhat[idx] == 1
+    tp = np.sum(pos & hit, axis=1)
+    fn = np.sum(pos, axis=1) - tp
+    fp = np.sum(hit, axis=1) - tp
+    return tp, fp, fn, idx.shape[1] - tp - fp - fn
+
+
+def _resampled_thresholded(name: str, y: np.ndarray, yhat: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    tp, fp, fn, tn = _counts(y, yhat, idx)
+    if name == "accuracy":
+        return (tp + tn) / idx.shape[1]
+    sens, spec = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
+    if name == "sensitivity":
+        return sens
+    if name == "specificity":
+        return spec
+    if name == "f1":
+        return _ratio(2 * tp, 2 * tp + fp + fn)
+    with warnings.catch_warnings():  # balanced accuracy: mean over the classes a resample holds
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(np.stack([sens, spec], axis=1), axis=1)
+
+
+def _resampled_auroc(y: np.ndarray, score: np.ndarray, idx: np.ndarray, block: int = 256) -> np.ndarray:
+    """AUROC of every resample: 2U = sum over tie groups of positives x (2 negatives below + negatives
+    tied), from each resample's multiplicities; exact integers, so the value is U / (n_pos n_neg)."""
+    _, group = np.unique(score, return_inverse=True)
+    n_groups = int(group.max()) + 1 if len(group) else 0
+    out = np.empty(len(idx))
+    for s in range(0, len(idx), block):  # memory: block x n_groups counts
+        rows = idx[s : s + block]
+        cell = group[rows] + n_groups * np.arange(len(rows))[:, None]
+        pos = y[rows] == 1
+        size = len(rows) * n_groups
+        p = np.bincount(cell[pos], minlength=size).reshape(len(rows), n_groups)
+        n = np.bincount(cell[~pos], minlength=size).reshape(len(rows), n_groups)
+        below = np.cumsum(n, axis=1) - n
+        u2 = np.sum(p * (2 * below + n), axis=1)
+        n_pos, n_neg = p.sum(axis=1), n.sum(axis=1)
+        out[s : s + block] = _ratio(u2, 2 * n_pos * n_neg)
+    return out
+
+
+class Metric:
+    """A metric of (y, P(class 1)) by name: called on one sample (scikit-learn), ``resampled`` on every
+    row of a matrix of bootstrap indices at once (the same numbers, see the module docstring)."""
+
+    def __init__(self, name: str, threshold: float = 0.5):
+        if name != "auroc" and name not in _THRESHOLDED:
+            raise ValueError(f"unknown metric '{name}': choose from {', '.join(METRIC_NAMES)}")
+        self.name, self.__name__, self.threshold = name, name, threshold
+
+    def __call__(self, y, score) -> float:
+        if self.name == "auroc":
+            return auroc(y, score)
+        return _THRESHOLDED[self.name](y, predictions(score, self.threshold))
+
+    def resampled(self, y, score, idx: np.ndarray) -> np.ndarray:
+        """The metric on ``y[i], score[i]`` for every row ``i`` of ``idx`` (n_resamples, n_items)."""
+        y, score = _arr(y, np.int64), _arr(score, np.float64)
+        _check_same_length(y, score)
+        if self.name == "auroc":
+            if not np.all(np.isfinite(score)):
+                raise ValueError("scores must be finite")
+            return _resampled_auroc(y, score, idx)
+        return _resampled_thresholded(self.name, y, predictions(score, self.threshold), idx)
+
+
+def metric_from_score(name: str, threshold: float = 0.5) -> Metric:
     """A ``fn(y, score)`` for any metric name: thresholded metrics apply ``threshold`` first."""
-    if name == "auroc":
-        return auroc
-    if name not in _THRESHOLDED:
-        raise ValueError(f"unknown metric '{name}': choose from {', '.join(METRIC_NAMES)}")
-    fn = _THRESHOLDED[name]
-
-    def scored(y, score):
-        return fn(y, predictions(score, threshold))
-
-    scored.__name__ = name
-    return scored
+    return Metric(name, threshold)
 
 
 def all_metrics(y, score, threshold: float = 0.5) -> dict[str, float]:
     """Every metric of METRIC_NAMES for one set of scores."""
-    return {name: metric_from_score(name, threshold)(y, score) for name in METRIC_NAMES}
+    return {name: Metric(name, threshold)(y, score) for name in METRIC_NAMES}
+
+
+# ---------------------------------------------------------------- bootstrap
 
 
 def resample_indices(n_items: int, n: int, seed: int) -> np.ndarray:
@@ -174,14 +239,20 @@ def _check_ci(ci: float) -> None:
         raise ValueError(f"ci must lie in (0, 1), got {ci}")
 
 
+def _on_resamples(metric_fn: Callable, y: np.ndarray, score: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``metric_fn`` on every resample: at once for a ``Metric``, one call per resample otherwise."""
+    if isinstance(metric_fn, Metric):
+        return metric_fn.resampled(y, score, idx)
+    return np.array([metric_fn(y[i], score[i]) for i in idx], dtype=np.float64)
+
+
 def bootstrap_values(y, score, metric_fn: Callable, n: int = 1000, seed: int = 0) -> np.ndarray:
     """The metric on ``n`` resamples (with replacement) of the test images; undefined ones are nan."""
     y, score = _arr(y, np.int64), _arr(score, np.float64)
     _check_same_length(y, score)
     if len(y) == 0 or n <= 0:
         return np.array([], dtype=np.float64)
-    idx = resample_indices(len(y), n, seed)
-    return np.array([metric_fn(y[i], score[i]) for i in idx], dtype=np.float64)
+    return _on_resamples(metric_fn, y, score, resample_indices(len(y), n, seed))
 
 
 def bootstrap_ci(
@@ -199,16 +270,12 @@ def summarize(
     _check_ci(ci)
     y, score = _arr(y, np.int64), _arr(score, np.float64)
     _check_same_length(y, score)
-    fns = {name: metric_from_score(name, threshold) for name in METRIC_NAMES}
-    boot = {name: [] for name in METRIC_NAMES}
-    if len(y) and n_boot > 0:
-        for i in resample_indices(len(y), n_boot, seed):
-            yi, si = y[i], score[i]
-            for name, fn in fns.items():
-                boot[name].append(fn(yi, si))
+    idx = resample_indices(len(y), n_boot, seed) if len(y) and n_boot > 0 else None
     out = {}
-    for name, fn in fns.items():
-        lo, hi = _percentile_ci(np.asarray(boot[name], dtype=np.float64), ci)
+    for name in METRIC_NAMES:
+        fn = Metric(name, threshold)
+        boot = fn.resampled(y, score, idx) if idx is not None else np.array([])
+        lo, hi = _percentile_ci(boot, ci)
         out[name] = {"value": fn(y, score) if len(y) else float("nan"), "lo": lo, "hi": hi}
     return out
 
@@ -228,7 +295,8 @@ def paired_bootstrap_diff(
     diff = float(metric_fn(y, a) - metric_fn(y, b)) if len(y) else float("nan")
     if len(y) == 0 or n <= 0:
         return {"diff": diff, "lo": float("nan"), "hi": float("nan"), "p": float("nan"), "n_boot": 0}
-    d = np.array([metric_fn(y[i], a[i]) - metric_fn(y[i], b[i]) for i in resample_indices(len(y), n, seed)])
+    idx = resample_indices(len(y), n, seed)
+    d = _on_resamples(metric_fn, y, a, idx) - _on_resamples(metric_fn, y, b, idx)
     d = d[np.isfinite(d)]
     if len(d) == 0:
         return {"diff": diff, "lo": float("nan"), "hi": float("nan"), "p": float("nan"), "n_boot": 0}

@@ -1,522 +1,559 @@
-"""The filter stage: per-image artifact checks plus the set-level ones, and contact sheets.
+"""How close synthetic images are to real ones, and how varied: FID/KID, precision/recall, diversity.
 
-Also a command line for any folder of images (labels from subfolders):
-``python -m dermsynth.quality --config config/config.yaml --images DIR --out DIR``.
+Every metric works on features from one pluggable extractor (config ``quality.features``):
 
-``filter_synthetic`` keeps a generated image only if every check passes: the per-image verdict of
-``dermsynth.artifacts`` (the same one generation tops up against) and two checks that need every
-image at once. Each rejected image gets a row in ``rejected.csv`` whose reason is the first failing
-one in ``artifacts.REASONS`` order (the others are listed in its detail):
+- ``inception``: the standard FID network (torch-fidelity's InceptionV3 weights, as torchmetrics uses
+  them). It needs torch-fidelity and the weights file, which a networked job downloads; offline
+  without it the job stops with one line naming the file, its folder and the command that fetches it
+  (the preflight check before any job says the same, dermsynth.preflight).
+- ``domain``: the penultimate features (the classification head's input) of the project's own
+  real-only classifier, the way medigan reports a RadImageNet-FID: distances a dermoscopy model sees.
+- ``tiny``: a fixed random conv net (seeded, no weights file), for the offline demo and the tests.
 
-- ``memorized``: a near copy (also flipped / rotated) of a fine-tune image (``dermsynth.audit``).
-- ``duplicate``: same pixels as, or a near copy (pHash + thumbnail correlation, as in the splits) of,
-  an image kept earlier in manifest order.
+On those features: FID and KID (torchmetrics, fed the features through an identity "network"), the
+k-NN manifold metrics precision / recall / density / coverage (Kynkäänniemi et al. 2019; Naeem et
+al. 2020), which separate low fidelity (precision, density) from low diversity (recall, coverage);
+and on the pixels: mean pairwise MS-SSIM within a set (higher = less varied) and the fraction of
+near-duplicate pairs. A set smaller than ``min_images`` gets ``None`` with the reason, never a crash.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageDraw
-from tqdm import tqdm
+import torch
+from tqdm.auto import tqdm
 
-from . import audit, io
-from .artifacts import REASONS, check_image, image_verdict, thresholds
-from .errors import ConfigError, DermsynthError, ImageError
-from .splits import find_duplicates
+from . import config, hub, io, preflight
+from .device import resolve_device
+from .errors import ConfigError, ModelNotFoundError, one_line
 
 log = logging.getLogger("dermsynth.quality")
 
-REJECTED_COLUMNS = ["path", "label", "sampler", "reason", "score", "detail"]
+INCEPTION_FILE, INCEPTION_URL = preflight.INCEPTION_FILE, preflight.INCEPTION_URL
+METRICS = (
+    "fid",
+    "kid",
+    "kid_std",
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+    "ms_ssim",
+    "ms_ssim_real",
+    "near_duplicates",
+)
+
+# ---------------------------------------------------------------- feature extractors
 
 
-def _read_manifests(manifests: Sequence[str | os.PathLike]) -> pd.DataFrame:
-    if not manifests:
-        raise ConfigError("filter_synthetic needs at least one generation manifest")
-    frames = [io.read_csv(m) for m in manifests]
-    df = pd.concat(frames, ignore_index=True, sort=False)
-    missing = [c for c in ("path", "label") if c not in df.columns]
-    if missing:
-        raise ConfigError(f"generation manifests lack column(s) {missing}: regenerate them")
-    return df
+class TinyEncoder(torch.nn.Module):
+    """A fixed random conv net: 3 strided conv layers, mean+std pooled (256 features).
+
+    Random conv features separate colour, texture and shape statistics well enough for FID-style
+    comparisons (and grow with noise), need no download, and are identical for a given seed.
+    """
+
+    def __init__(self, seed: int = 0, size: int = 64):
+        super().__init__()
+        g = torch.Generator().manual_seed(int(seed))
+        chans = (3, 32, 64, 128)
+        self.convs = torch.nn.ModuleList()
+        for cin, cout in zip(chans[:-1], chans[1:], strict=True):
+            conv = torch.nn.Conv2d(cin, cout, 3, stride=2, padding=1)
+            with torch.no_grad():
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * math.sqrt(2.0 / (cin * 9)))
+                conv.bias.zero_()
+            self.convs.append(conv)
+        self.size = int(size)
+        self.num_features = 2 * chans[-1]
+        self.eval()
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # uint8 (B, 3, H, W)
+        x = x.float() / 127.5 - 1.0
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            x = torch.nn.functional.interpolate(
+                x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False
+            )
+        for conv in self.convs:
+            x = torch.relu(conv(x))
+        return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1)
 
 
-def _text(v) -> str:
-    return "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+def inception_weights_path(path: str | None = None) -> Path:
+    """The InceptionV3 FID weights file (downloaded there when missing and online), or one
+    ModelNotFoundError line naming the file, its folder and the command that fetches it."""
+    p = preflight.inception_file(path)
+    if not p.is_file() and not hub.offline():
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            # writes a temporary file beside it and renames: no half file is left behind
+            torch.hub.download_url_to_file(INCEPTION_URL, str(p), progress=False)
+        except Exception as e:  # the message below says what to do; the cause goes to the log
+            log.warning("downloading %s failed: %s", INCEPTION_URL, one_line(e))
+    if not p.is_file():
+        why = "the network is off (HF_HUB_OFFLINE)" if hub.offline() else "downloading it failed"
+        raise ModelNotFoundError(f"quality.inception_weights: {preflight.missing_weights(p, why)}")
+    try:
+        import torch_fidelity  # noqa: F401
+    except Exception as e:  # ImportError, or a RuntimeError from a torchvision of another build
+        raise ModelNotFoundError(
+            f"quality.features: inception needs torch-fidelity, which fails to import ({one_line(e, 120)}): "
+            f"`pip install {preflight.FIDELITY_PACKAGES}` (torchvision built for the installed torch), "
+            "or use quality.features: domain|tiny"
+        ) from None
+    return p
 
 
-def _near_duplicates(
-    thumbs: np.ndarray, pixel_hashes: list[str], thr: dict
-) -> dict[int, tuple[int, str, int]]:
-    """For image j: (the earlier image i it copies, kind, pHash distance), via the splits' search."""
-    d = thr["duplicates"]
-    frame = pd.DataFrame(
+class Extractor:
+    """images (uint8 tensor B, 3, H, W) -> features (float tensor B, D), and the input side."""
+
+    def __init__(self, kind: str, size: int, fn, name: str, device: torch.device):
+        self.kind, self.size, self.fn, self.name, self.device = kind, int(size), fn, name, device
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.fn(x.to(self.device)).float().cpu()
+
+
+def load_extractor(
+    kind: str, cfg: dict | None = None, model_dir=None, classes=None, device: str = "auto"
+) -> Extractor:
+    """The ``kind`` extractor (``quality.features``); ``cfg``: the rest of the quality section."""
+    c = config.section("quality", {**(cfg or {}), "features": kind})
+    dev = resolve_device(device)
+    if kind == "tiny":
+        enc = TinyEncoder(seed=c["seed"], size=c["image_size"]).to(dev)
+        return Extractor(kind, c["image_size"], enc, f"tiny random conv net (seed {c['seed']})", dev)
+    if kind == "inception":
+        weights = inception_weights_path(c["inception_weights"])
+        # imported here: torch-fidelity is optional and pulls torchvision
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
+        net = NoTrainInceptionV3(
+            name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(weights)
+        ).to(dev)
+        return Extractor(kind, 299, net, "InceptionV3 pool3 (torch-fidelity weights)", dev)
+    return _domain_extractor(model_dir, classes, dev)  # the schema allows no other kind
+
+
+def _domain_extractor(model_dir, classes, dev) -> Extractor:
+    """Penultimate features of a trained classifier: the input of its classification head."""
+    from .classify import load_trained, normalizer
+
+    if model_dir is None or not Path(model_dir).exists():
+        raise ModelNotFoundError(
+            f"quality.features: domain needs the real-only classifier at {model_dir}: train it first "
+            "(rule train_classifier) or use quality.features: tiny|inception"
+        )
+    model, mean, std, size = load_trained(model_dir, list(classes or []))
+    model.to(dev).eval()
+    norm = normalizer(mean, std, dev)
+    head = getattr(model, "classifier", None)
+    if not isinstance(head, torch.nn.Module):
+        raise ConfigError(f"classifier at {model_dir} has no .classifier head to take features from")
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(_module, args):
+        captured["x"] = args[0]
+
+    head.register_forward_pre_hook(hook)
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        model(pixel_values=norm(x.float() / 255.0))
+        return captured["x"].reshape(x.shape[0], -1)
+
+    return Extractor("domain", size, fn, f"penultimate features of {io.rel(model_dir)}", dev)
+
+
+def load_uint8(paths: list[str], size: int, threads: int = 1) -> torch.Tensor:
+    from .classify import load_images
+
+    return load_images([str(p) for p in paths], size, threads)
+
+
+def extract(
+    paths: list[str], extractor: Extractor, batch_size: int = 64, threads: int = 1, desc: str | None = None
+) -> np.ndarray:
+    """Features of every image in ``paths`` (N, D) float64."""
+    out = []
+    for i in tqdm(range(0, len(paths), batch_size), desc=desc, disable=None if desc else True, leave=False):
+        x = load_uint8(paths[i : i + batch_size], extractor.size, threads)
+        out.append(extractor(x).double().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+# ---------------------------------------------------------------- metrics on features
+
+
+class _Identity(torch.nn.Module):
+    """Hands precomputed features to torchmetrics' FID/KID as if it were the network."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = int(num_features)
+
+    def forward(self, x):
+        return x
+
+
+def fid(real: np.ndarray, fake: np.ndarray) -> float:
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    m = FrechetInceptionDistance(feature=_Identity(real.shape[1]), reset_real_features=True)
+    m.update(torch.as_tensor(real, dtype=torch.float64), real=True)
+    m.update(torch.as_tensor(fake, dtype=torch.float64), real=False)
+    # eigenvalues of a near-singular product can come out a hair below zero for identical sets
+    return max(0.0, float(m.compute()))
+
+
+def kid(
+    real: np.ndarray, fake: np.ndarray, subsets: int = 50, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float, int]:
+    """(KID mean, std over subsets, subset size used): the subset shrinks to fit the smaller set."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    size = int(min(subset_size, len(real), len(fake)))
+    with warnings.catch_warnings():  # "features kept in a buffer": we hand it features, not images
+        warnings.simplefilter("ignore", UserWarning)
+        m = KernelInceptionDistance(feature=_Identity(real.shape[1]), subsets=int(subsets), subset_size=size)
+    m.update(torch.as_tensor(real, dtype=torch.float64), real=True)
+    m.update(torch.as_tensor(fake, dtype=torch.float64), real=False)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(int(seed))  # KID draws its subsets with torch.randperm
+    try:
+        mean, std = m.compute()
+    finally:
+        torch.random.set_rng_state(state)
+    return float(mean), float(std), size
+
+
+def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict:
+    """Precision, recall (Kynkäänniemi 2019), density, coverage (Naeem 2020) with k-NN balls."""
+    from sklearn.metrics import pairwise_distances
+
+    d_rr = pairwise_distances(real, real)
+    d_ff = pairwise_distances(fake, fake)
+    d_rf = pairwise_distances(real, fake)
+    # k-th neighbour excluding the point itself: column k of the sorted row (column 0 is the 0 self-distance)
+    r_real = np.sort(d_rr, axis=1)[:, k]
+    r_fake = np.sort(d_ff, axis=1)[:, k]
+    in_real = d_rf <= r_real[:, None]  # (n_real, n_fake): fake j inside real i's ball
+    return {
+        "precision": float(in_real.any(axis=0).mean()),
+        "recall": float((d_rf <= r_fake[None, :]).any(axis=1).mean()),
+        "density": float(in_real.sum(axis=0).mean() / k),
+        "coverage": float((d_rf.min(axis=1) <= r_real).mean()),
+    }
+
+
+# ---------------------------------------------------------------- diversity on pixels
+
+
+def _ms_ssim_betas(size: int, kernel: int = 11) -> tuple[float, ...]:
+    """MS-SSIM's five scale weights, cut to the scales an image of ``size`` px supports, renormalised."""
+    betas = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+    n = 1
+    while n < len(betas) and size > (kernel - 1) * 2**n:
+        n += 1
+    b = np.asarray(betas[:n])
+    return tuple(float(x) for x in b / b.sum())
+
+
+def pairwise_ms_ssim(
+    images: torch.Tensor, max_pairs: int = 500, seed: int = 0, batch: int = 64
+) -> np.ndarray:
+    """MS-SSIM of up to ``max_pairs`` random distinct pairs of ``images`` (uint8 N, 3, S, S)."""
+    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure as ms_ssim
+
+    n = len(images)
+    if n < 2:
+        return np.zeros(0)
+    all_pairs = n * (n - 1) // 2
+    rng = np.random.default_rng(seed)
+    if all_pairs <= max_pairs:
+        i, j = np.triu_indices(n, 1)
+    else:
+        i = rng.integers(0, n, max_pairs * 2)
+        j = rng.integers(0, n, max_pairs * 2)
+        keep = i != j
+        i, j = i[keep][:max_pairs], j[keep][:max_pairs]
+    betas = _ms_ssim_betas(images.shape[-1])
+    x = images.float() / 255.0
+    out = []
+    for s in range(0, len(i), batch):
+        a, b = x[i[s : s + batch]], x[j[s : s + batch]]
+        v = ms_ssim(a, b, data_range=1.0, betas=betas, reduction="none", normalize="relu")
+        out.append(v.reshape(-1).numpy())
+    return np.concatenate(out).astype(np.float64)
+
+
+# ---------------------------------------------------------------- one comparison
+
+
+def _na(reason: str) -> dict:
+    return {**{m: None for m in METRICS}, "status": "n/a", "reason": reason}
+
+
+def compare(
+    real_feats: np.ndarray,
+    fake_feats: np.ndarray,
+    fake_images: torch.Tensor | None,
+    real_images: torch.Tensor | None,
+    cfg: dict | None = None,
+) -> dict:
+    """Every metric of one real-vs-synthetic comparison; ``n/a`` with the reason for too few images."""
+    c = config.section("quality", cfg)
+    n_r, n_f = len(real_feats), len(fake_feats)
+    need = max(int(c["min_images"]), int(c["nearest_k"]) + 2, 2)
+    base = {"n_real": int(n_r), "n_synthetic": int(n_f)}
+    if n_r < need or n_f < need:
+        which = "synthetic" if n_f < need else "real"
+        return {
+            **base,
+            **_na(f"too few {which} images ({min(n_r, n_f)} < {need}) for FID/KID and k-NN metrics"),
+        }
+    out = dict(base)
+    out["fid"] = fid(real_feats, fake_feats)
+    out["kid"], out["kid_std"], out["kid_subset_size"] = kid(
+        real_feats, fake_feats, c["kid_subsets"], c["kid_subset_size"], c["seed"]
+    )
+    out.update(prdc(real_feats, fake_feats, int(c["nearest_k"])))
+    out["ms_ssim"] = out["near_duplicates"] = out["ms_ssim_real"] = None
+    if fake_images is not None:
+        v = pairwise_ms_ssim(fake_images, int(c["max_pairs"]), int(c["seed"]))
+        out["ms_ssim"] = float(v.mean()) if len(v) else None
+        out["near_duplicates"] = float((v >= c["near_duplicate_ms_ssim"]).mean()) if len(v) else None
+        out["n_pairs"] = int(len(v))
+    if real_images is not None:
+        v = pairwise_ms_ssim(real_images, int(c["max_pairs"]), int(c["seed"]) + 1)
+        out["ms_ssim_real"] = float(v.mean()) if len(v) else None
+    out["status"], out["reason"] = "ok", ""
+    return out
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def _subsample(paths: list[str], max_images, seed: int) -> list[str]:
+    if max_images and len(paths) > int(max_images):
+        idx = np.sort(np.random.default_rng(seed).choice(len(paths), int(max_images), replace=False))
+        return [paths[i] for i in idx]
+    return paths
+
+
+def _paths(df: pd.DataFrame, label: str, sampler: str | None = None) -> list[str]:
+    if df.empty:
+        return []
+    m = df["label"].astype(str) == label
+    if sampler is not None and "sampler" in df.columns:
+        m &= df["sampler"].astype(str) == sampler
+    return df.loc[m, "path"].astype(str).tolist()
+
+
+class _Featurizer:
+    """Features and diversity-size pixels of image lists, one extractor per job."""
+
+    def __init__(self, cfg: dict, model_dir=None, classes=None, device="auto", threads=1):
+        self.c = config.section("quality", cfg)
+        self.threads = threads
+        self.ex = load_extractor(self.c["features"], self.c, model_dir, classes, device)
+
+    def __call__(self, paths: list[str], desc: str) -> tuple[np.ndarray, torch.Tensor]:
+        feats = extract(paths, self.ex, int(self.c["batch_size"]), self.threads, desc)
+        pix = load_uint8(paths, int(self.c["image_size"]), self.threads) if paths else None
+        return feats, pix
+
+
+def quality_job(
+    real_manifests,
+    synthetic_manifest,
+    label: str,
+    sampler: str,
+    out_json,
+    cfg: dict,
+    model_dir=None,
+    classes=None,
+    run: str = "",
+    device: str = "auto",
+    threads: int = 1,
+) -> dict:
+    """One class x sampler: the kept synthetic images against the real training images of the class."""
+    torch.set_num_threads(max(1, int(threads)))
+    c = config.section("quality", cfg)
+    real = _subsample(_paths(io.read_manifests(real_manifests), label), c["max_images"], c["seed"])
+    synth_df = io.read_csv(synthetic_manifest)
+    fake = _subsample(_paths(synth_df, label, sampler), c["max_images"], c["seed"])
+    feat = _Featurizer(c, model_dir, classes, device, threads)
+    rf, rp = feat(real, f"real {label}")
+    ff, fp = feat(fake, f"{label} {sampler}")
+    res = compare(rf, ff, fp, rp, c)
+    res.update(
         {
-            "sha256": pixel_hashes,
-            "source_id": [str(i) for i in range(len(pixel_hashes))],
-            "dataset": "synthetic",
+            "kind": "synthetic",
+            "label": label,
+            "sampler": sampler,
+            "run": run,
+            "reference": "real train",
+            "features": c["features"],
+            "extractor": feat.ex.name,
         }
     )
-    # exact pixel copies are always duplicates; near copies only when the check is on
-    threshold = int(d["phash_threshold"]) if d["activate"] else -1
-    pairs = find_duplicates(
-        frame, thumbs, audit.hashes(thumbs), threshold=threshold, min_corr=float(d["min_corr"])
-    )
-    out: dict[int, tuple[int, str, int]] = {}
-    for i, j, kind, ham in pairs:
-        out.setdefault(j, (i, kind, ham))  # pairs come sorted: the first i is the earliest copy
-    return out
+    io.write_json(out_json, res)
+    log.info("%s/%s: %s", label, sampler, {k: res.get(k) for k in ("fid", "kid", "precision", "recall")})
+    return res
 
 
-def filter_synthetic(
-    manifests: list[str],
-    out_manifest,
-    rejected_path,
+def reference_job(
+    train_manifests,
+    dataset_manifests: dict,
+    classes: list[str],
+    out_json,
     cfg: dict,
+    model_dir=None,
+    gap_datasets=None,
+    device: str = "auto",
     threads: int = 1,
-    finetune=None,
-    nearest_path=None,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Check every generated image; write kept rows (all columns) and ``rejected.csv``.
-
-    ``cfg`` is the config's ``filter`` section. With ``finetune`` (a manifest of the fine-tune
-    images) every image is also audited for memorization, and ``nearest_path`` receives each
-    image's nearest fine-tune image. Returns (kept, rejected) data frames.
-    """
-    thr = thresholds(cfg)
-    verdict = image_verdict(cfg)
-    df = _read_manifests(manifests)
-    shas = df["sha256"].map(_text) if "sha256" in df.columns else pd.Series([""] * len(df))
-    paths = df["path"].map(str).tolist()
-    with ThreadPoolExecutor(max_workers=max(1, int(threads))) as pool:
-        verdicts = list(
-            tqdm(
-                pool.map(lambda a: check_image(a[0], a[1] or None, verdict), zip(paths, shas, strict=True)),
-                total=len(paths),
-                desc="filter: checks",
-                disable=None,
-            )
-        )
-    thumbs, readable = audit.thumbnails(paths, threads, "filter: thumbnails")
-
-    mem = thr["memorization"]
-    nearest = pd.DataFrame(columns=audit.NEAREST_COLUMNS)
-    if finetune is not None and mem["activate"]:
-        train = io.read_csv(finetune)["path"].map(str).tolist()
-        nearest = audit.memorization_audit(
-            paths,
-            train,
-            mem["min_similarity"],
-            mem["transforms"],
-            int(mem["block"]),
-            threads,
-            synthetic_thumbs=(thumbs, readable),
-        )
-        for i in np.flatnonzero(nearest["memorized"].to_numpy()):
-            r = nearest.iloc[i]
-            detail = f"similarity {r.similarity:.4f} to {r.nearest} ({r.transform})"
-            detail += f", pHash distance {r.phash_distance}"
-            reasons = verdicts[i]["reasons"]
-            if not reasons or reasons[0][0] not in ("unreadable", "sha_mismatch"):
-                reasons.append(("memorized", float(r.similarity), detail))
-    if nearest_path is not None:
-        io.write_csv(nearest_path, nearest)
-
-    # duplicates are judged in manifest order among images that pass every other check:
-    # the first copy is kept, later copies are rejected
-    ok = [i for i, v in enumerate(verdicts) if not v["reasons"]]
-    dups = _near_duplicates(thumbs[ok], [verdicts[i]["pixel_hash"] for i in ok], thr) if ok else {}
-    for jj, (ii, kind, ham) in dups.items():
-        what = "same pixels as" if "sha256" in kind else f"near copy (pHash distance {ham}) of"
-        verdicts[ok[jj]]["reasons"].append(("duplicate", float(ham), f"{what} {paths[ok[ii]]}"))
-
-    order = {r: k for k, r in enumerate(REASONS)}
-    sampler = df["sampler"].map(_text) if "sampler" in df.columns else pd.Series([""] * len(df))
-    keep, rejected = [], []
-    for i, v in enumerate(verdicts):
-        if not v["reasons"]:
-            keep.append(i)
-            continue
-        reasons = sorted(v["reasons"], key=lambda r: order[r[0]])
-        reason, score, detail = reasons[0]
-        if len(reasons) > 1:
-            detail += "; also " + ", ".join(r[0] for r in reasons[1:])
-        rejected.append(
+) -> dict:
+    """The scale for every synthetic row, per class: two halves of the real training set (the floor)
+    and the two real datasets against each other (the domain gap)."""
+    torch.set_num_threads(max(1, int(threads)))
+    c = config.section("quality", cfg)
+    feat = _Featurizer(c, model_dir, classes, device, threads)
+    train = io.read_manifests(train_manifests)
+    rows = []
+    for label in classes:
+        paths = _subsample(_paths(train, label), c["max_images"], c["seed"])
+        order = np.random.default_rng(c["seed"]).permutation(len(paths))
+        a = [paths[i] for i in order[: len(paths) // 2]]
+        b = [paths[i] for i in order[len(paths) // 2 :]]
+        fa, pa = feat(a, f"{label} half A")
+        fb, pb = feat(b, f"{label} half B")
+        res = compare(fa, fb, pb, pa, c)
+        res.update(
             {
-                "path": paths[i],
-                "label": _text(df["label"].iat[i]),
-                "sampler": sampler.iat[i],
-                "reason": reason,
-                "score": score,
-                "detail": detail,
+                "kind": "real_floor",
+                "label": label,
+                "sampler": "real halves",
+                "reference": "other half of real train",
             }
         )
-    kept = df.iloc[keep].reset_index(drop=True)
-    rej = pd.DataFrame(rejected, columns=REJECTED_COLUMNS)
-    io.write_csv(out_manifest, kept)
-    io.write_csv(rejected_path, rej)
-    counts = rej["reason"].value_counts().to_dict()
-    log.info("filter: kept %d of %d images; rejected %s", len(kept), len(df), counts or "none")
-    return kept, rej
-
-
-# ---------------------------------------------------------------------------------------------
-# report fragment
-
-
-def failed_checks(reason: str, detail: str) -> list[str]:
-    """Every check a rejected row failed: its reason and those its detail lists after '; also '."""
-    out = [reason]
-    if "; also " in str(detail):
-        out += [r.strip() for r in str(detail).rsplit("; also ", 1)[1].split(",") if r.strip() in REASONS]
+        rows.append(res)
+        gap = list(gap_datasets or [])
+        if len(gap) == 2 and all(d in dataset_manifests for d in gap):
+            d1 = _subsample(
+                _paths(io.read_manifests([dataset_manifests[gap[0]]]), label), c["max_images"], c["seed"]
+            )
+            d2 = _subsample(
+                _paths(io.read_manifests([dataset_manifests[gap[1]]]), label), c["max_images"], c["seed"]
+            )
+            f1, p1 = feat(d1, f"{label} {gap[0]}")
+            f2, p2 = feat(d2, f"{label} {gap[1]}")
+            res = compare(f1, f2, p2, p1, c)
+            res.update(
+                {
+                    "kind": "real_gap",
+                    "label": label,
+                    "sampler": f"real {gap[1]}",
+                    "reference": f"real {gap[0]}",
+                }
+            )
+        else:
+            res = {
+                **_na(f"domain gap needs two configured datasets, got {gap}"),
+                "kind": "real_gap",
+                "label": label,
+                "sampler": "real gap",
+                "reference": "-",
+                "n_real": 0,
+                "n_synthetic": 0,
+            }
+        rows.append(res)
+    for r in rows:
+        r.update({"features": c["features"], "extractor": feat.ex.name})
+    out = {"rows": rows}
+    io.write_json(out_json, out)
     return out
 
 
-def class_reject_rates(labels: pd.Series, rej: pd.DataFrame, max_gap: float) -> pd.DataFrame:
-    """Per check: the share of each class's images that fail it (every failing check counts, not
-    only the first), the largest difference between classes, and whether it exceeds ``max_gap``."""
-    totals = labels.map(_text).value_counts().sort_index()
-    classes = totals.index.tolist()
-    hits = {r: dict.fromkeys(classes, 0) for r in REASONS}
-    for r in rej.itertuples():
-        for c in set(failed_checks(r.reason, r.detail)):
-            if _text(r.label) in hits[c]:
-                hits[c][_text(r.label)] += 1
-    rows = []
-    for r in REASONS:
-        rates = {c: hits[r][c] / totals[c] for c in classes}
-        gap = max(rates.values()) - min(rates.values()) if rates else 0.0
-        rows.append({"check": r, **rates, "gap": gap, "flagged": bool(gap > max_gap)})
-    return pd.DataFrame(rows, columns=["check", *classes, "gap", "flagged"])
+TABLE_COLUMNS = [
+    "label",
+    "sampler",
+    "kind",
+    "reference",
+    "n_real",
+    "n_synthetic",
+    *METRICS,
+    "status",
+    "reason",
+]
 
 
-def _histogram(nearest: pd.DataFrame, min_similarity: float, out_png) -> None:
-    import matplotlib
+def quality_table(reference_json, job_jsons: list) -> pd.DataFrame:
+    """Reference rows first (floor, then gap, per class), then class x sampler rows."""
+    import json
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sims = nearest["similarity"].dropna().to_numpy(float)
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
-    if len(sims):
-        lo = min(float(sims.min()), float(min_similarity)) - 0.01
-        ax.hist(sims, bins=np.linspace(lo, 1.0, 60), color="#4878a8")
-    ax.axvline(min_similarity, color="#c03030", ls="--", label=f"memorized at >= {min_similarity}")
-    ax.set_xlabel("similarity to the nearest fine-tune image (32x32 gray correlation, best of 8 symmetries)")
-    ax.set_ylabel("synthetic images")
-    ax.xaxis.label.set_size(8)
-    ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    with io.atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    ref = json.loads(Path(reference_json).read_text())["rows"]
+    jobs = [json.loads(Path(p).read_text()) for p in job_jsons]
+    df = pd.DataFrame(ref + jobs)
+    for col in TABLE_COLUMNS:
+        if col not in df.columns:
+            df[col] = None
+    return df[TABLE_COLUMNS + [c for c in ("features", "extractor") if c in df.columns]]
 
 
-def write_section(
-    total: int,
-    rej: pd.DataFrame,
-    nearest: pd.DataFrame,
-    cfg: dict,
-    section_md,
-    hist_png,
-    pairs_png,
-    sheets: dict[str, str],
-    closest: int = 8,
-    per_reason: int = 16,
-    targets: pd.DataFrame | None = None,
-    labels: pd.Series | None = None,
-) -> None:
-    """The filter's report fragment: counts per reason, kept vs target per class x sampler
-    (``targets``, from ``kept_vs_target``), the audit's histogram and closest pairs, and one contact
-    sheet per reason (figures are referenced relative to results/report/). With ``labels`` (the class
-    of every checked image) a table gives each check's reject rate per class and flags a check whose
-    rates differ by more than ``filter.max_class_gap``."""
-    thr = thresholds(cfg)
-    md = ["## Artifact filter and memorization audit", ""]
-    md.append(f"{total - len(rej)} of {total} synthetic images kept; {len(rej)} rejected.")
-    md.append("")
-    if targets is not None and len(targets):
-        md += [
-            "Generation replaces an image that fails a per-image check by a new seed, up to "
-            "`generate.max_rounds` rounds; duplicates and memorized images are only dropped here.",
-            "",
-            "| class | sampler | target | generated | kept | short |",
-            "|---|---|---:|---:|---:|---:|",
-        ]
-        md += [
-            f"| {r.label} | {r.sampler} | {r.target} | {r.generated} | {r.kept} | {r.short} |"
-            for r in targets.itertuples()
-        ]
-        md.append("")
-    counts = rej["reason"].value_counts()
-    md += ["| reason | images | check |", "|---|---:|---|"]
-    active = {
-        "clipped": "clipped",
-        "cast": "cast",
-        "noise": "noise",
-        "tiling": "tiling",
-        "blurry": "blur",
-        "no_lesion": "lesion",
-        "duplicate": "duplicates",
-        "memorized": "memorization",
-    }
-    for r in REASONS:
-        state = "on"
-        if r in active and not thr[active[r]]["activate"]:
-            state = "near copies off (exact copies still)" if r == "duplicate" else "off"
-        md.append(f"| {r} | {int(counts.get(r, 0))} | {state} |")
-    md.append("")
-    if labels is not None and len(labels):
-        gap = float(thr["max_class_gap"])
-        rates = class_reject_rates(labels, rej, gap)
-        classes = [c for c in rates.columns if c not in ("check", "gap", "flagged")]
-        flagged = rates[rates["flagged"]]["check"].tolist()
-        md += [
-            f"Reject rate of each check per class (an image counts for every check it fails); a gap above"
-            f" `filter.max_class_gap` = {gap} is flagged, as it skews the kept set by class."
-            + (f" **Flagged: {', '.join(flagged)}.**" if flagged else " No check is flagged."),
-            "",
-            "| check | " + " | ".join(classes) + " | gap | |",
-            "|---|" + "---:|" * (len(classes) + 1) + "---|",
-        ]
-        for d in rates.to_dict("records"):  # class names need not be identifiers
-            cells = " | ".join(f"{100 * d[c]:.1f} %" for c in classes)
-            flag = "**flagged**" if d["flagged"] else ""
-            md.append(f"| {d['check']} | {cells} | {100 * d['gap']:.1f} pt | {flag} |")
-        md.append("")
-        for c in flagged:
-            log.warning("filter: check %s rejects classes unevenly (gap > %s)", c, gap)
+def _fmt(v, digits=3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    return f"{float(v):.{digits}g}" if abs(float(v)) >= 100 else f"{float(v):.{digits}f}"
 
-    def sec(p) -> str:  # figures sit beside the fragment, which is pasted into results/report/
-        return f"sections/{Path(p).name}"
 
-    for r in REASONS:
-        g = rej[rej["reason"] == r].head(per_reason)
-        contact_sheet(
-            g["path"].tolist(),
-            sheets[r],
-            ncols=8,
-            labels=[f"{s:.3g}" for s in g["score"]] if len(g) else None,
-            title=f"rejected: {r} ({int(counts.get(r, 0))})" if len(g) else None,
-        )
-        if len(g):
-            md += [f"![rejected: {r}]({sec(sheets[r])})", ""]
-    _histogram(nearest, float(thr["memorization"]["min_similarity"]), hist_png)
-    sims = nearest["similarity"].dropna()
-    if len(sims):
-        q = sims.quantile([0.5, 0.99]).to_numpy()
-        md.append(
-            f"Memorization audit: nearest fine-tune image of each synthetic image (flips and quarter turns"
-            f" included). Similarity median {q[0]:.3f}, 99th percentile {q[1]:.3f}, max {sims.max():.4f};"
-            f" {int(nearest['memorized'].sum())} at or above {thr['memorization']['min_similarity']}"
-            f" (rejected as `memorized`)."
-            f" Median pHash distance {nearest['phash_distance'].median():.0f} bits."
-        )
-    else:
-        md.append("Memorization audit: off (no fine-tune images or `filter.memorization.activate: false`).")
-    md += ["", f"![nearest-neighbour similarity]({sec(hist_png)})", ""]
-    top = nearest.dropna(subset=["similarity"]).nlargest(closest, "similarity")
-    paths, labels = [], []
-    for r in top.itertuples():
-        paths += [r.path, r.nearest]
-        labels += [f"syn {r.similarity:.4f}", f"train {r.transform}"]
-    contact_sheet(
-        paths,
-        pairs_png,
-        ncols=4,
-        labels=labels if paths else None,
-        title="closest pairs: synthetic | fine-tune",
+def table_markdown(df: pd.DataFrame) -> str:
+    cols = ["label", "sampler", "reference", "n_real", "n_synthetic", *(m for m in METRICS if m != "kid_std")]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        cells = [str(r[c]) if c in ("label", "sampler", "reference") else _fmt(r[c]) for c in cols]
+        if r["status"] != "ok":
+            cells[-1] += f" ({r['reason']})"
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def section_quality(reference_json, job_jsons, out_csv, out_md, cfg: dict) -> pd.DataFrame:
+    """The table as CSV and the report fragment "Synthetic data quality"."""
+    c = config.section("quality", cfg)
+    df = quality_table(reference_json, job_jsons)
+    io.write_csv(out_csv, df)
+    extractor = (
+        df["extractor"].dropna().iloc[0] if "extractor" in df and df["extractor"].notna().any() else "?"
     )
-    md += [f"![closest pairs]({sec(pairs_png)})", ""]
-    io.write_text(section_md, "\n".join(md) + "\n")
-
-
-def filter_stage(
-    manifests: list[str],
-    finetune,
-    kept_path,
-    rejected_path,
-    nearest_path,
-    section_md,
-    hist_png,
-    pairs_png,
-    sheets: list[str],
-    cfg: dict,
-    threads: int = 1,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The filter rule: filter + audit, then the report fragment (``sheets`` in ``REASONS`` order)."""
-    if len(sheets) != len(REASONS):
-        raise ConfigError(f"{len(sheets)} contact sheet paths for {len(REASONS)} reasons")
-    kept, rej = filter_synthetic(manifests, kept_path, rejected_path, cfg, threads, finetune, nearest_path)
-    nearest = io.read_csv(nearest_path)
-    made = _read_manifests(manifests)
-    targets = kept_vs_target(made, kept)
-    for r in targets[targets["short"] > 0].itertuples():
-        log.warning("filter: %s/%s keeps %d of its target %d images", r.label, r.sampler, r.kept, r.target)
-    write_section(
-        len(kept) + len(rej),
-        rej,
-        nearest,
-        cfg,
-        section_md,
-        hist_png,
-        pairs_png,
-        dict(zip(REASONS, sheets, strict=True)),
-        targets=targets,
-        labels=made["label"],
+    tiny_note = (
+        " The `tiny` extractor is a random conv net: its numbers rank sets against the real "
+        "reference rows of the same table, they are not comparable to published FIDs."
+        if c["features"] == "tiny"
+        else ""
     )
-    return kept, rej
-
-
-def kept_vs_target(made: pd.DataFrame, kept: pd.DataFrame) -> pd.DataFrame:
-    """Per label x sampler: target (image slots; one per row without an ``index`` column), images
-    generated (top-up rounds included), kept, and the shortfall."""
-    cols = ["label", "sampler", "target", "generated", "kept", "short"]
-    if "sampler" not in made.columns:
-        return pd.DataFrame(columns=cols)
-    keys = ["label", "sampler"]
-    slot = made["index"] if "index" in made.columns else pd.Series(range(len(made)), index=made.index)
-    out = (
-        made.assign(slot=slot)
-        .groupby(keys, sort=False)
-        .agg(target=("slot", "nunique"), generated=("slot", "size"))
+    text = (
+        "## Synthetic data quality\n\n"
+        f"Features: {extractor} (`quality.features: {c['features']}`).{tiny_note} "
+        "Each synthetic row compares the kept images of one class × sampler with the real training "
+        "images of that class. The first rows are the scale: two disjoint halves of the real training "
+        "set (the floor a perfect generator would reach) and the two real datasets against each other "
+        "(the domain gap). FID/KID: lower = closer; precision/density: fidelity (synthetic images inside "
+        "the real manifold); recall/coverage: diversity (real images reached by synthetic ones); "
+        "ms_ssim: mean pairwise MS-SSIM within the set (higher = less varied; `ms_ssim_real` is the "
+        f"real class's own value); near_duplicates: share of pairs with MS-SSIM ≥ "
+        f"{c['near_duplicate_ms_ssim']} (up to {c['max_pairs']} random pairs). "
+        f"k = {c['nearest_k']} nearest neighbours; KID subset size adapts to the smaller set. "
+        f"Sets with fewer than {c['min_images']} images read n/a.\n\n" + table_markdown(df) + "\n"
     )
-    out["kept"] = kept.groupby(keys).size().reindex(out.index, fill_value=0) if len(kept) else 0
-    out["short"] = (out["target"] - out["kept"]).clip(lower=0)
-    return out.reset_index()[cols]
-
-
-def _placeholder(size: int, text: str) -> Image.Image:
-    im = Image.new("RGB", (size, size), (200, 200, 200))
-    ImageDraw.Draw(im).text((4, size // 2 - 6), text, fill=(90, 0, 0))
-    return im
-
-
-def _thumbnail(path: str, size: int) -> Image.Image:
-    if not path:  # an empty path is a deliberate blank cell (padding a row)
-        return Image.new("RGB", (size, size), (255, 255, 255))
-    try:
-        im = io.load_rgb(path)
-    except ImageError:
-        return _placeholder(size, "unreadable")
-    # scale to the cell both ways: small generated images are enlarged, large photographs shrunk
-    scale = size / max(im.width, im.height)
-    im = im.resize(
-        (max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.LANCZOS
-    )
-    canvas = Image.new("RGB", (size, size), (255, 255, 255))
-    canvas.paste(im, ((size - im.width) // 2, (size - im.height) // 2))
-    return canvas
-
-
-def contact_sheet(
-    paths: list[str],
-    out_png,
-    ncols: int = 8,
-    thumb: int = 96,
-    labels: list[str] | None = None,
-    title: str | None = None,
-) -> Path:
-    """A grid of thumbnails (one caption line under each when ``labels`` is given), saved as PNG."""
-    if labels is not None and len(labels) != len(paths):
-        raise ValueError(f"{len(labels)} labels for {len(paths)} images")
-    ncols = max(1, min(int(ncols), max(1, len(paths))))
-    nrows = max(1, -(-len(paths) // ncols))
-    caption_h = 14 if labels is not None else 0
-    title_h = 18 if title else 0
-    pad = 2
-    cell_w, cell_h = thumb + pad, thumb + caption_h + pad
-    sheet = Image.new("RGB", (ncols * cell_w + pad, title_h + nrows * cell_h + pad), (255, 255, 255))
-    draw = ImageDraw.Draw(sheet)
-    if title:
-        draw.text((pad + 2, 3), title, fill=(0, 0, 0))
-    if not paths:
-        sheet = _placeholder(max(thumb, 120), "no images")
-    for k, p in enumerate(paths):
-        r, c = divmod(k, ncols)
-        x, y = pad + c * cell_w, title_h + pad + r * cell_h
-        sheet.paste(_thumbnail(str(p), thumb), (x, y))
-        if labels is not None:
-            draw.text((x + 1, y + thumb + 1), str(labels[k])[: max(4, thumb // 6)], fill=(0, 0, 0))
-    io.save_png(out_png, sheet)
-    return Path(out_png)
-
-
-# ---------------------------------------------------------------------------------------------
-# command line: filter a folder of images from any generator
-
-
-def folder_manifest(images) -> pd.DataFrame:
-    """path, label (the first subfolder under ``images``; empty for files at its top), sampler
-    (empty) of every image file below ``images``, in path order; no sha256: files are checked as they are."""
-    from .data.folder import IMAGE_SUFFIXES
-
-    root = Path(images)
-    if not root.is_dir():
-        raise ConfigError(f"--images {root}: not a folder")
-    files = sorted(
-        f
-        for f in root.rglob("*")
-        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not any(p.startswith(".") for p in f.parts)
-    )
-    if not files:
-        raise ConfigError(f"--images {root}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-    labels = [f.relative_to(root).parts[0] if len(f.relative_to(root).parts) > 1 else "" for f in files]
-    return pd.DataFrame({"path": [str(f) for f in files], "label": labels, "sampler": ""})
-
-
-def main(argv=None) -> int:
-    """``python -m dermsynth.quality --config C --images DIR --out DIR``: the filter rule's per-image
-    and duplicate checks (and the memorization audit with ``--finetune``) on any folder of images;
-    writes filtered.csv and rejected.csv to ``--out`` and prints each check's reject rate per class."""
-    import argparse
-
-    import yaml
-
-    from .config import validate
-
-    p = argparse.ArgumentParser(prog="python -m dermsynth.quality", description=main.__doc__.split("\n")[0])
-    p.add_argument("--config", required=True, help="workflow config (its filter section is used)")
-    p.add_argument("--images", required=True, help="folder of images; labels from its subfolders")
-    p.add_argument("--out", required=True, help="output folder for filtered.csv and rejected.csv")
-    p.add_argument("--finetune", default=None, help="manifest of fine-tune images (audits memorization)")
-    p.add_argument("--schema", default=None, help="config schema (default: schema.yaml beside --config)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        cfg_path = Path(a.config)
-        cfg = yaml.safe_load(cfg_path.read_text()) or {}
-        cfg = validate(cfg, a.schema or cfg_path.parent / "schema.yaml")["filter"]
-        made = folder_manifest(a.images)
-        out = Path(a.out)
-        manifest = out / "input.csv"
-        io.write_csv(manifest, made)
-        _, rej = filter_synthetic(
-            [str(manifest)],
-            out / "filtered.csv",
-            out / "rejected.csv",
-            cfg,
-            a.threads,
-            a.finetune,
-            out / "nearest.csv" if a.finetune else None,
-        )
-    except (DermsynthError, OSError) as e:
-        print(f"error: {e}")
-        return 2
-    rates = class_reject_rates(made["label"], rej, float(thresholds(cfg)["max_class_gap"]))
-    print(rates[rates.drop(columns=["check", "gap", "flagged"]).sum(axis=1) > 0].to_string(index=False))
-    print(
-        f"kept {len(made) - len(rej)} of {len(made)}; wrote {out / 'filtered.csv'} and {out / 'rejected.csv'}"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    io.write_text(out_md, text)
+    return df

@@ -29,9 +29,10 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import io, metrics
+from . import config, io, metrics
 from .config import TINY_PREFIX
 from .errors import ConfigError, ImageError, ModelNotFoundError
+from .imaging import contact_sheet
 
 log = logging.getLogger("dermsynth.segment")
 
@@ -47,34 +48,8 @@ SHAPE_LABELS = {
 }
 MASK_COLUMNS = ["path", "label", "set", "sampler", "method", "mask_path", "status", "reason", *SHAPE_STATS]
 
-SEGMENT_DEFAULTS = {
-    "methods": ["classical"],
-    "sam_model": "facebook/sam-vit-base",
-    "prompt": "center_point",
-    "batch_size": 8,
-    "blur_sigma": 1.5,
-    "closing_radius": 3,
-    "min_area_fraction": 0.005,
-    "dilate_radius": 2,
-    "hair_radius": 2,
-    "background_order": 2,
-    "grow": 0.35,
-    "smooth_sigma": 4.0,
-    "convex_hull": False,
-}
 FRAME_DARK = 0.25  # grey level (0-1) below which border-connected pixels are the dermoscope's frame
 WORK_SIDE = 300  # classical masks are computed with the short side at most this long, then upsampled
-
-
-def segment_cfg(cfg: dict | None) -> dict:
-    out = dict(SEGMENT_DEFAULTS)
-    out.update({k: v for k, v in (cfg or {}).items() if v is not None})
-    bad = [m for m in out["methods"] if m not in METHODS]
-    if bad:
-        raise ConfigError(f"segment.methods has {bad}: use {', '.join(METHODS)}")
-    if out["prompt"] not in PROMPTS:
-        raise ConfigError(f"segment.prompt = {out['prompt']!r}: use {' or '.join(PROMPTS)}")
-    return out
 
 
 # ---------------------------------------------------------------- classical
@@ -136,7 +111,7 @@ def classical_mask(rgb: np.ndarray, cfg: dict | None = None) -> np.ndarray:
     from scipy import ndimage as ndi
     from skimage import filters, measure, morphology
 
-    c = {**SEGMENT_DEFAULTS, **(cfg or {})}
+    c = config.section("segment", cfg)
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ImageError(f"expected an RGB image (H, W, 3), got shape {rgb.shape}")
@@ -227,7 +202,7 @@ class SamSegmenter:
         import torch
         from transformers import SamModel, SamProcessor
 
-        from .classify import resolve_device
+        from .device import resolve_device
         from .hub import load_pretrained
 
         if prompt not in PROMPTS:
@@ -381,7 +356,7 @@ def segment_set(
 
     An image that cannot be read or segmented gets an empty mask and a row in ``rejected_csv``.
     """
-    c = segment_cfg(cfg)
+    c = config.section("segment", cfg)
     if method not in METHODS:
         raise ConfigError(f"segment method {method!r}: use {', '.join(METHODS)}")
     if method == "sam":  # the classical baseline never imports torch: its jobs start in a second
@@ -517,13 +492,8 @@ def _overlay(rgb: np.ndarray, mask: np.ndarray, colour=(0, 255, 0)) -> np.ndarra
     return out
 
 
-def overlay_grid(table: pd.DataFrame, out_png, n_examples: int = 6, seed: int = 0) -> int:
+def overlay_grid(table: pd.DataFrame, out_png, n_examples: int = 6, seed: int = 0, thumb: int = 128) -> int:
     """Rows: real then each sampler, per class and method; columns: examples with the mask outline."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     groups = []
     for (label, method), g in table.groupby(["label", "method"], sort=True):
         real = g[g["set"].str.startswith("real")]
@@ -531,35 +501,21 @@ def overlay_grid(table: pd.DataFrame, out_png, n_examples: int = 6, seed: int = 
             (s, gg) for s, gg in g[~g["set"].str.startswith("real")].groupby("sampler")
         ]
         groups += [(label, method, name, part) for name, part in parts if len(part)]
-    if not groups:
-        return 0
     rng = np.random.default_rng(seed)
-    fig, axes = plt.subplots(
-        len(groups), n_examples, figsize=(1.4 * n_examples, 1.5 * len(groups)), squeeze=False
-    )
-    shown = 0
-    for r, (label, method, name, part) in enumerate(groups):
+    cells, row_labels, shown = [], [], 0
+    for label, method, name, part in groups:
         pick = part.iloc[np.sort(rng.choice(len(part), min(n_examples, len(part)), replace=False))]
-        for cidx in range(n_examples):
-            ax = axes[r, cidx]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if cidx < len(pick):
-                row = pick.iloc[cidx]
-                try:
-                    rgb = _load(row["path"])
-                    mask = np.asarray(io.load_rgb(row["mask_path"]))[..., 0] > 127
-                    ax.imshow(_overlay(rgb, mask))
-                    shown += 1
-                except ImageError:
-                    ax.text(0.5, 0.5, "unreadable", ha="center", va="center", fontsize=6)
-            else:
-                ax.axis("off")
-        axes[r, 0].set_ylabel(f"{label}\n{name}\n{method}", fontsize=7)
-    fig.tight_layout()
-    with io.atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+        for row in pick.itertuples():
+            try:
+                rgb = _load(row.path)
+                mask = np.asarray(io.load_rgb(row.mask_path))[..., 0] > 127
+                cells.append(_overlay(rgb, mask))
+                shown += 1
+            except ImageError:
+                cells.append(str(row.path))  # the sheet shows it as unreadable
+        cells += [None] * (n_examples - len(pick))
+        row_labels.append(f"{label}\n{name}\n{method}")
+    contact_sheet(cells, out_png, ncols=n_examples, thumb=thumb, row_labels=row_labels)
     return shown
 
 
@@ -607,7 +563,7 @@ def shape_histograms(table: pd.DataFrame, out_png, method: str = "classical") ->
     plt.close(fig)
 
 
-def write_segment_section(
+def section_segment(
     mask_tables: list,
     out_md,
     overlay_png,
@@ -618,7 +574,7 @@ def write_segment_section(
     n_examples: int = 6,
 ) -> pd.DataFrame:
     """The report fragment: mask overlays per class x sampler, shape histograms, distances table."""
-    c = segment_cfg(cfg)
+    c = config.section("segment", cfg)
     frames = [io.read_csv(p) for p in mask_tables]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=MASK_COLUMNS)
     dist = shape_distances(table)

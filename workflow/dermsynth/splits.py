@@ -57,21 +57,39 @@ def phash_bits(thumb: np.ndarray) -> int:
     return int(np.packbits(bits).view(">u8")[0])
 
 
-def thumbnails(paths, threads: int = 1) -> np.ndarray:
-    """(n, 32, 32) float32 thumbnails of ``paths``, decoded on ``threads`` threads."""
-    paths = list(paths)
+def _thumbnail_or_error(path) -> np.ndarray | ImageError:
+    try:
+        return thumbnail(path)
+    except ImageError as e:
+        return e
 
-    def one(p):
-        try:
-            return thumbnail(p)
-        except ImageError as e:
-            raise ImageError(f"splits: {e}") from None
 
-    out = np.empty((len(paths), 32, 32), np.float32)
+def thumbnails(
+    paths, threads: int = 1, desc: str = "thumbnails", strict: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 32, 32) float32 thumbnails of ``paths``, decoded on ``threads`` threads, and n bools: readable.
+
+    An unreadable image gets a zero thumbnail and False, or with ``strict`` raises its ImageError.
+    """
+    paths = [str(p) for p in paths]
+    out = np.zeros((len(paths), 32, 32), np.float32)
+    readable = np.ones(len(paths), bool)
     with image_threads(threads) as pmap:
-        for i, t in enumerate(tqdm(pmap(one, paths), total=len(paths), desc="pHash", disable=None)):
-            out[i] = t
-    return out
+        for i, t in enumerate(
+            tqdm(pmap(_thumbnail_or_error, paths), total=len(paths), desc=desc, disable=None)
+        ):
+            if isinstance(t, ImageError):
+                if strict:
+                    raise t
+                readable[i] = False
+            else:
+                out[i] = t
+    return out, readable
+
+
+def phashes(thumbs: np.ndarray) -> np.ndarray:
+    """The 64-bit pHash of every thumbnail, as uint64."""
+    return np.array([phash_bits(t) for t in thumbs], dtype=np.uint64)
 
 
 def phash(path) -> str:
@@ -283,8 +301,11 @@ def make_splits(
     if df["sha256"].eq("").any():
         missing = df["sha256"].eq("")
         df.loc[missing, "sha256"] = [io.sha256_file(p) for p in df.loc[missing, "path"]]
-    thumbs = thumbnails(df["path"], threads)
-    hashes = np.array([phash_bits(t) for t in thumbs], dtype=np.uint64)
+    try:
+        thumbs, _ = thumbnails(df["path"], threads, "pHash", strict=True)
+    except ImageError as e:
+        raise ImageError(f"splits: {e}") from None
+    hashes = phashes(thumbs)
     df["phash"] = [f"{int(h):016x}" for h in hashes]
     keys = [_group_key(r) for r in df.to_dict("records")]
     # the column reports the group actually used, so a reader can check that no group straddles splits
@@ -454,7 +475,7 @@ def write_regime(
     out_path,
 ) -> pd.DataFrame:
     """The hybrid stage: one regime's training list from the real train splits and the kept synthetic set."""
-    real = pd.concat([io.read_csv(p) for p in real_manifests], ignore_index=True)
+    real = io.read_manifests(real_manifests)
     synthetic = io.read_csv(synthetic_manifest) if synthetic_manifest else real.iloc[0:0]
     out = make_regime(real, synthetic, regime, synthetic_fraction, seed, classes)
     io.write_csv(out_path, out)

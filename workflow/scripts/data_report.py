@@ -6,12 +6,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importable in any env (conda too)
 
 from dermsynth import logs
-from dermsynth.data.summary import write_section
+from dermsynth.data.summary import section_data
 
 logs.setup(snakemake.log[0])
 with logs.stage("data_report"):
     names = snakemake.params.datasets
-    write_section(
+    section_data(
         raw=dict(zip(names, snakemake.input.raw, strict=True)),
         rejected=dict(zip(names, snakemake.input.rejected, strict=True)),
         clean=dict(zip(names, snakemake.input.clean, strict=True)),

@@ -6,11 +6,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importable in any env (conda too)
 
 from dermsynth import logs
-from dermsynth.hair import write_hair_section
+from dermsynth.hair import section_dullrazor
 
 logs.setup(snakemake.log[0])
 with logs.stage("dullrazor_section"):
-    write_hair_section(
+    section_dullrazor(
         list(snakemake.input.raw),
         list(snakemake.input.clean),
         snakemake.output.section,

@@ -6,7 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importable in any env (conda too)
 
 from dermsynth import logs
-from dermsynth.fidelity import quality_job
+from dermsynth.quality import quality_job
 
 logs.setup(snakemake.log[0])
 w = snakemake.wildcards

@@ -6,11 +6,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importable in any env (conda too)
 
 from dermsynth import logs
-from dermsynth.fidelity import write_quality_section
+from dermsynth.quality import section_quality
 
 logs.setup(snakemake.log[0])
 with logs.stage("quality_section"):
-    write_quality_section(
+    section_quality(
         snakemake.input.reference,
         list(snakemake.input.jobs),
         snakemake.output.table,

@@ -6,11 +6,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importable in any env (conda too)
 
 from dermsynth import logs
-from dermsynth.segment import write_segment_section
+from dermsynth.segment import section_segment
 
 logs.setup(snakemake.log[0])
 with logs.stage("segment_section"):
-    write_segment_section(
+    section_segment(
         list(snakemake.input),
         snakemake.output.section,
         snakemake.output.overlays,

@@ -49,24 +49,25 @@ def dullrazor_sheet(
     both = both.assign(hf=pd.to_numeric(both["hair_fraction"], errors="coerce")).sort_values(
         "hf", ascending=False
     )
-    rows = []
+    tiles, names, ncols = [], [], 3
     for r in both.head(n).itertuples():
-        tiles = [np.asarray(io.load_rgb(p)) for p in (r.raw_path, r.path, r.mask_path)]
+        paths = [r.raw_path, r.path, r.mask_path]
         truth = getattr(r, "truth_path", "")
         if isinstance(truth, str) and truth:
-            tiles.append(np.asarray(io.load_rgb(truth)))
+            paths.append(truth)
+        ncols = len(paths)
         note = f"hair {100 * r.hf:.0f}%"
         if pd.notna(getattr(r, "psnr_before", np.nan)) and str(getattr(r, "psnr_before", "")) != "":
             note += f" {float(r.psnr_before):.0f}->{float(r.psnr_after):.0f} dB"
-        rows.append((str(r.source_id)[-18:], [square_resize(t, tile) for t in tiles], note))
-    headers = ["before", "after", "mask", "truth"][: len(rows[0][1])] if rows else []
-    if not rows:  # nothing to show: a blank tile keeps the declared output
-        rows = [("no images", [np.full((tile, tile, 3), 255, np.uint8)], "")]
-        headers = ["-"]
-    return contact_sheet(rows, headers, out), len(both.head(n))
+        tiles += [square_resize(np.asarray(io.load_rgb(p)), tile) for p in paths]
+        names.append(f"{str(r.source_id)[-18:]}\n{note}")
+    headers = ["before", "after", "mask", "truth"][:ncols]
+    # no images: the placeholder keeps the declared output
+    sheet = contact_sheet(tiles, out, ncols=ncols, thumb=tile, row_labels=names, headers=headers)
+    return sheet, len(names)
 
 
-def write_section(
+def section_data(
     raw: dict[str, str],
     rejected: dict[str, str],
     clean: dict[str, str],

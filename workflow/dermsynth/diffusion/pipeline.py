@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from ..device import resolve_device
 from ..errors import ConfigError, ModelNotFoundError, one_line
 from ..hub import load_pretrained
 
@@ -67,16 +68,6 @@ def set_sampler(pipe, name: str):
         pipe._dermsynth_base_scheduler_config = pipe.scheduler.config
     pipe.scheduler = make_scheduler(name, pipe._dermsynth_base_scheduler_config)
     return pipe
-
-
-def resolve_device(device: str = "auto") -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device '{device}' requested but CUDA is not available: use 'cpu' or 'auto'")
-    return device
 
 
 def compile_unavailable(device) -> str | None:

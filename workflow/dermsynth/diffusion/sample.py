@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import io
+from .. import config, io
 from ..errors import ConfigError, ImageError
+from ..imaging import contact_sheet
 from .pipeline import display_name, load_pipeline, lora_file, set_sampler, speed_up
 
 log = logging.getLogger("dermsynth")
@@ -51,23 +52,6 @@ MANIFEST_COLUMNS = io.MANIFEST_COLUMNS + [
 ]
 #: ``verdict`` of an image that passes the per-image checks (otherwise: its first failing reason)
 PASS = "pass"
-DEFAULTS = {
-    "prompt": "a dermoscopic image of a {label} skin lesion",
-    "negative_prompt": "",
-    "guidance_scale": 7.0,
-    "resolution": 512,
-    "batch_size": 8,
-    "lora_scale": 1.0,
-    "seed": 42,
-    "writer_threads": 2,
-    "shard_size": 250,
-    "class_prompts": {},
-    "modifiers": {},
-    "channels_last": True,
-    "compile": False,
-    "checkpoint": None,
-    "max_rounds": 5,
-}
 #: seeds below 2**48: a collision (two identical images) among 10^5 images has odds ~1e-5
 SEED_BITS = 48
 
@@ -194,16 +178,14 @@ def _pnginfo(text: str):
 
 
 def _settings(cfg: dict, sampler: str) -> dict:
-    s = {**DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
-    samplers = s.get("samplers") or {}
-    if sampler not in samplers:
+    """The ``generate`` section (schema defaults for keys left out) with this sampler's ``steps``."""
+    s = config.section("generate", cfg)
+    if sampler not in s["samplers"]:
         raise ConfigError(
             f"generate.samplers has no entry for sampler '{sampler}': add "
-            f"'{sampler}: {{steps: 20}}' or use one of {', '.join(samplers) or '(none)'}"
+            f"'{sampler}: {{steps: 20}}' or use one of {', '.join(s['samplers'])}"
         )
-    entry = samplers[sampler]
-    # {steps: 20} as in the config; a bare value (20, [10, 30]) is accepted as the steps themselves
-    s["steps"] = entry.get("steps", 20) if isinstance(entry, dict) else entry
+    s["steps"] = s["samplers"][sampler]["steps"]
     if int(s["resolution"]) % 8:
         raise ConfigError(f"generate.resolution {s['resolution']} is not a multiple of 8 (the VAE factor)")
     return s
@@ -317,6 +299,149 @@ def _manifest_row(job: dict, shared: dict) -> dict:
     }
 
 
+class _LazyPipe:
+    """The pipeline, loaded on first use: a resumed shard whose images all exist loads no model."""
+
+    def __init__(self, pipe, pretrained, lora_path, sampler: str, device: str, lora_scale: float, s: dict):
+        self.pipe, self.ready = pipe, False
+        self.args = (pretrained, lora_path, sampler, device, lora_scale, s)
+
+    def __call__(self):
+        if not self.ready:
+            pretrained, lora_path, sampler, device, lora_scale, s = self.args
+            if self.pipe is None:
+                self.pipe = load_pipeline(
+                    pretrained,
+                    lora_path,
+                    sampler=sampler,
+                    device=device,
+                    lora_scale=lora_scale,
+                    checkpoint=s["checkpoint"],
+                )
+            else:
+                set_sampler(self.pipe, sampler)
+            self.pipe = speed_up(
+                self.pipe, channels_last=bool(s["channels_last"]), compile=bool(s["compile"])
+            )
+            self.ready = True
+        return self.pipe
+
+
+def _shared_columns(s: dict, pretrained: str, lora_path, label: str, sampler: str, shard) -> dict:
+    """The manifest columns every image of the shard shares."""
+    return {
+        "label": label,
+        "dataset": "synthetic",
+        "negative_prompt": str(s["negative_prompt"] or ""),
+        "sampler": sampler,
+        "guidance_scale": float(s["guidance_scale"]),
+        "resolution": int(s["resolution"]),
+        "lora_scale": float(s["lora_scale"]) if lora_path else 0.0,
+        "lora_sha256": io.sha256_file(lora_file(lora_path)) if lora_path else "",
+        "base_model": str(s["checkpoint"] or pretrained),
+        "shard": int(shard),
+    }
+
+
+def _pixel_settings(s: dict, shared: dict, base_prompt: str, block: int) -> dict:
+    """What fixes the pixels of the shard's images (see ``_trusted_images``)."""
+    keys = ("base_model", "lora_sha256", "lora_scale", "label", "sampler", "negative_prompt")
+    return {
+        **{k: shared[k] for k in keys},
+        "prompt": base_prompt,
+        "modifiers": s["modifiers"],
+        "block": block,
+        "seed": s["seed"],
+        "steps": s["steps"],
+        "guidance_scale": shared["guidance_scale"],
+        "resolution": shared["resolution"],
+    }
+
+
+def _round_jobs(pending: list[dict], rnd: int, s: dict, out: Path, label: str, sampler: str) -> list[dict]:
+    """Round ``rnd``'s image of every pending slot: its seed (new each round), steps and file."""
+    jobs = []
+    for slot in pending:
+        seed = image_seed(s["seed"], label, sampler, slot["index"], rnd)
+        path = image_path(out, label, sampler, slot["index"], rnd)
+        jobs.append({**slot, "round": rnd, "seed": seed, "steps": steps_for(s["steps"], seed), "path": path})
+    return jobs
+
+
+def _reuse(jobs: list[dict], writer, verdict, bar) -> list[dict]:
+    """Check the images already on disk again (the caller trusts them); returns the jobs still to make."""
+    futures = {
+        j["index"]: writer.submit(_load_checked, j["path"], verdict) for j in jobs if j["path"].is_file()
+    }
+    todo = []
+    for j in jobs:
+        try:
+            j["sha256"], j["reasons"] = futures[j["index"]].result()
+            bar.update(1)
+        except (KeyError, ImageError):
+            todo.append(j)
+    return todo
+
+
+def _render(todo: list[dict], pipe: _LazyPipe, writer, verdict, s: dict, sampler: str, bar) -> None:
+    """Generate ``todo`` in batches of equal steps; PNGs are written and checked on ``writer``."""
+    bs, res = max(1, int(s["batch_size"])), int(s["resolution"])
+    negative = str(s["negative_prompt"] or "")
+    by_steps = defaultdict(list)
+    for j in todo:
+        by_steps[j["steps"]].append(j)
+    futures = {}
+    for _, group in sorted(by_steps.items()):
+        for i in range(0, len(group), bs):
+            batch = group[i : i + bs]
+            arrays = run_batch(
+                pipe(),
+                [j["seed"] for j in batch],
+                batch[0]["steps"],
+                [j["prompt"] for j in batch],
+                negative,
+                s["guidance_scale"],
+                res,
+            )
+            for j, arr in zip(batch, arrays, strict=True):
+                text = a1111_parameters(
+                    j["prompt"], negative, j["steps"], sampler, s["guidance_scale"], j["seed"], res, res
+                )
+                futures[j["index"]] = writer.submit(_save_checked, j["path"], arr, _pnginfo(text), verdict)
+            bar.update(len(batch))
+    for j in todo:
+        j["sha256"], j["reasons"] = futures[j["index"]].result()
+
+
+def _fill_slots(slots, s: dict, out: Path, label: str, sampler: str, verdict, trusted: bool, pipe, desc: str):
+    """Round after round, an image for every slot without a passing one; returns (every image made,
+    how many were reused from disk, the slots still without a passing image)."""
+    from tqdm.auto import tqdm
+
+    made, reused, pending = [], 0, slots
+    bar = tqdm(total=0, desc=desc, unit="img", disable=None)
+    # PNG encoding (zlib) and the checks run on writer threads while the accelerator computes the next batch
+    with ThreadPoolExecutor(max_workers=max(1, int(s["writer_threads"]))) as writer:
+        for rnd in range(int(s["max_rounds"])):
+            if not pending:
+                break
+            jobs = _round_jobs(pending, rnd, s, out, label, sampler)
+            bar.total += len(jobs)
+            bar.refresh()
+            todo = _reuse(jobs, writer, verdict, bar) if trusted else jobs
+            reused += len(jobs) - len(todo)
+            _render(todo, pipe, writer, verdict, s, sampler, bar)
+            made += jobs
+            pending = [j for j in jobs if j["reasons"]]
+            if pending:
+                why = pd.Series([j["reasons"][0][0] for j in pending]).value_counts().to_dict()
+                log.info(
+                    "round %d: %d of %d images rejected by the checks %s", rnd, len(pending), len(jobs), why
+                )
+    bar.close()
+    return made, reused, pending
+
+
 def generate(
     pretrained: str,
     lora_path: str | None,
@@ -342,6 +467,7 @@ def generate(
     after round, up to ``cfg['max_rounds']`` rounds; the manifest lists every image made, with its
     ``round`` and ``verdict`` ("pass" or the first failing reason), so any row regenerates.
 
+    ``cfg`` is the config's ``generate`` section (keys left out take the schema's defaults).
     ``block_size`` is the (label, sampler) block's total (default: up to the last index here): the
     modifier split is exact over the block, whatever its sharding. Images already in ``out_dir`` (from
     an interrupted run, with the same settings) are kept, checked again and only their rows rebuilt.
@@ -349,153 +475,35 @@ def generate(
     (+ ``cfg['checkpoint']``) and the LoRA.
     """
     import torch
-    from tqdm.auto import tqdm
 
     s = _settings(cfg, sampler)
     display_name(sampler)  # unknown sampler -> ConfigError before any work
     verdict = _verdict(checks)
-    max_rounds = int(s["max_rounds"])
-    if max_rounds < 1:
-        raise ConfigError(f"generate.max_rounds = {max_rounds} must be >= 1")
     torch.set_num_threads(threads)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    res = int(s["resolution"])
     first, n = int(first_index), int(n_images)
     block = int(block_size) if block_size is not None else first + n
     if first < 0 or first + n > block:
         raise ConfigError(f"images {first}..{first + n - 1} lie outside the block of {block} images")
-    base = (s["class_prompts"] or {}).get(label, s["prompt"])
-    mods = s["modifiers"] or {}
-    plan = modifier_plan(mods, block, s["seed"], label, sampler)
-    negative = str(s["negative_prompt"] or "")
-    lora_sha = io.sha256_file(lora_file(lora_path)) if lora_path else ""
-    lora_scale = float(s["lora_scale"]) if lora_path else 0.0
-    base_model = str(s["checkpoint"] or pretrained)
-    pixels = {
-        "base_model": base_model,
-        "lora_sha256": lora_sha,
-        "lora_scale": lora_scale,
-        "label": label,
-        "sampler": sampler,
-        "prompt": base,
-        "negative_prompt": negative,
-        "modifiers": mods,
-        "block": block,
-        "seed": s["seed"],
-        "steps": s["steps"],
-        "guidance_scale": float(s["guidance_scale"]),
-        "resolution": res,
-    }
-    trusted = _trusted_images(out, pixels)
+    base = s["class_prompts"].get(label, s["prompt"])
+    plan = modifier_plan(s["modifiers"], block, s["seed"], label, sampler)
     slots = [
         {
             "index": i,
-            "prompt": compose_prompt(base, label, mods, plan[i]),
+            "prompt": compose_prompt(base, label, s["modifiers"], plan[i]),
             "modifiers": modifiers_text(plan[i]),
         }
         for i in range(first, first + n)
     ]
-    state = {"pipe": pipe, "ready": False}
-
-    def ready_pipe():
-        # loaded on first use: a resumed shard whose images all exist loads no model
-        if not state["ready"]:
-            if state["pipe"] is None:
-                state["pipe"] = load_pipeline(
-                    pretrained,
-                    lora_path,
-                    sampler=sampler,
-                    device=device,
-                    lora_scale=lora_scale,
-                    checkpoint=s["checkpoint"],
-                )
-            else:
-                set_sampler(state["pipe"], sampler)
-            state["pipe"] = speed_up(
-                state["pipe"], channels_last=bool(s["channels_last"]), compile=bool(s["compile"])
-            )
-            state["ready"] = True
-        return state["pipe"]
-
-    bs = max(1, int(s["batch_size"]))
-    made, reused = [], 0
-    pending = slots
-    bar = tqdm(total=0, desc=f"{label}/{sampler}/{shard}", unit="img", disable=None)
-    # PNG encoding (zlib) and the checks run on writer threads while the accelerator computes the next batch
-    with ThreadPoolExecutor(max_workers=max(1, int(s["writer_threads"]))) as writer:
-        for rnd in range(max_rounds):
-            if not pending:
-                break
-            jobs = []
-            for slot in pending:
-                seed = image_seed(s["seed"], label, sampler, slot["index"], rnd)
-                path = image_path(out, label, sampler, slot["index"], rnd)
-                jobs.append(
-                    {**slot, "round": rnd, "seed": seed, "steps": steps_for(s["steps"], seed), "path": path}
-                )
-            bar.total += len(jobs)
-            bar.refresh()
-            futures = {}
-            if trusted:
-                for j in jobs:
-                    if j["path"].is_file():
-                        futures[j["index"]] = writer.submit(_load_checked, j["path"], verdict)
-            todo = []
-            for j in jobs:
-                try:
-                    j["sha256"], j["reasons"] = futures[j["index"]].result()
-                    reused += 1
-                    bar.update(1)
-                except (KeyError, ImageError):
-                    todo.append(j)
-            futures = {}
-            by_steps = defaultdict(list)
-            for j in todo:
-                by_steps[j["steps"]].append(j)
-            batches = [g[i : i + bs] for _, g in sorted(by_steps.items()) for i in range(0, len(g), bs)]
-            for batch in batches:
-                arrays = run_batch(
-                    ready_pipe(),
-                    [j["seed"] for j in batch],
-                    batch[0]["steps"],
-                    [j["prompt"] for j in batch],
-                    negative,
-                    s["guidance_scale"],
-                    res,
-                )
-                for j, arr in zip(batch, arrays, strict=True):
-                    text = a1111_parameters(
-                        j["prompt"], negative, j["steps"], sampler, s["guidance_scale"], j["seed"], res, res
-                    )
-                    futures[j["index"]] = writer.submit(
-                        _save_checked, j["path"], arr, _pnginfo(text), verdict
-                    )
-                bar.update(len(batch))
-            for j in todo:
-                j["sha256"], j["reasons"] = futures[j["index"]].result()
-            made += jobs
-            pending = [j for j in jobs if j["reasons"]]
-            if pending:
-                why = pd.Series([j["reasons"][0][0] for j in pending]).value_counts().to_dict()
-                log.info(
-                    "round %d: %d of %d images rejected by the checks %s", rnd, len(pending), len(jobs), why
-                )
-    bar.close()
+    shared = _shared_columns(s, pretrained, lora_path, label, sampler, shard)
+    trusted = _trusted_images(out, _pixel_settings(s, shared, base, block))
+    lazy = _LazyPipe(pipe, pretrained, lora_path, sampler, device, shared["lora_scale"], s)
+    made, reused, pending = _fill_slots(
+        slots, s, out, label, sampler, verdict, trusted, lazy, f"{label}/{sampler}/{shard}"
+    )
 
     _remove_unlisted_topups(out, label, sampler, range(first, first + n), {j["path"].name for j in made})
-    shared = {
-        "label": label,
-        "dataset": "synthetic",
-        "negative_prompt": negative,
-        "sampler": sampler,
-        "guidance_scale": float(s["guidance_scale"]),
-        "resolution": res,
-        "lora_scale": lora_scale,
-        "lora_sha256": lora_sha,
-        "base_model": base_model,
-        "shard": int(shard),
-    }
     manifest = pd.DataFrame(
         [_manifest_row(j, shared) for j in sorted(made, key=lambda j: (j["index"], j["round"]))],
         columns=MANIFEST_COLUMNS,
@@ -522,7 +530,7 @@ def generate(
             shard,
             n - len(pending),
             n,
-            max_rounds,
+            int(s["max_rounds"]),
             len(pending),
         )
     return manifest
@@ -650,36 +658,7 @@ def _parse_modifiers(text: str) -> dict:
     return dict(part.split("=", 1) for part in text.split(";") if "=" in part)
 
 
-def _sheet(
-    rows: list[tuple[str, list[str]]], out_png, thumb: int = 96, label_w: int = 150, title: str = ""
-) -> Path:
-    """A grid: one row per (caption, image paths), captions on the left, blank cells where short."""
-    from PIL import Image, ImageDraw
-
-    ncols = max([len(p) for _, p in rows] + [1])
-    pad, title_h = 2, 18 if title else 0
-    sheet = Image.new(
-        "RGB",
-        (label_w + ncols * (thumb + pad) + pad, title_h + max(1, len(rows)) * (thumb + pad) + pad),
-        (255, 255, 255),
-    )
-    draw = ImageDraw.Draw(sheet)
-    if title:
-        draw.text((4, 3), title, fill=(0, 0, 0))
-    for r, (caption, paths) in enumerate(rows):
-        y = title_h + pad + r * (thumb + pad)
-        for line, text in enumerate(caption.split("\n")):
-            draw.text((4, y + thumb // 2 - 12 + 12 * line), text[: label_w // 6], fill=(0, 0, 0))
-        for c, p in enumerate(paths):
-            im = io.load_rgb(p)
-            # enlarge small demo images and shrink 512 px ones to the same cell
-            im = im.resize((thumb, thumb), Image.Resampling.LANCZOS)
-            sheet.paste(im, (label_w + pad + c * (thumb + pad), y))
-    io.save_png(out_png, sheet)
-    return Path(out_png)
-
-
-def generation_report(
+def section_generate(
     manifests, out_md, figures: dict, split_csv=None, per_row: int = 6, thumb: int = 96
 ) -> pd.DataFrame:
     """Markdown fragment for the report: the split table and one contact sheet per class.
@@ -687,7 +666,7 @@ def generation_report(
     ``figures``: label -> PNG path (written beside the fragment and linked as ``sections/<name>``).
     Each sheet has one row per sampler x modifier option with its first ``per_row`` images.
     """
-    made = pd.concat([io.read_csv(m) for m in manifests], ignore_index=True)
+    made = io.read_manifests(manifests)
     made["modifiers"] = made["modifiers"].map(_text) if "modifiers" in made.columns else ""
     # the split and the sheets show the images that passed the per-image checks, one per slot
     df = passing(made).reset_index(drop=True)
@@ -733,7 +712,15 @@ def generation_report(
                 for option in dict.fromkeys(option_of):
                     paths = g["path"][option_of == option].head(per_row).tolist()
                     rows.append((f"{sampler}\n{group}={option}", paths))
-        _sheet(rows, png, thumb=thumb, title=f"{label}: sampler x modifier")
+        ncols = max([len(p) for _, p in rows] + [1])
+        contact_sheet(
+            [c for _, p in rows for c in p + [None] * (ncols - len(p))],  # blank cells where a row is short
+            png,
+            ncols=ncols,
+            thumb=thumb,
+            title=f"{label}: sampler x modifier",
+            row_labels=[caption for caption, _ in rows],
+        )
         lines += [
             f"![{label} contact sheet](sections/{Path(png).name})",
             "",

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .. import io, metrics
-from ..quality import contact_sheet
+from ..imaging import contact_sheet
 from .names import MODEL_NAMES, REGIME_NAMES, TESTSET_NAMES, nice, order
 from .stats import load_predictions, num
 

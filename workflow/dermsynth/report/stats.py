@@ -152,19 +152,26 @@ def _run_mean(fn, y: np.ndarray, scores: np.ndarray) -> float:
     return float(np.nanmean([fn(y, scores[:, k]) for k in range(scores.shape[1])]))
 
 
+def _resampled_run_mean(fn: metrics.Metric, y: np.ndarray, scores: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``_run_mean`` on every resample (row of ``idx``) at once: one scikit-learn call per resample
+    and run took 13x longer (89 s against 6.8 s for the Table IV test)."""
+    if not len(idx):
+        return np.array([], dtype=np.float64)
+    per_run = np.stack([fn.resampled(y, scores[:, k], idx) for k in range(scores.shape[1])])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # nanmean of a resample with one class
+        return np.nanmean(per_run, axis=0)
+
+
 def pooled_ci(
     y: np.ndarray, scores: np.ndarray, n_boot: int, ci: float, seed: int, threshold: float = 0.5
 ) -> dict[str, tuple[float, float]]:
     """Bootstrap CI of each metric's mean over runs (seeds): all runs are scored on the same resample,
     so the interval reflects the test-set sampling of the reported mean."""
-    fns = {m: metrics.metric_from_score(m, threshold) for m in TABLE_METRICS}
-    boot = {m: [] for m in TABLE_METRICS}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # nanmean of a resample with one class
-        for i in metrics.resample_indices(len(y), n_boot, seed):
-            yi, si = y[i], scores[i]
-            for m, fn in fns.items():
-                boot[m].append(_run_mean(fn, yi, si))
+    idx = metrics.resample_indices(len(y), n_boot, seed)
+    boot = {
+        m: _resampled_run_mean(metrics.metric_from_score(m, threshold), y, scores, idx) for m in TABLE_METRICS
+    }
     return {m: metrics.percentile_ci(v, ci) for m, v in boot.items()}
 
 
@@ -249,18 +256,8 @@ def _paired_runs(
     """mean-over-runs metric of t minus that of b (columns = runs), paired bootstrap over images."""
     fn = metrics.metric_from_score(name, threshold)
     diff = _run_mean(fn, y, t) - _run_mean(fn, y, b)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        d = (
-            np.array(
-                [
-                    _run_mean(fn, y[i], t[i]) - _run_mean(fn, y[i], b[i])
-                    for i in metrics.resample_indices(len(y), n_boot, seed)
-                ]
-            )
-            if n_boot > 0
-            else np.array([])
-        )
+    idx = metrics.resample_indices(len(y), max(n_boot, 0), seed)
+    d = _resampled_run_mean(fn, y, t, idx) - _resampled_run_mean(fn, y, b, idx)
     d = d[np.isfinite(d)]
     if not len(d):
         return {

@@ -26,8 +26,9 @@ from pathlib import Path
 import pandas as pd
 
 from ... import io
+from ...device import resolve_device
 from ...errors import TrainingError
-from ..pipeline import KOHYA_SUFFIX, LORA_WEIGHT_NAME, resolve_device
+from ..pipeline import KOHYA_SUFFIX, LORA_WEIGHT_NAME
 from . import card, checkpoints, model, settings
 from .compiled_step import CompiledStep
 from .data import Batches, LatentCache, Stream
