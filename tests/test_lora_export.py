@@ -158,3 +158,37 @@ def test_model_card_describes_the_run_it_sits_beside(tmp_path_factory):
         assert f"| {label} | {n} |" in body
     assert f"| optimizer steps | {summary['steps']} |" in body
     assert "Not for diagnosis" in body
+
+
+def test_the_same_lora_saved_in_two_processes_has_one_sha256(tmp_path, tiny_sd):
+    """The file's sha256 is the LoRA's identity in every manifest: no hash-seed-dependent bytes."""
+    import subprocess
+    import sys
+
+    script = """
+import sys, torch
+from diffusers import UNet2DConditionModel
+from peft import LoraConfig
+from dermsynth import io
+from dermsynth.diffusion.finetune import checkpoints
+from pathlib import Path
+unet = UNet2DConditionModel.from_pretrained(sys.argv[1], subfolder="unet")
+torch.manual_seed(0)
+unet.add_adapter(LoraConfig(r=4, lora_alpha=16, init_lora_weights="gaussian",
+                            target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+out = Path(sys.argv[2]); out.mkdir(parents=True)
+print(io.sha256_file(checkpoints.save_lora(unet, out, "k.safetensors")) + io.sha256_file(out / "k.safetensors"))
+"""
+    shas = set()
+    for seed in ("1", "2", "3"):
+        env = {**__import__("os").environ, "PYTHONHASHSEED": seed}
+        run = subprocess.run(
+            [sys.executable, "-c", script, str(tiny_sd), str(tmp_path / seed)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        shas.add(run.stdout.split()[-1])
+    assert len(shas) == 1, shas

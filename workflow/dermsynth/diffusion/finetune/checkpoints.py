@@ -172,14 +172,49 @@ def save_lora(unet, output_dir: Path, kohya_name: str | None = None) -> Path:
         unet_lora_layers=convert_state_dict_to_diffusers(peft_sd),
         safe_serialization=True,
         weight_name=LORA_WEIGHT_NAME,
-        unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+        unet_lora_adapter_metadata=stable_metadata(unet.peft_config["default"].to_dict()),
     )
     final = output_dir / LORA_WEIGHT_NAME
+    canonical_header(tmp / LORA_WEIGHT_NAME)
     os.replace(tmp / LORA_WEIGHT_NAME, final)
     shutil.rmtree(tmp, ignore_errors=True)
     if kohya_name:
         save_kohya(peft_sd, unet.peft_config["default"], output_dir / kohya_name)
     return final
+
+
+def stable_metadata(meta: dict) -> dict:
+    """The adapter config with its sets (peft keeps ``target_modules`` as one) as sorted lists.
+
+    diffusers writes a set as ``list(set)``, whose order follows the process's string-hash seed, so
+    the same LoRA got a different sha256 in every run and the manifests' ``lora_sha256`` could not
+    trace an image to its LoRA.
+    """
+    return {k: sorted(v) if isinstance(v, (set, frozenset)) else v for k, v in meta.items()}
+
+
+def canonical_header(path: Path) -> None:
+    """Rewrite a safetensors file's ``__metadata__`` with its keys sorted, in place.
+
+    safetensors writes the metadata map in Rust hash-map order, which changes from process to process:
+    the same tensors and metadata gave a different file, and sha256, in every run. The header keeps its
+    length (same JSON, other order), so the tensor data and offsets stay where they are.
+    """
+    import json
+    import struct
+
+    with open(path, "r+b") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        raw = f.read(n)
+        header = json.loads(raw, object_pairs_hook=dict)
+        if len(header.get("__metadata__") or {}) < 2:
+            return
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > n:
+            raise ValueError(f"{path}: the sorted safetensors header is longer than the original")
+        f.seek(8)
+        f.write(text + b" " * (n - len(text)))
 
 
 def save_kohya(peft_sd: dict, config, path: Path) -> None:
@@ -200,3 +235,4 @@ def save_kohya(peft_sd: dict, config, path: Path) -> None:
     }
     with io.atomic_path(path) as tmp:
         save_file(sd, str(tmp), metadata=meta)
+        canonical_header(tmp)
