@@ -177,7 +177,8 @@ torch.manual_seed(0)
 unet.add_adapter(LoraConfig(r=4, lora_alpha=16, init_lora_weights="gaussian",
                             target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
 out = Path(sys.argv[2]); out.mkdir(parents=True)
-print(io.sha256_file(checkpoints.save_lora(unet, out, "k.safetensors")) + io.sha256_file(out / "k.safetensors"))
+lora = checkpoints.save_lora(unet, out, "k.safetensors")
+print(io.sha256_file(lora) + io.sha256_file(out / "k.safetensors"))
 """
     shas = set()
     for seed in ("1", "2", "3"):
