@@ -714,8 +714,15 @@ def test_summary_html_holds_real_tables_and_embedded_figures(tmp_path):
     page = html.render(md, tmp_path, "t")
     assert "<table>" in page and "<td>81.2</td>" in page and 'id="table-iv"' in page
     src = page.split('src="', 1)[1].split('"', 1)[0]
-    assert src.startswith("data:image/png;base64,")
+    assert src.startswith("data:image/jpeg;base64,")
     import base64
     import io as _io
 
     assert Image.open(_io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).size == (7, 5)
+    # large figures shrink until the page fits (report.html's frame refuses data: URLs over 2 MiB)
+    rng = np.random.default_rng(0)
+    for k in range(6):
+        Image.fromarray(rng.integers(0, 255, (900, 1600, 3), dtype=np.uint8)).save(tmp_path / f"big{k}.png")
+    md = "\n\n".join(f"![big {k}](big{k}.png)" for k in range(6))
+    page = html.render(md, tmp_path, "t", max_bytes=1_000_000)
+    assert len(page.encode()) <= 1_000_000 and page.count("data:image/jpeg") == 6
