@@ -206,6 +206,7 @@ def test_folder_ham10000_metadata_layout(tmp_path, shared_data):
     assert (by_id.loc[pick[pick.dx == "mel"].image_id, "label"] == "malignant").all()
     assert by_id["lesion_id"].value_counts()["HAM_0002450"] == 2
     assert (m["width"] == 600).all() and (m["height"] == 450).all()
+    assert (m["license"] == "CC-BY-NC-4.0").all()  # HAM10000's, as its data paper gives it
 
 
 @pytest.fixture

@@ -112,8 +112,11 @@ def test_isic_cli_pages_retries_a_failed_file_and_equals_a_folder_import(records
             archive.files_requested().count(failed) == 2 and archive.files_requested(500).count(failed) == 1
         )
     assert {benign_isic[1], ham_ids[2]} <= set(isic_m["source_id"]) | set(ham_m["source_id"])
-    # HAM10000 metadata (lesion ids) came through isic-cli's metadata.csv
+    # HAM10000 metadata (lesion ids) and every image's licence came through isic-cli's metadata.csv
     assert ham_m["lesion_id"].str.startswith("HAM_").all()
+    by_id = {r["isic_id"]: r["copyright_license"] for r in records}
+    for m in (isic_m, ham_m):
+        assert list(m["license"]) == [by_id[i] for i in m["source_id"]]
 
     for name, m in (("isic", isic_m), ("ham10000", ham_m)):
         a, b = same(m, folder_import_of(served(archive, records, m), tmp_path, name))

@@ -16,7 +16,7 @@ from ..errors import ConfigError, DataSourceError
 from . import demo, folder, isic
 
 #: Columns of every raw-data manifest; empty strings where a source does not know the value.
-DATA_COLUMNS = io.MANIFEST_COLUMNS + ["lesion_id", "patient_id", "width", "height", "note"]
+DATA_COLUMNS = io.MANIFEST_COLUMNS + ["lesion_id", "patient_id", "width", "height", "note", "license"]
 REJECTED_COLUMNS = ["path", "reason", "detail"]
 SOURCES = ("demo", "folder", "isic")
 

@@ -29,6 +29,8 @@ from tqdm import tqdm
 from .. import io
 from ..errors import ConfigError
 
+#: the demo's images are drawn by this module from seeds, nobody's data: public domain
+DEMO_LICENSE = "CC0-1.0"
 DOMAINS = {
     # skin colour (RGB 0-1), colour-balance gains, vignette strength, dermoscope ring
     "isic": {"skin": (0.87, 0.70, 0.66), "gain": (1.00, 1.00, 1.04), "vignette": 0.15, "ring": True},
@@ -299,6 +301,7 @@ def generate(
                 "width": size,
                 "height": size,
                 "note": f"demo domain={domain}",
+                "license": DEMO_LICENSE,
                 "truth_path": truth_path,
                 "has_hair": bool(hair),
             }

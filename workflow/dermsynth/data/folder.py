@@ -54,6 +54,16 @@ class Candidate:
     patient_id: str = ""
     note: str = ""
     meta_label: str = ""  # label in the source's metadata, cross-checked when raw_label came from elsewhere
+    license: str = ""  # as the source's metadata gives it; '' when it says nothing
+
+
+#: HAM10000's licence (Tschandl et al., Sci. Data 2018; the ISIC collection says the same).
+HAM10000_LICENSE = "CC-BY-NC-4.0"
+
+
+def licence_of(row: dict) -> str:
+    """A metadata row's licence: isic-cli's ``copyright_license`` or a ``license`` column."""
+    return str(row.get("copyright_license") or row.get("license") or "")
 
 
 def reject(path, reason: str, detail: str = "") -> dict:
@@ -162,7 +172,16 @@ def read_table(path: Path, filter_dataset=None) -> tuple[list[Candidate], list[d
             src = Path(r["path"])
             src = src if src.is_absolute() else path.parent / src
             sid = r.get("source_id") or r.get("isic_id") or src.stem
-            cands.append(Candidate(src, r["label"], sid, r.get("lesion_id", ""), r.get("patient_id", "")))
+            cands.append(
+                Candidate(
+                    src,
+                    r["label"],
+                    sid,
+                    r.get("lesion_id", ""),
+                    r.get("patient_id", ""),
+                    license=licence_of(r),
+                )
+            )
         # rows of other datasets still name their files: only a file that no row names is unlisted
         named = {_resolved(p if Path(p).is_absolute() else path.parent / p) for p in listed_paths}
         return cands, unlisted({c.src.parent for c in cands}, named | {_resolved(path)})
@@ -227,7 +246,16 @@ def ham_candidates(df: pd.DataFrame, root: Path) -> tuple[list[Candidate], list[
                 )
             )
             continue
-        cands.append(Candidate(src, r["dx"], r["image_id"], r.get("lesion_id", ""), r.get("patient_id", "")))
+        cands.append(
+            Candidate(
+                src,
+                r["dx"],
+                r["image_id"],
+                r.get("lesion_id", ""),
+                r.get("patient_id", ""),
+                license=licence_of(r) or HAM10000_LICENSE,
+            )
+        )
     listed = set(df["image_id"]) if len(df) else set()
     rejected += [
         reject(f, "not_listed", "image without a metadata row")
@@ -269,7 +297,16 @@ def isic_candidates(
             raw = label
             note = f"metadata label {meta}" if meta else "no metadata label"
         cands.append(
-            Candidate(src, raw, r["isic_id"], r.get("lesion_id", ""), r.get("patient_id", ""), note, meta)
+            Candidate(
+                src,
+                raw,
+                r["isic_id"],
+                r.get("lesion_id", ""),
+                r.get("patient_id", ""),
+                note,
+                meta,
+                licence_of(r),
+            )
         )
     listed = set(df["isic_id"]) if len(df) else set()
     for stem, f in index.items():
@@ -463,6 +500,7 @@ def ingest(
                     "width": res["width"],
                     "height": res["height"],
                     "note": "; ".join(n for n in (res["note"], c.note) if n),
+                    "license": c.license,
                 }
             )
     return pd.DataFrame(rows), pd.DataFrame(rejected, columns=["path", "reason", "detail"])
