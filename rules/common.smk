@@ -227,7 +227,11 @@ def histories():
 
 
 def final_targets():
-    return ["results/report/summary.md"]
+    return [
+        "results/report/summary.md",
+        f"results/synthetic/{RUN}/DATASHEET.md",
+        f"results/synthetic/{RUN}/metadata.jsonl",
+    ]
 
 
 def dataset_spec(wildcards):

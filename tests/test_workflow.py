@@ -1,6 +1,7 @@
 """The whole demo DAG end to end, what reruns after a change, and the paper DAG as a dry run."""
 
 import contextlib
+import html
 import json
 import os
 import re
@@ -93,6 +94,38 @@ def test_report_table4_has_every_cell_with_paper_numbers(demo):
     assert paper[("mobilenet_v2", "real", "isic")] == pytest.approx(78.89)
     summary = (demo / "results" / "report" / "summary.md").read_text()
     assert "Table IV" in summary
+
+
+def test_datasheet_model_card_and_metadata_match_the_run(demo):
+    run = demo / "results" / "synthetic" / "demo"
+    kept = pd.read_csv(run / "filtered.csv")
+    rejected = pd.read_csv(run / "rejected.csv")
+    rows = [json.loads(line) for line in (run / "metadata.jsonl").read_text().splitlines()]
+    assert len(rows) == len(kept) + len(rejected)
+    by_path = kept.set_index("path")
+    for r in rows:
+        path = f"results/synthetic/demo/{r['file_name']}"
+        if r["verdict"] == "kept":
+            assert by_path.loc[path, "sha256"] == r["sha256"] and by_path.loc[path, "seed"] == r["seed"]
+    sheet = (run / "DATASHEET.md").read_text()
+    assert f"{len(rows)} images on disk, {len(kept)} kept" in sheet
+    finetune = pd.read_csv(demo / "results" / "splits" / "finetune.csv", keep_default_na=False)
+    assert set(finetune["license"]) == {"CC0-1.0"}  # the demo renderer's images
+    assert f"| isic | CC0-1.0 | {len(finetune)} |" in sheet
+    lora = demo / "results" / "lora" / "demo"
+    card = (lora / "README.md").read_text()
+    assert f"`{sha256_of(lora / 'pytorch_lora_weights.safetensors')}`" in card
+    assert set(kept["lora_sha256"]) == {sha256_of(lora / "pytorch_lora_weights.safetensors")}
+    summary_md = (demo / "results" / "report" / "summary.md").read_text()
+    page = (demo / "results" / "report" / "summary.html").read_text()
+    for heading in re.findall(r"^#{1,3} (.+)$", summary_md, flags=re.M):
+        assert html.escape(heading.strip(), quote=False) in page, heading
+
+
+def sha256_of(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def test_eval_json_agrees_with_its_predictions(demo):
