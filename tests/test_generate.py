@@ -1,5 +1,6 @@
 """Generation: samplers, per-image seeds, manifest, PNG metadata, reproducibility, resume, errors."""
 
+import hashlib
 from pathlib import Path
 
 import _diffusion_fixtures as fx
@@ -11,9 +12,9 @@ from PIL import Image
 
 from dermsynth import io
 from dermsynth.diffusion import pipeline as pl
+from dermsynth.diffusion import webui
 from dermsynth.diffusion.sample import (
     MANIFEST_COLUMNS,
-    a1111_parameters,
     generate,
     image_seed,
     merge_shards,
@@ -109,26 +110,74 @@ def test_generate_writes_images_and_manifest(generated, lora):
         assert Image.open(row.path).size == (64, 64)
 
 
-def test_png_carries_only_the_a1111_parameters_chunk(generated):
+def test_png_carries_only_the_a1111_parameters_chunk(generated, lora):
     _, m = generated
     row = m.iloc[0]
     im = Image.open(row["path"])
     im.load()
     assert set(im.info) == {"parameters"}  # no EXIF, no dpi, nothing else
+    kohya = webui.kohya_file(lora)  # the web UI loads this copy: its hash and name go in the text
     assert im.text == {
         "parameters": (
-            f"a dermoscopic image of a malignant skin lesion\nSteps: 6, Sampler: Euler a, CFG scale: 7.0, "
-            f"Seed: {row['seed']}, Size: 64x64"
+            f"a dermoscopic image of a malignant skin lesion <lora:{kohya.stem}:1>\n"
+            f"Steps: 6, Sampler: Euler a, CFG scale: 7, Seed: {row['seed']}, Size: 64x64, "
+            f'Lora hashes: "{kohya.stem}: {webui.addnet_hash(kohya)[:12]}", RNG: CPU'
         )
     }
+    assert 0 <= row["seed"] < 2**32  # a seed the web UI can replay
 
 
-def test_a1111_text_with_negative_prompt():
-    text = a1111_parameters("p", "blurry", 20, "dpmpp_2m_sde_karras", 7, 5, 512, 512)
-    assert (
-        text == "p\nNegative prompt: blurry\nSteps: 20, Sampler: DPM++ 2M SDE Karras, CFG scale: 7.0, "
-        "Seed: 5, Size: 512x512"
+def test_webui_text_reads_back_by_the_webui_rules(tmp_path):
+    from safetensors.torch import save_file
+
+    lora = tmp_path / "derm_kohya.safetensors"
+    save_file({"a": torch.ones(3)}, str(lora), metadata={"ss_network_dim": "4"})
+    text = webui.parameters(
+        "a lesion, large mole",
+        "blurry, hair",
+        22,
+        "DPM++ 2M SDE Karras",
+        7.5,
+        4294967295,
+        512,
+        512,
+        model="v1-5-pruned-emaonly",
+        model_hash="6ce0161689",
+        lora=("derm_kohya", lora, 1.0),
     )
+    assert text.splitlines()[0] == "a lesion, large mole <lora:derm_kohya:1>"
+    got = webui.parse(text)
+    assert (
+        got["Prompt"] == "a lesion, large mole <lora:derm_kohya:1>"
+        and got["Negative prompt"] == "blurry, hair"
+    )
+    assert (got["Steps"], got["Sampler"], got["CFG scale"], got["Seed"]) == (
+        "22",
+        "DPM++ 2M SDE Karras",
+        "7.5",
+        "4294967295",
+    )
+    assert (got["Size-1"], got["Size-2"], got["Model"], got["Model hash"]) == (
+        "512",
+        "512",
+        "v1-5-pruned-emaonly",
+        "6ce0161689",
+    )
+    # the hash of the tensor data, not of the file: the web UI's "addnet" hash
+    with open(lora, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        data = f.read()[n:]
+    assert got["Lora hashes"] == f"derm_kohya: {hashlib.sha256(data).hexdigest()[:12]}"
+    assert got["RNG"] == "CPU"
+    assert webui.number(7.0) == "7" and webui.number(7.25) == "7.25"
+    # a web-UI text of its own (Model hash before Model, quoted values with commas) reads the same way
+    theirs = webui.parse(
+        "p\nSteps: 28, Sampler: DPM++ 2M Karras, CFG scale: 6.5, Seed: 1234567, Size: 512x768, "
+        "Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, "
+        'Lora hashes: "a: 0123456789ab, b: ba9876543210", Version: v1.8.0'
+    )
+    assert theirs["Lora hashes"] == "a: 0123456789ab, b: ba9876543210" and theirs["Version"] == "v1.8.0"
+    assert theirs["Size-2"] == "768" and theirs["Prompt"] == "p" and theirs["Negative prompt"] == ""
 
 
 def test_manifest_row_regenerates_the_image(generated, tiny_sd, lora):

@@ -44,6 +44,9 @@ MODELS = {
     "models.mobilenet_v2": "results/models/tiny-mobilenet_v2",
     "segment.sam_model": "results/models/tiny-sam",
     "quality.features": "tiny",  # inception needs the torch-fidelity weights download
+    # the tiny SD is not the web UI's v1-5-pruned-emaonly: its PNGs must not claim to be
+    "generate.webui_model": None,
+    "generate.webui_model_hash": None,
 }
 
 #: dataset -> (folder under the data root, images per class). ISIC: 24 per class (of 100), so the

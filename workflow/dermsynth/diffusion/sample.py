@@ -20,6 +20,7 @@ import json
 import logging
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import pandas as pd
 from .. import config, io
 from ..errors import ConfigError, ImageError
 from ..imaging import contact_sheet
+from . import webui
 from .pipeline import display_name, load_pipeline, lora_file, set_sampler, speed_up
 
 log = logging.getLogger("dermsynth")
@@ -52,8 +54,10 @@ MANIFEST_COLUMNS = io.MANIFEST_COLUMNS + [
 ]
 #: ``verdict`` of an image that passes the per-image checks (otherwise: its first failing reason)
 PASS = "pass"
-#: seeds below 2**48: a collision (two identical images) among 10^5 images has odds ~1e-5
-SEED_BITS = 48
+#: seeds below 2**32, the range the web UI replays; two images of one block that draw the same seed
+#: (odds ~0.4 % among 6,000) are pixel-identical only with the same prompt and steps, and the filter's
+#: duplicate check drops the second
+SEED_BITS = 32
 
 
 def image_seed(base_seed: int, label: str, sampler: str, index: int, rnd: int = 0) -> int:
@@ -148,25 +152,29 @@ def modifiers_text(chosen: dict) -> str:
     return ";".join(f"{g}={o}" for g, o in chosen.items())
 
 
-def a1111_parameters(
-    prompt: str,
-    negative_prompt: str,
-    steps: int,
-    sampler: str,
-    guidance_scale: float,
-    seed: int,
-    width: int,
-    height: int,
-) -> str:
-    """The ``parameters`` text the Stable Diffusion web UI writes (it omits an empty negative prompt)."""
-    lines = [prompt]
-    if negative_prompt:
-        lines.append(f"Negative prompt: {negative_prompt}")
-    lines.append(
-        f"Steps: {steps}, Sampler: {display_name(sampler)}, CFG scale: {float(guidance_scale)}, "
-        f"Seed: {seed}, Size: {width}x{height}"
-    )
-    return "\n".join(lines)
+def infotext(s: dict, sampler: str, lora_path) -> Callable[[str, int, int], str]:
+    """``text(prompt, steps, seed)``: an image's ``parameters`` text, as the web UI writes it (webui.py),
+    with the base model the config names for the web UI and the kohya copy of the LoRA, if written."""
+    kohya = webui.kohya_file(lora_path) if lora_path else None
+    lora = (kohya.stem, kohya, float(s["lora_scale"])) if kohya else None
+    res, negative = int(s["resolution"]), str(s["negative_prompt"] or "")
+
+    def text(prompt: str, steps: int, seed: int) -> str:
+        return webui.parameters(
+            prompt,
+            negative,
+            steps,
+            display_name(sampler),
+            s["guidance_scale"],
+            seed,
+            res,
+            res,
+            model=s["webui_model"],
+            model_hash=s["webui_model_hash"],
+            lora=lora,
+        )
+
+    return text
 
 
 def _pnginfo(text: str):
@@ -383,7 +391,7 @@ def _reuse(jobs: list[dict], writer, verdict, bar) -> list[dict]:
     return todo
 
 
-def _render(todo: list[dict], pipe: _LazyPipe, writer, verdict, s: dict, sampler: str, bar) -> None:
+def _render(todo: list[dict], pipe: _LazyPipe, writer, verdict, s: dict, text, bar) -> None:
     """Generate ``todo`` in batches of equal steps; PNGs are written and checked on ``writer``."""
     bs, res = max(1, int(s["batch_size"])), int(s["resolution"])
     negative = str(s["negative_prompt"] or "")
@@ -404,16 +412,16 @@ def _render(todo: list[dict], pipe: _LazyPipe, writer, verdict, s: dict, sampler
                 res,
             )
             for j, arr in zip(batch, arrays, strict=True):
-                text = a1111_parameters(
-                    j["prompt"], negative, j["steps"], sampler, s["guidance_scale"], j["seed"], res, res
-                )
-                futures[j["index"]] = writer.submit(_save_checked, j["path"], arr, _pnginfo(text), verdict)
+                info = _pnginfo(text(j["prompt"], j["steps"], j["seed"]))
+                futures[j["index"]] = writer.submit(_save_checked, j["path"], arr, info, verdict)
             bar.update(len(batch))
     for j in todo:
         j["sha256"], j["reasons"] = futures[j["index"]].result()
 
 
-def _fill_slots(slots, s: dict, out: Path, label: str, sampler: str, verdict, trusted: bool, pipe, desc: str):
+def _fill_slots(
+    slots, s: dict, out: Path, label: str, sampler: str, verdict, trusted: bool, pipe, text, desc: str
+):
     """Round after round, an image for every slot without a passing one; returns (every image made,
     how many were reused from disk, the slots still without a passing image)."""
     from tqdm.auto import tqdm
@@ -430,7 +438,7 @@ def _fill_slots(slots, s: dict, out: Path, label: str, sampler: str, verdict, tr
             bar.refresh()
             todo = _reuse(jobs, writer, verdict, bar) if trusted else jobs
             reused += len(jobs) - len(todo)
-            _render(todo, pipe, writer, verdict, s, sampler, bar)
+            _render(todo, pipe, writer, verdict, s, text, bar)
             made += jobs
             pending = [j for j in jobs if j["reasons"]]
             if pending:
@@ -499,8 +507,9 @@ def generate(
     shared = _shared_columns(s, pretrained, lora_path, label, sampler, shard)
     trusted = _trusted_images(out, _pixel_settings(s, shared, base, block))
     lazy = _LazyPipe(pipe, pretrained, lora_path, sampler, device, shared["lora_scale"], s)
+    text = infotext(s, sampler, lora_path)
     made, reused, pending = _fill_slots(
-        slots, s, out, label, sampler, verdict, trusted, lazy, f"{label}/{sampler}/{shard}"
+        slots, s, out, label, sampler, verdict, trusted, lazy, text, f"{label}/{sampler}/{shard}"
     )
 
     _remove_unlisted_topups(out, label, sampler, range(first, first + n), {j["path"].name for j in made})
