@@ -28,12 +28,12 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from . import config, io, metrics
 from .device import resolve_device
 from .errors import ConfigError, DataSourceError, TrainingError
 from .hub import load_pretrained
+from .progress import Bar
 
 log = logging.getLogger("dermsynth.classify")
 
@@ -76,9 +76,7 @@ def load_images(paths: list[str], size: int, threads: int = 1, desc: str | None 
     out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         it = pool.map(lambda p: _load_square(str(p), size), paths)
-        for i, arr in enumerate(
-            tqdm(it, total=len(paths), desc=desc, disable=None if desc else True, leave=False)
-        ):
+        for i, arr in enumerate(Bar(it, total=len(paths), desc=desc, disable=not desc, leave=False)):
             out[i] = torch.from_numpy(arr).permute(2, 0, 1)
     return out
 
@@ -458,7 +456,7 @@ def train(
     history, best = [], {"loss": math.inf, "epoch": 0, "state": None}
     train_time, train_images, bad_epochs = 0.0, 0, 0
     t_start = time.perf_counter()
-    bar = tqdm(total=total, desc=f"train {arch} seed {seed}", disable=None)
+    bar = Bar(total=total, desc=f"train {arch} seed {seed}")
     for epoch in range(1, int(c["epochs"]) + 1):
         t_ep = time.perf_counter()
         train_loss, n_seen, ep_train_s = _train_epoch(
@@ -584,7 +582,7 @@ def predict(
     paths = df["path"].astype(str).tolist()
     out = np.zeros(len(paths), dtype=np.float64)
     with torch.inference_mode():
-        for i in tqdm(range(0, len(paths), batch_size), desc="predict", disable=None):
+        for i in Bar(range(0, len(paths), batch_size), desc="predict"):
             x = load_images(paths[i : i + batch_size], size, threads)
             x = norm(x.to(dev).float() / 255.0)
             with _autocast(dev, amp):

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from . import audit, io
 from .artifacts import REASONS, check_image, image_verdict, thresholds
 from .errors import ConfigError, DermsynthError
 from .imaging import contact_sheet
+from .progress import Bar
 from .splits import find_duplicates, phashes, thumbnails
 
 log = logging.getLogger("dermsynth.filter")
@@ -86,11 +86,10 @@ def filter_synthetic(
     paths = df["path"].map(str).tolist()
     with ThreadPoolExecutor(max_workers=max(1, int(threads))) as pool:
         verdicts = list(
-            tqdm(
+            Bar(
                 pool.map(lambda a: check_image(a[0], a[1] or None, verdict), zip(paths, shas, strict=True)),
                 total=len(paths),
                 desc="filter: checks",
-                disable=None,
             )
         )
     thumbs, readable = thumbnails(paths, threads, "filter: thumbnails")

@@ -17,11 +17,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from . import io
 from .errors import ConfigError
 from .imaging import check_unique_stems, contact_sheet, image_threads, square_resize
+from .progress import Bar
 
 log = logging.getLogger("dermsynth")
 
@@ -358,9 +358,7 @@ def remove_hair_dataset(manifest_in, out_dir, manifest_out, cfg: dict, threads: 
 
     with image_threads(threads) as pmap:
         jobs = zip(df["path"], stems, truths, strict=True)
-        done = pd.DataFrame(
-            list(tqdm(pmap(one, jobs), total=len(df), desc="dullrazor", disable=None)), columns=OUT_COLUMNS
-        )
+        done = pd.DataFrame(list(Bar(pmap(one, jobs), total=len(df), desc="dullrazor")), columns=OUT_COLUMNS)
     for col in ("path", "sha256", "mask_path", "hair_fraction"):
         df[col] = done[col].to_numpy()
     if "truth_path" in df.columns:

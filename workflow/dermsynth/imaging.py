@@ -11,10 +11,10 @@ import cv2
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
-from tqdm import tqdm
 
 from . import io
 from .errors import ConfigError, ImageError
+from .progress import Bar
 
 
 @contextlib.contextmanager
@@ -125,11 +125,10 @@ def resize_dataset(
 
     with image_threads(threads) as pmap:
         done = list(
-            tqdm(
+            Bar(
                 pmap(one, zip(df["path"], stems, strict=True)),
                 total=len(df),
                 desc=f"resize {size}",
-                disable=None,
             )
         )
     df["path"], df["sha256"] = [p for p, _ in done], [s for _, s in done]

@@ -10,7 +10,14 @@ import time
 from .errors import DermsynthError
 
 
-def setup(log_path: str | None = None, level: int = logging.INFO) -> logging.Logger:
+def setup(
+    log_path: str | None = None, config: dict | None = None, level: int = logging.INFO
+) -> logging.Logger:
+    """Log to stderr and ``log_path``; ``config`` (the workflow's) sets how often long loops log progress."""
+    from . import progress
+    from .config import section
+
+    progress.EVERY_S = float(section("logs", (config or {}).get("logs"))["progress_every_s"])
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_path:
         handlers.append(logging.FileHandler(log_path, mode="w"))

@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from . import config, hub, io, preflight
 from .device import resolve_device
 from .errors import ConfigError, ModelNotFoundError, one_line
+from .progress import Bar
 
 log = logging.getLogger("dermsynth.quality")
 
@@ -183,7 +183,7 @@ def extract(
 ) -> np.ndarray:
     """Features of every image in ``paths`` (N, D) float64."""
     out = []
-    for i in tqdm(range(0, len(paths), batch_size), desc=desc, disable=None if desc else True, leave=False):
+    for i in Bar(range(0, len(paths), batch_size), desc=desc, disable=not desc, leave=False):
         x = load_uint8(paths[i : i + batch_size], extractor.size, threads)
         out.append(extractor(x).double().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0))

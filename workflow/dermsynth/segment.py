@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm.auto import tqdm
 
 from . import config, io, metrics
 from .config import TINY_PREFIX
 from .errors import ConfigError, ImageError, ModelNotFoundError
 from .imaging import contact_sheet
+from .progress import Bar
 
 log = logging.getLogger("dermsynth.segment")
 
@@ -369,7 +369,7 @@ def segment_set(
     paths = df["path"].astype(str).tolist()
     labels = df["label"].astype(str).tolist()
     bs = int(c["batch_size"]) if seg else 1
-    for start in tqdm(range(0, len(paths), bs), desc=f"segment {set_name} ({method})", disable=None):
+    for start in Bar(range(0, len(paths), bs), desc=f"segment {set_name} ({method})"):
         chunk = list(range(start, min(start + bs, len(paths))))
         images, ok = {}, []
         for i in chunk:

@@ -23,11 +23,11 @@ import zlib
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from . import io
 from .errors import ConfigError, ImageError
 from .imaging import image_threads
+from .progress import Bar
 
 log = logging.getLogger("dermsynth")
 
@@ -75,9 +75,7 @@ def thumbnails(
     out = np.zeros((len(paths), 32, 32), np.float32)
     readable = np.ones(len(paths), bool)
     with image_threads(threads) as pmap:
-        for i, t in enumerate(
-            tqdm(pmap(_thumbnail_or_error, paths), total=len(paths), desc=desc, disable=None)
-        ):
+        for i, t in enumerate(Bar(pmap(_thumbnail_or_error, paths), total=len(paths), desc=desc)):
             if isinstance(t, ImageError):
                 if strict:
                     raise t

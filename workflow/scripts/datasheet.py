@@ -7,7 +7,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importabl
 
 from dermsynth import datasheet, logs
 
-logs.setup(snakemake.log[0])
+logs.setup(snakemake.log[0], snakemake.config)
 with logs.stage("datasheet"):
     datasheet.write(
         manifests=list(snakemake.input.manifests),

@@ -9,7 +9,7 @@ from dermsynth import logs
 from dermsynth.classify import evaluate
 from dermsynth.io import read_csv
 
-logs.setup(snakemake.log[0])
+logs.setup(snakemake.log[0], snakemake.config)
 w = snakemake.wildcards
 with logs.stage("evaluate"):
     evaluate(

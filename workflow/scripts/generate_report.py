@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importabl
 from dermsynth import logs
 from dermsynth.diffusion.sample import section_generate
 
-logs.setup(snakemake.log[0])
+logs.setup(snakemake.log[0], snakemake.config)
 with logs.stage("generate_report"):
     section_generate(
         list(snakemake.input), snakemake.output.md, snakemake.params.sheets, split_csv=snakemake.output.split

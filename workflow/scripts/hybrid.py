@@ -9,7 +9,7 @@ from dermsynth import logs
 from dermsynth.regimes import base_regime
 from dermsynth.splits import write_regime
 
-logs.setup(snakemake.log[0])
+logs.setup(snakemake.log[0], snakemake.config)
 with logs.stage("hybrid"):
     write_regime(
         list(snakemake.input.real),

@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importabl
 from dermsynth import logs
 from dermsynth.quality import quality_job
 
-logs.setup(snakemake.log[0])
+logs.setup(snakemake.log[0], snakemake.config)
 w = snakemake.wildcards
 with logs.stage("quality"):
     quality_job(

@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importabl
 from dermsynth import logs
 from dermsynth.imaging import resize_dataset
 
-logs.setup(snakemake.log[0])
+logs.setup(snakemake.log[0], snakemake.config)
 with logs.stage("resize"):
     resize_dataset(
         snakemake.input[0],

@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importabl
 from dermsynth import logs
 from dermsynth.segment import section_segment
 
-logs.setup(snakemake.log[0])
+logs.setup(snakemake.log[0], snakemake.config)
 with logs.stage("segment_section"):
     section_segment(
         list(snakemake.input),

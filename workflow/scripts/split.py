@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importabl
 from dermsynth import logs
 from dermsynth.splits import write_split_manifests
 
-logs.setup(snakemake.log[0])
+logs.setup(snakemake.log[0], snakemake.config)
 with logs.stage("split"):
     write_split_manifests(
         cls_manifests=dict(zip(snakemake.params.datasets, snakemake.input.manifests, strict=True)),

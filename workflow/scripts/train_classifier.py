@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importabl
 from dermsynth import logs
 from dermsynth.classify import train_from_manifests
 
-logs.setup(snakemake.log[0])
+logs.setup(snakemake.log[0], snakemake.config)
 with logs.stage("train_classifier"):
     train_from_manifests(
         arch=snakemake.wildcards.model,

@@ -24,10 +24,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from .. import io
 from ..errors import ConfigError
+from ..progress import Bar
 
 #: the demo's images are drawn by this module from seeds, nobody's data: public domain
 DEMO_LICENSE = "CC0-1.0"
@@ -278,7 +278,7 @@ def generate(
         hairy = set(_rng(seed, dataset, c, 1 << 30).permutation(n)[: int(round(hair_fraction * n))].tolist())
         for i in range(n):
             jobs.append((label, i // per_lesion, i % per_lesion, i in hairy))
-    for label, lesion, view, hair in tqdm(jobs, desc=f"demo {dataset}", disable=None):
+    for label, lesion, view, hair in Bar(jobs, desc=f"demo {dataset}"):
         lesion_id = f"{dataset}-{label}-{lesion:05d}"
         source_id = lesion_id if per_lesion == 1 else f"{lesion_id}-v{view}"
         img, truth = make_image(seed, dataset, label, lesion, view, size, domain, classes, hair)

@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm import tqdm
 
 from .. import io
 from ..errors import ConfigError, DataSourceError, ImageError
+from ..progress import Bar
 
 log = logging.getLogger("dermsynth")
 
@@ -477,8 +477,8 @@ def ingest(
     with ThreadPoolExecutor(max(1, int(threads))) as pool:
         results = pool.map(lambda t: _convert(t[0].src, t[3], max_side), todo)
         rows, pixel_seen = [], {}
-        for (c, label, stem, dst), res in tqdm(
-            zip(todo, results, strict=True), total=len(todo), desc=f"import {dataset}", disable=None
+        for (c, label, stem, dst), res in Bar(
+            zip(todo, results, strict=True), total=len(todo), desc=f"import {dataset}"
         ):
             if "error" in res:
                 rejected.append(reject(c.src, *res["error"]))

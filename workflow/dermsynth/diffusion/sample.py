@@ -30,6 +30,7 @@ import pandas as pd
 from .. import config, io
 from ..errors import ConfigError, ImageError
 from ..imaging import contact_sheet
+from ..progress import Bar
 from . import webui
 from .pipeline import display_name, load_pipeline, lora_file, set_sampler, speed_up
 
@@ -424,10 +425,8 @@ def _fill_slots(
 ):
     """Round after round, an image for every slot without a passing one; returns (every image made,
     how many were reused from disk, the slots still without a passing image)."""
-    from tqdm.auto import tqdm
-
     made, reused, pending = [], 0, slots
-    bar = tqdm(total=0, desc=desc, unit="img", disable=None)
+    bar = Bar(total=0, desc=desc, unit="img")
     # PNG encoding (zlib) and the checks run on writer threads while the accelerator computes the next batch
     with ThreadPoolExecutor(max_workers=max(1, int(s["writer_threads"]))) as writer:
         for rnd in range(int(s["max_rounds"])):

@@ -25,15 +25,11 @@ class LossLog:
     def __init__(
         self, accelerator, history: list, s: dict, mixed_precision: str, writer, total: int, start: int
     ):
-        from tqdm.auto import tqdm
+        from ...progress import Bar
 
         self.accelerator, self.history, self.writer = accelerator, history, writer
-        self.bar = tqdm(
-            total=total,
-            initial=start,
-            desc="finetune",
-            disable=None if accelerator.is_main_process else True,
-            dynamic_ncols=True,
+        self.bar = Bar(
+            total=total, initial=start, desc="finetune", unit="step", disable=not accelerator.is_main_process
         )
         self.lr = s["lora_learning_rate"]
         self.hint = " or use mixed_precision 'bf16'/'no'" if mixed_precision == "fp16" else ""
