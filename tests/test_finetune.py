@@ -272,7 +272,8 @@ def test_validation_images_every_n_epochs_and_grid(tiny_sd, images, tmp_path):
     assert first.shape == (64, 64, 3) and np.abs(first - last).mean() > 0.1  # same seed, trained further
     assert len(list((val / "step-0000009").glob("*.png"))) == 4  # 2 per class
     grid = Image.open(tmp_path / "val" / "validation_grid.png")
-    assert grid.size == (110 + 4 * 64, 14 + 3 * 64)
+    pad = 2  # imaging.contact_sheet's gap between cells: 4 columns and 3 rows of 64 px images
+    assert grid.size == (110 + 4 * (64 + pad) + pad, 14 + 3 * (64 + pad) + pad)
     assert summary["it_s"] > 0
 
 

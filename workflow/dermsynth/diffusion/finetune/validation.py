@@ -10,6 +10,7 @@ import numpy as np
 
 from ... import io
 from ...errors import TrainingError
+from ...imaging import contact_sheet
 from .compiled_step import CompiledStep, eager
 from .progress import MemoryPeaks
 from .settings import seed_int
@@ -114,7 +115,7 @@ def validation_images(
 
 def validation_grid(out: Path, path: Path) -> Path:
     """One row per validation (oldest on top), one column per image (class by class): the paper's Fig. 4."""
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
     rows = sorted((out / "validation").glob("step-*/info.json"))
     grid_rows = []
@@ -129,18 +130,16 @@ def validation_grid(out: Path, path: Path) -> Path:
         )
     size = grid_rows[0][1][0].size[0]
     cols = max(len(r[1]) for r in grid_rows)
-    label_w, head_h = 110, 14
-    grid = Image.new("RGB", (label_w + cols * size, head_h + len(grid_rows) * size), (255, 255, 255))
-    draw = ImageDraw.Draw(grid)
-    for c, name in enumerate(grid_rows[-1][2]):
-        draw.text((label_w + c * size + 2, 1), name, fill=(0, 0, 0))
-    for r, (info, images, _) in enumerate(grid_rows):
-        y = head_h + r * size
-        draw.text((4, y + size // 2 - 6), f"epoch {info['epoch']}\nstep {info['step']}", fill=(0, 0, 0))
-        for c, im in enumerate(images):
-            grid.paste(im.resize((size, size)), (label_w + c * size, y))
-    with io.atomic_path(path) as tmp:
-        grid.save(tmp, format="PNG")
+    cells = [im for _, images, _ in grid_rows for im in images + [None] * (cols - len(images))]
+    contact_sheet(
+        [np.asarray(im) if im is not None else None for im in cells],
+        path,
+        ncols=cols,
+        thumb=size,
+        row_labels=[f"epoch {info['epoch']}\nstep {info['step']}" for info, _, _ in grid_rows],
+        headers=grid_rows[-1][2],
+        label_w=110,
+    )
     return path
 
 
