@@ -11,6 +11,7 @@ rule train_classifier:
         model=directory("results/classifiers/{model}/{regime}/{seed}/model"),
         history="results/classifiers/{model}/{regime}/{seed}/history.csv",
         summary="results/classifiers/{model}/{regime}/{seed}/train_summary.json",
+        val_predictions="results/classifiers/{model}/{regime}/{seed}/val_predictions.csv",
     log:
         "results/logs/train_classifier/{model}_{regime}_{seed}.log",
     benchmark:

@@ -2,6 +2,7 @@ rule evaluate:
     """One classifier on one test set: metrics with bootstrap confidence intervals."""
     input:
         model="results/classifiers/{model}/{regime}/{seed}/model",
+        val_predictions="results/classifiers/{model}/{regime}/{seed}/val_predictions.csv",
         test="results/splits/{testset}/test.csv",
     output:
         metrics="results/eval/{model}/{regime}/{seed}/{testset}.json",

@@ -56,6 +56,12 @@ rule report:
             category="Classifiers",
             labels=classifier_labels("ROC curves"),
         ),
+        reliability=report(
+            "results/report/reliability.png",
+            caption="../workflow/report/reliability.rst",
+            category="Classifiers",
+            labels=classifier_labels("reliability diagrams"),
+        ),
         samples=report(
             "results/report/samples.png",
             caption="../workflow/report/samples.rst",

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dermsynth import classify, io
+from dermsynth import classify, evaluation, io, metrics
 from dermsynth.errors import ConfigError, ModelNotFoundError
 
 CLASSES = ["benign", "malignant"]
@@ -134,7 +134,7 @@ def test_train_learns_separable_problem(arch, data, tiny_models, tmp_path):
     best_row = hist.set_index("epoch").loc[s["best_epoch"]]
     assert np.mean((p_val >= 0.5) == y_val) == pytest.approx(best_row["val_accuracy"], abs=1e-9)
 
-    res = classify.evaluate(
+    res = evaluation.evaluate(
         out / "model",
         test,
         CLASSES,
@@ -145,8 +145,22 @@ def test_train_learns_separable_problem(arch, data, tiny_models, tmp_path):
         meta={"model": arch, "regime": "real", "seed": 0, "testset": "toy"},
         threads=1,
         device="cpu",
+        specificity_targets=(0.9, 0.95),
     )
     pred = pd.read_csv(tmp_path / "pred.csv")
+    # operating points: the threshold comes from the validation split's scores, written by train()
+    val_pred = pd.read_csv(out / classify.VAL_PREDICTIONS)
+    assert np.allclose(val_pred["score"], p_val, atol=1e-6) and list(val_pred["y"]) == list(y_val.astype(int))
+    for point, target in zip(res["operating_points"], (0.9, 0.95), strict=True):
+        t = metrics.threshold_at_specificity(val_pred["y"], val_pred["score"], target)
+        assert point["threshold"] == pytest.approx(t)
+        yhat = (pred["score"] >= t).astype(int)
+        assert point["sensitivity"]["value"] == pytest.approx(yhat[pred["y"] == 1].mean())
+        assert point["specificity"]["value"] == pytest.approx(1 - yhat[pred["y"] == 0].mean())
+    cal = res["calibration"]
+    assert cal["ece"] == pytest.approx(metrics.expected_calibration_error(pred["y"], pred["score"]))
+    assert cal["brier"] == pytest.approx(np.mean((pred["score"] - pred["y"]) ** 2))
+    assert sum(b["n"] for b in cal["bins"]) == len(pred)
     assert list(pred.columns) == ["path", "label", "y", "score", "pred"]
     on_disk = json.loads((tmp_path / "eval.json").read_text())
     assert on_disk["metrics"]["accuracy"]["value"] == pytest.approx(np.mean(pred["y"] == pred["pred"]))
@@ -232,7 +246,9 @@ def test_single_class_test_set_does_not_crash(data, tiny_models, tmp_path):
         device="cpu",
     )
     only = test[test["label"] == "benign"]
-    res = classify.evaluate(tmp_path / "v", only, CLASSES, tmp_path / "e.json", tmp_path / "p.csv", n_boot=50)
+    res = evaluation.evaluate(
+        tmp_path / "v", only, CLASSES, tmp_path / "e.json", tmp_path / "p.csv", n_boot=50
+    )
     assert res["metrics"]["auroc"]["value"] is None and res["notes"]
     assert res["metrics"]["specificity"]["value"] is not None
     text = (tmp_path / "e.json").read_text()
@@ -287,7 +303,7 @@ def test_realism_check_groups_by_sampler(data, tiny_models, tmp_path):
     syn = test.assign(sampler=np.where(np.arange(len(test)) % 4 == 0, "plms", "euler"))
     manifest = tmp_path / "filtered.csv"
     io.write_csv(manifest, syn)
-    res = classify.realism_check(
+    res = evaluation.realism_check(
         tiny_models["vit"], manifest, CLASSES, tmp_path / "r.json", tmp_path / "r.csv", n_boot=30, seed=0
     )
     pred = pd.read_csv(tmp_path / "r.csv")

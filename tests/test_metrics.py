@@ -212,3 +212,38 @@ def test_resampled_metrics_are_sklearn_on_each_resample(seed):
         got = M.metric_from_score(name).resampled(y, score, idx)
         np.testing.assert_allclose(got, np.array(expected, dtype=float), rtol=0, atol=1e-12, err_msg=name)
     assert np.isnan(by_hand["auroc"]).any() == (seed == 0)  # the rare class drops out of some resamples
+
+
+def test_threshold_at_specificity_is_the_most_sensitive_point_that_keeps_it():
+    from dermsynth.metrics import predictions, sensitivity, specificity, threshold_at_specificity
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 500)
+    s = np.clip(rng.normal(0.35 + 0.3 * y, 0.2), 0, 1)
+    for target in (0.9, 0.95):
+        t = threshold_at_specificity(y, s, target)
+        assert specificity(y, predictions(s, t)) >= target
+        # any lower threshold (the next negative score down) loses the target
+        lower = s[(y == 0) & (s < t)].max()
+        assert specificity(y, predictions(s, lower)) < target
+        assert sensitivity(y, predictions(s, t)) >= sensitivity(y, predictions(s, 1.0))
+    assert np.isnan(threshold_at_specificity(np.zeros(5), np.linspace(0, 1, 5), 0.9))
+
+
+def test_calibration_against_sklearn_and_by_hand():
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import brier_score_loss
+
+    from dermsynth.metrics import brier, expected_calibration_error, reliability
+
+    rng = np.random.default_rng(1)
+    p = rng.uniform(0, 1, 2000)
+    y = (rng.uniform(0, 1, 2000) < p).astype(int)  # calibrated by construction
+    assert brier(y, p) == pytest.approx(brier_score_loss(y, p))
+    rows = reliability(y, p, 10)
+    frac, mean_p = calibration_curve(y, p, n_bins=10, strategy="uniform")
+    assert [r["frac_pos"] for r in rows] == pytest.approx(list(frac))
+    assert [r["mean_p"] for r in rows] == pytest.approx(list(mean_p))
+    assert expected_calibration_error(y, p) < 0.05
+    over = np.clip(p * 0.5 + 0.5, 0, 1)  # overconfident in class 1 by ~0.25 on average
+    assert expected_calibration_error(y, over) == pytest.approx(np.mean(np.abs(over - p)), abs=0.05)

@@ -8,7 +8,7 @@ import pytest
 from _paper import TABLE_IV
 from PIL import Image
 
-from dermsynth import io, metrics, report
+from dermsynth import evaluation, io, metrics, report
 from dermsynth.report import figures, names, sections, stats, tables
 from dermsynth.report.methods import methods_paragraph
 from dermsynth.report.summary import write_provenance
@@ -34,7 +34,7 @@ def _labels(testset):
 
 @pytest.fixture(scope="module")
 def fabricated(tmp_path_factory):
-    """Eval JSONs + predictions CSVs as classify.evaluate writes them; hybrid models slightly better."""
+    """Eval JSONs + predictions CSVs as evaluation.evaluate writes them; hybrid models slightly better."""
     root = tmp_path_factory.mktemp("eval")
     jsons, truth, histories = [], {}, {}
     for model in MODELS:
@@ -85,6 +85,19 @@ def fabricated(tmp_path_factory):
                         "metrics": summ,
                         "confusion": metrics.confusion(y, pred).tolist(),
                         "predictions": str(pcsv),
+                        # as evaluation.evaluate adds them, the threshold from a validation split
+                        "operating_points": evaluation.operating_points(
+                            y,
+                            score,
+                            pd.DataFrame({"y": y[::2], "score": score[::-2]}),
+                            (0.9, 0.95),
+                            n_boot=20,
+                        ),
+                        "calibration": {
+                            "ece": metrics.expected_calibration_error(y, score),
+                            "brier": metrics.brier(y, score),
+                            "bins": metrics.reliability(y, score),
+                        },
                     }
                     io.write_json(d / f"{ts}.json", doc)
                     jsons.append(str(d / f"{ts}.json"))
@@ -322,7 +335,7 @@ def test_fmt_cell():
 def test_sweep_realism_and_provenance_sections(fabricated, tmp_path):
     jsons, truth, _, root = fabricated
     vit = [j for j in jsons if "/vit/" in j]
-    # realism JSONs as classify.realism_check writes them (groups = samplers)
+    # realism JSONs as evaluation.realism_check writes them (groups = samplers)
     realism = []
     for seed, acc in ((0, 0.9), (1, 0.8)):
         doc = {
@@ -726,3 +739,26 @@ def test_summary_html_holds_real_tables_and_embedded_figures(tmp_path):
     md = "\n\n".join(f"![big {k}](big{k}.png)" for k in range(6))
     page = html.render(md, tmp_path, "t", max_bytes=1_000_000)
     assert len(page.encode()) <= 1_000_000 and page.count("data:image/jpeg") == 6
+
+
+def test_clinical_operating_points_and_calibration_are_reported(fabricated, tmp_path):
+    from dermsynth.report.stats import clinical_table, pooled_reliability
+
+    jsons, truth, histories, _ = fabricated
+    ct = clinical_table(jsons).set_index(["model", "regime", "testset"])
+    for (model, regime, ts), row in ct.iterrows():
+        docs = [json.loads(Path(j).read_text()) for j in jsons]
+        mine = [d for d in docs if (d["model"], d["regime"], d["testset"]) == (model, regime, ts)]
+        want = np.mean([d["operating_points"][0]["sensitivity"]["value"] for d in mine])
+        assert row["sens@spec90"] == pytest.approx(want) and row["n_seeds"] == len(mine)
+        assert row["ece"] == pytest.approx(np.mean([d["calibration"]["ece"] for d in mine]))
+    bins = pooled_reliability(jsons)
+    pooled = bins.groupby(["model", "regime", "testset"])["n"].sum()
+    for (model, regime, ts), n in pooled.items():  # every test image of every seed, once
+        assert n == sum(len(v[1]) for k, v in truth.items() if (k[0], k[1], k[3]) == (model, regime, ts))
+    report.build(jsons, tmp_path, PAPER, histories=histories, n_boot=50)
+    md = (tmp_path / "summary.md").read_text()
+    assert "## Clinical operating points and calibration" in md
+    first = ct.reset_index().iloc[0]
+    assert f"{100 * first['sens@spec90']:.1f} ({100 * first['spec@spec90']:.1f})" in md
+    assert (tmp_path / "reliability.png").stat().st_size > 1000

@@ -48,7 +48,7 @@ _AMP = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # ---------------------------------------------------------------- helpers
 
 
-def _label_indices(df: pd.DataFrame, classes: list[str], what: str) -> np.ndarray:
+def label_indices(df: pd.DataFrame, classes: list[str], what: str) -> np.ndarray:
     if "path" not in df.columns or "label" not in df.columns:
         raise DataSourceError(f"{what} manifest needs columns path and label")
     unknown = sorted(set(df["label"].astype(str)) - set(classes))
@@ -399,6 +399,21 @@ def _load_splits(train_df: pd.DataFrame, val_df: pd.DataFrame, size: int, thread
     return x_tr, x_va
 
 
+def _save_val_predictions(out: Path, model, x_va, y_va, val_df, norm, dev, c: dict, loss_w, amp: str) -> None:
+    """The kept weights' P(class 1) on the validation split: the evaluation picks its clinical
+    operating points (threshold at a target specificity) here, never on the test set."""
+    score = np.zeros(0)
+    if len(y_va):
+        _, probs = _evaluate_tensor(model, x_va, y_va, norm, dev, int(c["eval_batch_size"]), loss_w, amp)
+        score = probs[:, 1]
+    paths = val_df["path"].astype(str).to_numpy() if len(y_va) else np.zeros(0, str)
+    io.write_csv(out / VAL_PREDICTIONS, pd.DataFrame({"path": paths, "y": y_va, "score": score}))
+
+
+#: the validation split's predictions beside each trained classifier
+VAL_PREDICTIONS = "val_predictions.csv"
+
+
 def _save_run(out: Path, model, processor, history, classes, size, mean, std, arch, pretrained) -> None:
     """``model/`` (with the preprocessing prediction must repeat) and ``history.csv``."""
     model.to("cpu")
@@ -437,8 +452,8 @@ def train(
     torch.set_num_threads(max(1, int(threads)))
     dev = _training_device(device)
     amp = c["mixed_precision"] if dev.type == "cuda" else "no"
-    y_tr = _label_indices(train_df, classes, "training")
-    y_va = _label_indices(val_df, classes, "validation") if len(val_df) else np.zeros(0, np.int64)
+    y_tr = label_indices(train_df, classes, "training")
+    y_va = label_indices(val_df, classes, "validation") if len(val_df) else np.zeros(0, np.int64)
     if len(y_tr) == 0:
         raise TrainingError("training manifest is empty: check the split and hybrid stages")
     size = int(c["image_size"])
@@ -499,6 +514,7 @@ def train(
 
     # ---- summary: the best weights, the history and what the run was
     model.load_state_dict(best["state"])
+    _save_val_predictions(Path(out_dir), model, x_va, y_va, val_df, norm, dev, c, loss_w, amp)
     _save_run(Path(out_dir), model, processor, history, classes, size, mean, std, arch, pretrained)
     origin = train_df["origin"].astype(str) if "origin" in train_df.columns else pd.Series([], dtype=str)
     summary = {
@@ -528,7 +544,7 @@ def train(
 # ---------------------------------------------------------------- predict / evaluate
 
 
-def _model_dir(model_dir) -> Path:
+def model_dir_of(model_dir) -> Path:
     p = Path(model_dir)
     # accept the training output folder as well as its model/ subfolder
     if (p / "model" / "config.json").exists() and not (p / "config.json").exists():
@@ -541,7 +557,7 @@ def load_trained(model_dir, classes: list[str]):
     std, image size), the normalisation and size it was trained with."""
     from transformers import AutoModelForImageClassification
 
-    d = _model_dir(model_dir)
+    d = model_dir_of(model_dir)
     model = load_pretrained(AutoModelForImageClassification, str(d))
     names = [model.config.id2label.get(i, f"LABEL_{i}") for i in range(model.config.num_labels)]
     if not all(n.startswith("LABEL_") for n in names) and names != list(classes):
@@ -591,103 +607,6 @@ def predict(
     return out
 
 
-def _nan_to_none(obj):
-    if isinstance(obj, dict):
-        return {k: _nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_nan_to_none(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None  # strict JSON has no NaN; null reads as "undefined"
-    return obj
-
-
-def evaluate(
-    model_dir,
-    test_df: pd.DataFrame,
-    classes: list[str],
-    out_json,
-    predictions_csv,
-    n_boot: int = 1000,
-    ci: float = 0.95,
-    seed: int = 0,
-    meta: dict | None = None,
-    threads: int = 1,
-    device: str = "auto",
-    threshold: float = 0.5,
-    batch_size: int = 64,
-    mixed_precision: str = "no",
-    group_by: str | None = None,
-) -> dict:
-    """Predict the test set, write per-image predictions and a metrics JSON with bootstrap CIs.
-
-    ``group_by`` names a manifest column (e.g. ``sampler``): the JSON then also holds the accuracy of
-    each group with its own bootstrap CI (key ``groups``), and the predictions CSV keeps that column.
-    """
-    y = _label_indices(test_df, classes, "test")
-    score = predict(
-        model_dir,
-        test_df,
-        classes,
-        batch_size=batch_size,
-        threads=threads,
-        device=device,
-        mixed_precision=mixed_precision,
-    )
-    pred = metrics.predictions(score, threshold)
-    pred_df = pd.DataFrame(
-        {
-            "path": test_df["path"].astype(str).to_numpy(),
-            "label": test_df["label"].astype(str).to_numpy(),
-            "y": y,
-            "score": score,
-            "pred": pred,
-        }
-    )
-    groups = None
-    if group_by and group_by in test_df.columns:
-        pred_df[group_by] = test_df[group_by].astype(str).to_numpy()
-        acc = metrics.metric_from_score("accuracy", threshold)
-        groups = {}
-        for name, g in pred_df.groupby(group_by, sort=True):
-            gy, gs = g["y"].to_numpy(), g["score"].to_numpy()
-            lo, hi = metrics.bootstrap_ci(gy, gs, acc, n=n_boot, ci=ci, seed=seed)
-            groups[str(name)] = {
-                "n": int(len(g)),
-                "accuracy": {"value": acc(gy, gs), "lo": lo, "hi": hi},
-                "n_per_class": {cl: int((gy == i).sum()) for i, cl in enumerate(classes)},
-            }
-    io.write_csv(predictions_csv, pred_df)
-    notes = []
-    present = sorted(set(y.tolist()))
-    if len(present) < 2:
-        notes.append(
-            f"test set holds one class only ({[classes[i] for i in present]}): AUROC, and "
-            "sensitivity or specificity, are undefined (null)"
-        )
-    result = dict(meta or {})
-    result.update(
-        {
-            "n": int(len(y)),
-            "n_per_class": {cl: int((y == i).sum()) for i, cl in enumerate(classes)},
-            "classes": list(classes),
-            "threshold": threshold,
-            "ci": ci,
-            "n_boot": int(n_boot),
-            "metrics": metrics.summarize(y, score, n_boot=n_boot, ci=ci, seed=seed, threshold=threshold),
-            "confusion": metrics.confusion(y, pred, len(classes)).tolist(),
-            "predictions": io.rel(predictions_csv),
-            "model_dir": io.rel(_model_dir(model_dir)),
-            "notes": notes,
-        }
-    )
-    if groups is not None:
-        result["group_by"] = group_by
-        result["groups"] = groups
-    result = _nan_to_none(result)
-    io.write_json(out_json, result)
-    return result
-
-
 def train_from_manifests(
     arch: str,
     pretrained: str,
@@ -705,41 +624,4 @@ def train_from_manifests(
     val_df = io.read_manifests(val_manifests)
     return train(
         arch, pretrained, train_df, val_df, out_dir, cfg, seed, classes, threads=threads, device=device
-    )
-
-
-def realism_check(
-    model_dir,
-    synthetic_manifest,
-    classes: list[str],
-    out_json,
-    predictions_csv,
-    n_boot: int = 1000,
-    ci: float = 0.95,
-    seed: int = 0,
-    meta: dict | None = None,
-    threads: int = 1,
-    device: str = "auto",
-    mixed_precision: str = "no",
-) -> dict:
-    """The paper's realism check: a classifier trained on real images only, scored on the kept synthetic
-    images (their prompt class is the label). High accuracy means the generator draws the class features
-    the real data taught; it is reported per sampler as well (``groups``)."""
-    df = io.read_csv(synthetic_manifest)
-    if not len(df):
-        raise DataSourceError(f"{synthetic_manifest} holds no synthetic images: nothing to check")
-    return evaluate(
-        model_dir,
-        df,
-        classes,
-        out_json,
-        predictions_csv,
-        n_boot=n_boot,
-        ci=ci,
-        seed=seed,
-        meta={**(meta or {}), "testset": "synthetic"},
-        threads=threads,
-        device=device,
-        mixed_precision=mixed_precision,
-        group_by="sampler",
     )

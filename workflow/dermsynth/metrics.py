@@ -313,3 +313,59 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float]:
     if len(v) == 0:
         return float("nan"), float("nan")
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+
+
+# ---------------------------------------------------------------- operating points and calibration
+
+
+def threshold_at_specificity(y, score, target: float) -> float:
+    """The lowest threshold whose specificity on (``y``, ``score``) is at least ``target``: the most
+    sensitive operating point that keeps it. nan without both classes.
+
+    Chosen on the validation split, then applied to the test set: choosing it on the test set would
+    promise a specificity the model was fitted to.
+    """
+    y, score = _arr(y, np.int64), _arr(score, np.float64)
+    if len(np.unique(y)) < 2:
+        return float("nan")
+    neg = np.sort(score[y == 0])
+    # predictions are positive at score >= t: specificity = share of negatives strictly below t
+    k = int(np.ceil(target * len(neg) - 1e-12))  # negatives that must fall below t
+    if k <= 0:
+        return float(np.nextafter(neg[0], -np.inf)) if len(neg) else float("nan")
+    if k >= len(neg):
+        return float(np.nextafter(neg[-1], np.inf))
+    return float(np.nextafter(neg[k - 1], np.inf))
+
+
+def brier(y, p) -> float:
+    """Mean squared error of P(class 1) against the 0/1 label (scikit-learn); nan for no images."""
+    y, p = _arr(y, np.int64), _arr(p, np.float64)
+    return float(skm.brier_score_loss(y, p)) if len(y) else float("nan")
+
+
+def reliability(y, p, n_bins: int = 10) -> list[dict]:
+    """Equal-width bins of P(class 1): each bin's count, mean predicted probability and observed
+    frequency of class 1 (empty bins left out): the points of a reliability diagram."""
+    y, p = _arr(y, np.int64), _arr(p, np.float64)
+    bins = np.clip((p * n_bins).astype(int), 0, n_bins - 1)
+    out = []
+    for b in range(n_bins):
+        sel = bins == b
+        if sel.any():
+            out.append(
+                {
+                    "bin": b,
+                    "n": int(sel.sum()),
+                    "mean_p": float(p[sel].mean()),
+                    "frac_pos": float(y[sel].mean()),
+                }
+            )
+    return out
+
+
+def expected_calibration_error(y, p, n_bins: int = 10) -> float:
+    """ECE: the count-weighted mean |observed frequency - mean P(class 1)| over equal-width bins."""
+    rows = reliability(y, p, n_bins)
+    n = sum(r["n"] for r in rows)
+    return float(sum(r["n"] * abs(r["frac_pos"] - r["mean_p"]) for r in rows) / n) if n else float("nan")

@@ -6,7 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importable in any env (conda too)
 
 from dermsynth import logs
-from dermsynth.classify import evaluate
+from dermsynth.evaluation import evaluate
 from dermsynth.io import read_csv
 
 logs.setup(snakemake.log[0], snakemake.config)
@@ -24,4 +24,6 @@ with logs.stage("evaluate"):
         meta={"model": w.model, "regime": w.regime, "seed": int(w.seed), "testset": w.testset},
         threads=snakemake.threads,
         mixed_precision=snakemake.params.mixed_precision,
+        specificity_targets=snakemake.params.cfg["specificity_targets"],
+        calibration_bins=snakemake.params.cfg["calibration_bins"],
     )

@@ -6,7 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importable in any env (conda too)
 
 from dermsynth import logs
-from dermsynth.classify import realism_check
+from dermsynth.evaluation import realism_check
 
 logs.setup(snakemake.log[0], snakemake.config)
 w = snakemake.wildcards

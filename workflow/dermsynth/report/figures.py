@@ -295,3 +295,42 @@ def rejected_sheet(rejected_csv: str, out: Path, per_reason: int = 6, thumb: int
         labels=labels,
         title="rejected synthetic images: rows = reason",
     )
+
+
+def fig_reliability(bins: pd.DataFrame, out: Path) -> Path:
+    """Reliability diagrams: observed frequency of malignant vs mean P(malignant) per bin, one panel
+    per model x test set, one line per regime (seeds pooled); the diagonal is perfect calibration."""
+    plt = pyplot()
+    models = order(bins["model"], MODEL_NAMES) if len(bins) else []
+    testsets = order(bins["testset"], TESTSET_NAMES) if len(bins) else []
+    fig, axes = plt.subplots(
+        max(1, len(models)),
+        max(1, len(testsets)),
+        figsize=(3.8 * max(1, len(testsets)), 3.6 * max(1, len(models))),
+        squeeze=False,
+        layout="constrained",
+    )
+    for i, model in enumerate(models):
+        for j, ts in enumerate(testsets):
+            ax = axes[i][j]
+            g = bins[(bins["model"] == model) & (bins["testset"] == ts)]
+            for regime in order(g["regime"], REGIME_NAMES):
+                r = g[g["regime"] == regime].sort_values("bin")
+                ax.plot(
+                    r["mean_p"],
+                    r["frac_pos"],
+                    "o-",
+                    ms=3,
+                    color=REGIME_COLORS.get(regime, "C2"),
+                    label=regime,
+                )
+            ax.plot([0, 1], [0, 1], ":", color="gray")
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1)
+            ax.set_xlabel("mean P(malignant)")
+            ax.set_ylabel("observed malignant")
+            ax.set_title(f"{nice(model, MODEL_NAMES)} · {nice(ts, TESTSET_NAMES)}", fontsize=9)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle("Reliability (calibration) diagrams")
+    return savefig(fig, out)

@@ -16,6 +16,7 @@ from .methods import methods_paragraph
 from .names import MODEL_NAMES, REGIME_NAMES, TESTSET_NAMES, nice, order
 from .stats import composition_warnings
 from .tables import (
+    clinical_markdown,
     composition_markdown,
     counts_table,
     degenerate_runs_markdown,
@@ -155,7 +156,7 @@ def section_figures(sweep: bool) -> str:
     return (
         "## Figures\n\n- [Accuracy vs paper](accuracy.png)\n- [Validation curves](curves.png)\n"
         "- [Confusion matrices](confusion.png)\n- [ROC curves](roc.png)\n"
-        + ("- [Ratio sweep](sweep.png)\n" if sweep else "")
+        "- [Reliability diagrams](reliability.png)\n" + ("- [Ratio sweep](sweep.png)\n" if sweep else "")
     )
 
 
@@ -320,3 +321,15 @@ def section_provenance(
             f"`{wall_times_csv or '-'}`; versions above):\n\n" + wall_times_markdown(wt)
         )
     return out
+
+
+def section_clinical(ct: pd.DataFrame) -> str:
+    """Clinical operating points and calibration: what a dermatologist asks of a screening model."""
+    return (
+        "## Clinical operating points and calibration\n\n"
+        "Sensitivity for malignant lesions at the threshold that reaches each target specificity on the "
+        "validation split (the threshold is never chosen on the test set; the specificity it reaches "
+        "on the test set is in brackets), and calibration of P(malignant): expected calibration error "
+        "(ECE, equal-width bins) and Brier score, lower is better. Means over seeds; "
+        "[reliability diagrams](reliability.png).\n\n" + clinical_markdown(ct) + "\n"
+    )

@@ -372,7 +372,7 @@ def sweep_table(t4: pd.DataFrame, points: list[tuple[float, str]]) -> pd.DataFra
 
 
 def load_realism(paths: Iterable[str]) -> pd.DataFrame:
-    """One row per realism JSON (classify.realism_check) and group: group '' is the whole synthetic set."""
+    """One row per realism JSON (evaluation.realism_check) and group: group '' is the whole synthetic set."""
     rows = []
     for p in paths:
         d = json.loads(Path(p).read_text())
@@ -545,3 +545,47 @@ def composition_warnings(comp: pd.DataFrame, tol: float) -> list[str]:
             f"(tolerance {100 * tol:.0f} points): the filter kept too few synthetic images for that ratio"
         )
     return out
+
+
+def clinical_table(eval_jsons: list[str]) -> pd.DataFrame:
+    """Per model x regime x test set (mean over seeds): sensitivity and specificity at each clinical
+    operating point (threshold from the validation split), ECE and Brier score."""
+    rows = []
+    for p in eval_jsons:
+        d = json.loads(Path(p).read_text())
+        row = {k: d.get(k) for k in ("model", "regime", "seed", "testset")}
+        cal = d.get("calibration") or {}
+        row["ece"], row["brier"] = num(cal.get("ece")), num(cal.get("brier"))
+        for op in d.get("operating_points") or []:
+            key = f"{100 * op['target_specificity']:g}"
+            row[f"sens@spec{key}"] = num((op.get("sensitivity") or {}).get("value"))
+            row[f"spec@spec{key}"] = num((op.get("specificity") or {}).get("value"))
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if not len(df):
+        return df
+    values = [c for c in df.columns if c not in ("model", "regime", "seed", "testset")]
+    out = df.groupby(["model", "regime", "testset"], sort=False)[values].mean().reset_index()
+    return out.assign(n_seeds=df.groupby(["model", "regime", "testset"], sort=False).size().to_numpy())
+
+
+def pooled_reliability(eval_jsons: list[str]) -> pd.DataFrame:
+    """The reliability bins of every eval JSON pooled over seeds: model, regime, testset, bin, n,
+    mean_p, frac_pos (count-weighted)."""
+    rows = []
+    for p in eval_jsons:
+        d = json.loads(Path(p).read_text())
+        for b in (d.get("calibration") or {}).get("bins") or []:
+            rows.append({k: d.get(k) for k in ("model", "regime", "testset")} | b)
+    df = pd.DataFrame(rows)
+    if not len(df):
+        return df
+    df["sum_p"], df["sum_pos"] = df["mean_p"] * df["n"], df["frac_pos"] * df["n"]
+    g = (
+        df.groupby(["model", "regime", "testset", "bin"], sort=False)[["n", "sum_p", "sum_pos"]]
+        .sum()
+        .reset_index()
+    )
+    return g.assign(mean_p=g["sum_p"] / g["n"], frac_pos=g["sum_pos"] / g["n"]).drop(
+        columns=["sum_p", "sum_pos"]
+    )

@@ -17,6 +17,7 @@ from ..config import SCHEMA, load_schema, section
 from . import figures, html
 from .sections import (
     banner,
+    section_clinical,
     section_composition,
     section_dullrazor,
     section_figures,
@@ -36,10 +37,12 @@ from .sections import (
     section_versions,
 )
 from .stats import (
+    clinical_table,
     hybrid_composition,
     load_evals,
     load_realism,
     paired,
+    pooled_reliability,
     sweep_table,
     table4,
     val_accuracy_table,
@@ -112,6 +115,10 @@ def build(
     written["curves_png"] = figures.fig_curves(histories, out_dir / "curves.png", paper_val)
     written["confusion_png"] = figures.fig_confusion(evals, classes, out_dir / "confusion.png")
     written["roc_png"] = figures.fig_roc(evals, out_dir / "roc.png")
+    written["reliability_png"] = figures.fig_reliability(
+        pooled_reliability(eval_jsons), out_dir / "reliability.png"
+    )
+    ct = clinical_table(eval_jsons)
 
     comp = hybrid_composition(extras["hybrid_sets"], cfg, classes) if extras.get("hybrid_sets") else None
     sections = [section_run(evals, classes)]
@@ -122,6 +129,8 @@ def build(
     ours = t4[t4["n_seeds"] > 0] if len(t4) else t4
     if len(ours):
         sections.append(section_other_metrics(ours))
+    if len(ct):
+        sections.append(section_clinical(ct))
     va = val_accuracy_table(histories, paper_val)
     if len(va):
         sections.append(section_val_accuracy(va))

@@ -305,3 +305,23 @@ def composition_markdown(comp: pd.DataFrame) -> str:
         for _, r in comp.iterrows()
     ]
     return md_table(["Regime", "Class", "Real", "Synthetic", "Synthetic (%)", "Configured (%)"], rows)
+
+
+def clinical_markdown(ct: pd.DataFrame) -> str:
+    """Operating points and calibration per model x regime x test set, as percentages and scores."""
+    ops = sorted({c.split("@spec")[1] for c in ct.columns if c.startswith("sens@spec")}, key=float)
+    headers = ["Model", "Training data", "Test set"]
+    headers += [f"sens. @ {t} % spec. (spec. reached)" for t in ops] + ["ECE", "Brier", "seeds"]
+    rows = []
+    for r in ct.to_dict("records"):
+        cells = [
+            nice(r["model"], MODEL_NAMES),
+            nice(r["regime"], REGIME_NAMES),
+            nice(r["testset"], TESTSET_NAMES),
+        ]
+        for t in ops:
+            sens, spec = r[f"sens@spec{t}"], r[f"spec@spec{t}"]
+            cells.append("–" if sens != sens else f"{100 * sens:.1f} ({100 * spec:.1f})")
+        cells += [fmt(r["ece"], 3), fmt(r["brier"], 3), str(int(r["n_seeds"]))]
+        rows.append(cells)
+    return md_table(headers, rows)
