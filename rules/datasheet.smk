@@ -14,7 +14,8 @@ rule datasheet:
     conda:
         "../envs/report.yaml"
     params:
-        cfg=config,
+        # only what the datasheet reads: a classifier setting must not rerun it
+        cfg={k: config[k] for k in ("classes", "generate", "filter")},
         code=code_of("datasheet.py"),
     script:
         "../workflow/scripts/datasheet.py"
