@@ -644,6 +644,8 @@ def test_banner_for_tiny_models(fabricated, tmp_path):
     out = report.build(jsons, tmp_path / "tiny", PAPER, extras={"config": demo}, n_boot=0)
     head = Path(out["summary_md"]).read_text().split("## ")[0]
     assert "**Not comparable to the paper.**" in head and "tiny-vit" in head
+    page = Path(out["summary_html"]).read_text()  # each reason a list item there too, not run-on text
+    assert "<li>models.vit = results/models/tiny-vit (tiny, random weights)</li>" in page
     out = report.build(jsons, tmp_path / "paper", PAPER, n_boot=0)
     assert "Not comparable" not in Path(out["summary_md"]).read_text()
 

@@ -62,7 +62,8 @@ def banner(cfg: dict) -> str:
         return ""
     return (
         "> **Not comparable to the paper.** This run uses tiny random-weight models or stand-in data, so "
-        "its numbers test the pipeline, not the method:\n" + "".join(f"> - {w}\n" for w in why) + "\n"
+        # the blank quoted line: a list must follow a paragraph after one (Python-Markdown, summary.html)
+        "its numbers test the pipeline, not the method:\n>\n" + "".join(f"> - {w}\n" for w in why) + "\n"
     )
 
 
