@@ -185,10 +185,11 @@ def fig_confusion(evals: pd.DataFrame, classes: list[str], out: Path) -> Path:
     return savefig(fig, out)
 
 
-def fig_roc(evals: pd.DataFrame, out: Path) -> Path:
+def model_by_testset_panels(df: pd.DataFrame):
+    """(figure, axes, models, test sets): one panel per model (rows) x test set (columns) of ``df``."""
     plt = pyplot()
-    models = order(evals["model"], MODEL_NAMES) if len(evals) else []
-    testsets = order(evals["testset"], TESTSET_NAMES) if len(evals) else []
+    models = order(df["model"], MODEL_NAMES) if len(df) else []
+    testsets = order(df["testset"], TESTSET_NAMES) if len(df) else []
     fig, axes = plt.subplots(
         max(1, len(models)),
         max(1, len(testsets)),
@@ -196,6 +197,11 @@ def fig_roc(evals: pd.DataFrame, out: Path) -> Path:
         squeeze=False,
         layout="constrained",
     )
+    return fig, axes, models, testsets
+
+
+def fig_roc(evals: pd.DataFrame, out: Path) -> Path:
+    fig, axes, models, testsets = model_by_testset_panels(evals)
     for i, model in enumerate(models):
         for j, ts in enumerate(testsets):
             ax = axes[i][j]
@@ -300,16 +306,7 @@ def rejected_sheet(rejected_csv: str, out: Path, per_reason: int = 6, thumb: int
 def fig_reliability(bins: pd.DataFrame, out: Path) -> Path:
     """Reliability diagrams: observed frequency of malignant vs mean P(malignant) per bin, one panel
     per model x test set, one line per regime (seeds pooled); the diagonal is perfect calibration."""
-    plt = pyplot()
-    models = order(bins["model"], MODEL_NAMES) if len(bins) else []
-    testsets = order(bins["testset"], TESTSET_NAMES) if len(bins) else []
-    fig, axes = plt.subplots(
-        max(1, len(models)),
-        max(1, len(testsets)),
-        figsize=(3.8 * max(1, len(testsets)), 3.6 * max(1, len(models))),
-        squeeze=False,
-        layout="constrained",
-    )
+    fig, axes, models, testsets = model_by_testset_panels(bins)
     for i, model in enumerate(models):
         for j, ts in enumerate(testsets):
             ax = axes[i][j]
