@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 DEMO_CONFIG := config/demo.yaml
 
-.PHONY: install demo report test test-fast test-slurm test-browser lint format dryrun clean
+.PHONY: install demo report test test-fast test-slurm test-browser publish lint format dryrun clean
 
 install: $(STAMP)
 
@@ -55,6 +55,12 @@ test-browser: install
 	$(PY) -c 'import selenium' 2>/dev/null || $(PY) -m pip install -q selenium
 	test -f results/report/report.html || $(MAKE) demo
 	$(PY) tests/browser/check_report.py results/report
+
+# The LoRA (with its model card) and the synthetic set (with its datasheet) to the Hugging Face Hub:
+# needs publish.repo_id in CONFIG and a token. Never part of the tests.
+CONFIG ?= config/config.yaml
+publish: install
+	$(PY) -m dermsynth.publish --config $(CONFIG)
 
 dryrun: install
 	$(VENV)/bin/snakemake -n --quiet rules
