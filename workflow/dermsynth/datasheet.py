@@ -43,8 +43,9 @@ KEPT = "kept"
 def verdicts(made: pd.DataFrame, kept: pd.DataFrame, rejected: pd.DataFrame) -> pd.DataFrame:
     """Every generated image still on disk with the filter's verdict: ``kept`` or its reject reason."""
     reason = dict(zip(rejected["path"], rejected["reason"], strict=True))
-    on_disk = made[made["path"].isin(set(kept["path"]) | set(reason))].copy()
-    on_disk["verdict"] = [KEPT if p in set(kept["path"]) else reason[p] for p in on_disk["path"]]
+    kept_paths = set(kept["path"])
+    on_disk = made[made["path"].isin(kept_paths | set(reason))].copy()
+    on_disk["verdict"] = [KEPT if p in kept_paths else reason[p] for p in on_disk["path"]]
     return on_disk.reset_index(drop=True)
 
 
