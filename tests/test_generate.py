@@ -143,7 +143,7 @@ def test_webui_text_reads_back_by_the_webui_rules(tmp_path):
         512,
         model="v1-5-pruned-emaonly",
         model_hash="6ce0161689",
-        lora=("derm_kohya", lora, 1.0),
+        lora=("derm_kohya", webui.addnet_hash(lora), 1.0),
     )
     assert text.splitlines()[0] == "a lesion, large mole <lora:derm_kohya:1>"
     got = webui.parse(text)

@@ -57,7 +57,7 @@ def fetch(name, spec, tmp_path, out):
     return m, io.read_csv(d / "rejected.csv")
 
 
-def served(archive: Archive, records: list[dict], manifest: pd.DataFrame) -> list[dict]:
+def served(records: list[dict], manifest: pd.DataFrame) -> list[dict]:
     by_id = {r["isic_id"]: r for r in records}
     return [by_id[i] for i in manifest["source_id"]]
 
@@ -119,7 +119,7 @@ def test_isic_cli_pages_retries_a_failed_file_and_equals_a_folder_import(records
         assert list(m["license"]) == [by_id[i] for i in m["source_id"]]
 
     for name, m in (("isic", isic_m), ("ham10000", ham_m)):
-        a, b = same(m, folder_import_of(served(archive, records, m), tmp_path, name))
+        a, b = same(m, folder_import_of(served(records, m), tmp_path, name))
         pd.testing.assert_frame_equal(a, b)
 
 
@@ -151,7 +151,7 @@ def test_server_error_mid_run_fails_clearly_and_a_rerun_resumes(records, tmp_pat
     again = archive.files_requested()
     assert not set(again) & set(first)  # resumed: the files it had were not fetched again
     assert sorted(m[m.label == "benign"]["source_id"]) == benign[:8] and rej.empty
-    a, b = same(m, folder_import_of(served(archive, records, m), tmp_path, "isic"))
+    a, b = same(m, folder_import_of(served(records, m), tmp_path, "isic"))
     pd.testing.assert_frame_equal(a, b)
 
 

@@ -157,7 +157,8 @@ def infotext(s: dict, sampler: str, lora_path) -> Callable[[str, int, int], str]
     """``text(prompt, steps, seed)``: an image's ``parameters`` text, as the web UI writes it (webui.py),
     with the base model the config names for the web UI and the kohya copy of the LoRA, if written."""
     kohya = webui.kohya_file(lora_path) if lora_path else None
-    lora = (kohya.stem, kohya, float(s["lora_scale"])) if kohya else None
+    # hashed once per job, not per image: the file is megabytes and every image's text names it
+    lora = (kohya.stem, webui.addnet_hash(kohya), float(s["lora_scale"])) if kohya else None
     res, negative = int(s["resolution"]), str(s["negative_prompt"] or "")
 
     def text(prompt: str, steps: int, seed: int) -> str:

@@ -64,7 +64,7 @@ def parameters(
     model_hash: str | None = None,
     lora: tuple[str, str, float] | None = None,
 ) -> str:
-    """The ``parameters`` text of one image; ``lora`` is (name, file path, weight) of the kohya file."""
+    """The ``parameters`` text of one image; ``lora`` is (name, addnet_hash, weight) of the kohya file."""
     if lora:
         prompt = f"{prompt} {lora_tag(lora[0], lora[2])}"
     lines = [prompt] + ([f"Negative prompt: {negative_prompt}"] if negative_prompt else [])
@@ -76,9 +76,7 @@ def parameters(
         "Size": f"{int(width)}x{int(height)}",
         "Model hash": model_hash,
         "Model": model,
-        "Lora hashes": f"{lora[0].replace(':', '').replace(',', '')}: {addnet_hash(lora[1])[:12]}"
-        if lora
-        else None,
+        "Lora hashes": f"{lora[0].replace(':', '').replace(',', '')}: {lora[1][:12]}" if lora else None,
         "RNG": RNG_CPU,
     }
     lines.append(", ".join(f"{k}: {quote(v)}" for k, v in pairs.items() if v not in (None, "")))
