@@ -351,15 +351,20 @@ def _train_epoch(model, batches: _Batches, optim: _Optimizer, norm, loss_w, dev,
     return loss_sum / max(1, n_seen), n_seen, time.perf_counter() - t0
 
 
-def _validate(model, x_va, y_va, norm, dev, c: dict, loss_w, amp: str, n_classes: int) -> dict:
+def _validate(
+    model, x_va, y_va, norm, dev, c: dict, loss_w, amp: str, n_classes: int
+) -> tuple[dict, np.ndarray]:
+    """The epoch's validation figures, and P(class 1) of each validation image."""
     if not len(y_va):
-        return {"val_loss": float("nan"), "val_accuracy": float("nan"), "val_auroc": float("nan")}
+        nan = float("nan")
+        return {"val_loss": nan, "val_accuracy": nan, "val_auroc": nan}, np.zeros(0)
     val_loss, p_va = _evaluate_tensor(model, x_va, y_va, norm, dev, int(c["eval_batch_size"]), loss_w, amp)
-    return {
+    figures = {
         "val_loss": val_loss,
         "val_accuracy": metrics.accuracy(y_va, p_va.argmax(1)),
         "val_auroc": metrics.auroc(y_va, p_va[:, 1]) if n_classes == 2 else float("nan"),
     }
+    return figures, p_va[:, 1]
 
 
 HISTORY_COLUMNS = [
@@ -399,13 +404,9 @@ def _load_splits(train_df: pd.DataFrame, val_df: pd.DataFrame, size: int, thread
     return x_tr, x_va
 
 
-def _save_val_predictions(out: Path, model, x_va, y_va, val_df, norm, dev, c: dict, loss_w, amp: str) -> None:
-    """The kept weights' P(class 1) on the validation split: the evaluation picks its clinical
+def _save_val_predictions(out: Path, y_va, val_df, score: np.ndarray) -> None:
+    """The kept epoch's P(class 1) on the validation split: the evaluation picks its clinical
     operating points (threshold at a target specificity) here, never on the test set."""
-    score = np.zeros(0)
-    if len(y_va):
-        _, probs = _evaluate_tensor(model, x_va, y_va, norm, dev, int(c["eval_batch_size"]), loss_w, amp)
-        score = probs[:, 1]
     paths = val_df["path"].astype(str).to_numpy() if len(y_va) else np.zeros(0, str)
     io.write_csv(out / VAL_PREDICTIONS, pd.DataFrame({"path": paths, "y": y_va, "score": score}))
 
@@ -479,7 +480,7 @@ def train(
         )
         train_time += ep_train_s
         train_images += n_seen
-        val = _validate(model, x_va, y_va, norm, dev, c, loss_w, amp, len(classes))
+        val, val_score = _validate(model, x_va, y_va, norm, dev, c, loss_w, amp, len(classes))
         history.append(
             {
                 "epoch": epoch,
@@ -503,6 +504,7 @@ def train(
                 "loss": val["val_loss"] if len(y_va) else math.inf,
                 "epoch": epoch,
                 "state": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+                "val_score": val_score,  # the kept weights' validation scores, saved beside them
             }
             bad_epochs = 0
         else:
@@ -514,7 +516,7 @@ def train(
 
     # ---- summary: the best weights, the history and what the run was
     model.load_state_dict(best["state"])
-    _save_val_predictions(Path(out_dir), model, x_va, y_va, val_df, norm, dev, c, loss_w, amp)
+    _save_val_predictions(Path(out_dir), y_va, val_df, best["val_score"])
     _save_run(Path(out_dir), model, processor, history, classes, size, mean, std, arch, pretrained)
     origin = train_df["origin"].astype(str) if "origin" in train_df.columns else pd.Series([], dtype=str)
     summary = {
