@@ -363,13 +363,18 @@ def test_sweep_realism_and_provenance_sections(fabricated, tmp_path):
     assert len(sw) == 2 * len(TESTSETS) and set(sw["fraction"]) == {0.0, 0.75}
     t4 = pd.read_csv(out["table4_csv"]).set_index(["model", "regime", "testset"])
     r = sw[(sw["testset"] == "isic") & (sw["fraction"] == 0.75)].iloc[0]
-    assert r["accuracy_mean"] == pytest.approx(t4.loc[("vit", "hybrid", "isic"), "accuracy_mean"])
+    for m in ("accuracy", "balanced_accuracy", "auroc"):
+        for k in ("mean", "lo", "hi"):
+            assert r[f"{m}_{k}"] == pytest.approx(t4.loc[("vit", "hybrid", "isic"), f"{m}_{k}"])
     assert Image.open(out["sweep_png"]).width > 100
     rl = pd.read_csv(out["realism_csv"], keep_default_na=False)
     whole = rl[rl["group"] == ""]
     assert sorted(whole["accuracy"].astype(float)) == pytest.approx([80.0, 90.0])
     summary = (tmp_path / "r" / "summary.md").read_text()
     assert "## Ratio sweep" in summary and "(sweep.png)" in summary
+    bal = t4.loc[("vit", "hybrid", "isic")]
+    cell = tables.fmt_cell(*(bal[f"balanced_accuracy_{k}"] for k in ("mean", "sd", "lo", "hi")))
+    assert cell in summary.split("## Ratio sweep")[1].split("\n## ")[0]
     assert "## Realism check" in summary and "85.00 ± 7.07 [80.00, 95.00]" in summary  # seed 0's CI
 
     # provenance: config snapshot round-trips, wall times summed per rule from benchmark TSVs

@@ -15,7 +15,8 @@ the quality and segment stages, and keys added later) carries over as the paper 
 - swaps hub ids for the tiny random-weight models the tiny_model rule builds (:data:`MODELS`);
 - swaps each isic-cli download for a seeded per-class sample of the real images in ../shared/data
   (folder import; :data:`DATA`): ISIC from isic/<class>/, HAM10000 from ham10000/ with its metadata.csv;
-- shrinks counts, sizes, epochs and steps (:data:`SHRINK`; every value is at most the paper's);
+- shrinks counts, sizes, epochs and steps (:data:`SHRINK`; every value is at most the paper's, and a
+  list of points, like the ratio sweep, keeps some of the paper's);
 - relaxes the filter checks that a random-weight model's images cannot pass (:data:`RELAX`, each with
   its reason); the checks stay on.
 
@@ -77,6 +78,7 @@ SHRINK = {
     "classify.epochs": 2,
     "classify.batch_size": 8,
     "evaluate.bootstrap": 200,
+    "hybrid.sweep": [0, 0.5, 0.75],  # one extra regime of the paper's three: the code path, not the curve
     "quality.min_images": 7,  # nearest_k + 2, the least the k-NN metrics need; real halves are ~7
     "quality.kid_subsets": 10,
     "quality.max_pairs": 100,

@@ -15,8 +15,8 @@ import pandas as pd
 
 from .. import io, metrics
 from ..imaging import contact_sheet
-from .names import MODEL_NAMES, REGIME_NAMES, TESTSET_NAMES, nice, order
-from .stats import load_predictions, num
+from .names import METRIC_NAMES, MODEL_NAMES, REGIME_NAMES, TESTSET_NAMES, nice, order
+from .stats import SWEEP_METRICS, load_predictions, num, scale
 
 REGIME_COLORS = {"real": "#4c72b0", "hybrid": "#dd8452", "synthetic": "#55a868"}
 
@@ -231,33 +231,39 @@ def fig_roc(evals: pd.DataFrame, out: Path) -> Path:
 
 
 def fig_sweep(sw: pd.DataFrame, out: Path) -> Path:
-    """Accuracy vs synthetic fraction, one line per model, one panel per test set, CI error bars."""
+    """Dose-response: accuracy, balanced accuracy and AUROC (rows) vs synthetic fraction, one panel
+    per test set (columns), one line per model, CI error bars; 0 % is the real-only baseline."""
     plt = pyplot()
     testsets = order(sw["testset"], TESTSET_NAMES) if len(sw) else []
+    ncol = max(1, len(testsets))
     fig, axes = plt.subplots(
-        1,
-        max(1, len(testsets)),
-        figsize=(5 * max(1, len(testsets)), 3.8),
+        len(SWEEP_METRICS),
+        ncol,
+        figsize=(5 * ncol, 3.2 * len(SWEEP_METRICS)),
         squeeze=False,
         layout="constrained",
     )
-    for ax, ts in zip(axes[0], testsets, strict=False):
-        for i, model in enumerate(order(sw["model"], MODEL_NAMES)):
-            g = sw[(sw["model"] == model) & (sw["testset"] == ts)]
-            x, v = 100 * g["fraction"].to_numpy(float), g["accuracy_mean"].to_numpy(float)
-            lo, hi = g["accuracy_lo"].to_numpy(float), g["accuracy_hi"].to_numpy(float)
-            err = np.vstack([np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)])
-            err = np.where(np.isfinite(err), err, 0.0)
-            ax.errorbar(x, v, yerr=err, marker="o", capsize=3, color=f"C{i}", label=nice(model, MODEL_NAMES))
-        ax.set_xlabel("synthetic share of the training set (%)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(nice(ts, TESTSET_NAMES))
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+    for row, metric in zip(axes, SWEEP_METRICS, strict=True):
+        unit = " (%)" if scale(metric) == 100.0 else ""
+        for ax, ts in zip(row, testsets, strict=False):
+            for i, model in enumerate(order(sw["model"], MODEL_NAMES)):
+                g = sw[(sw["model"] == model) & (sw["testset"] == ts)]
+                x, v = 100 * g["fraction"].to_numpy(float), g[f"{metric}_mean"].to_numpy(float)
+                lo, hi = g[f"{metric}_lo"].to_numpy(float), g[f"{metric}_hi"].to_numpy(float)
+                err = np.vstack([np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)])
+                err = np.where(np.isfinite(err), err, 0.0)
+                ax.errorbar(
+                    x, v, yerr=err, marker="o", capsize=3, color=f"C{i}", label=nice(model, MODEL_NAMES)
+                )
+            ax.set_xlabel("synthetic share of the training set (%)")
+            ax.set_ylabel(f"test {nice(metric, METRIC_NAMES)}{unit}")
+            ax.set_title(nice(ts, TESTSET_NAMES))
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
     if not len(sw):
         axes[0][0].text(0.5, 0.5, "no sweep evaluations", ha="center", transform=axes[0][0].transAxes)
-    fig.suptitle("Ratio sweep: accuracy vs synthetic fraction at a fixed real count (mean over seeds, CI)")
+    fig.suptitle("Ratio sweep: metrics vs synthetic fraction at a fixed real count (mean over seeds, CI)")
     return savefig(fig, out)
 
 

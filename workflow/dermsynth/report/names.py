@@ -11,6 +11,7 @@ REGIME_NAMES = {
     "synthetic": "Synthetic only",
 }
 TESTSET_NAMES = {"isic": "ISIC Archive", "ham10000": "HAM10000"}
+METRIC_NAMES = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "auroc": "AUROC"}
 
 
 def nice(name: str, table: dict) -> str:

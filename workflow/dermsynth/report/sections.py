@@ -137,7 +137,8 @@ def section_composition(comp: pd.DataFrame, tol: float) -> str:
 
 def section_sweep(sw: pd.DataFrame) -> str:
     return (
-        "## Ratio sweep\n\nAccuracy against the share of synthetic images in the training set, the real "
+        "## Ratio sweep\n\nAccuracy, balanced accuracy and AUROC against the share of synthetic images in "
+        "the training set (the dose-response), the real "
         f"images held fixed (0 % = the real-only baseline); {seeds_phrase(sw['n_seeds'])} [bootstrap CI "
         "of the seed mean over test images].\n\n" + sweep_markdown(sw) + "\n![sweep](sweep.png)\n"
     )

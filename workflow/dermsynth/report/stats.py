@@ -28,6 +28,8 @@ log = logging.getLogger("dermsynth.report")
 PERCENT_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1")
 TABLE_METRICS = ("accuracy", "balanced_accuracy", "auroc", "sensitivity", "specificity", "f1")
 PAIRED_METRICS = ("accuracy", "balanced_accuracy", "auroc")
+# the dose-response of the ratio sweep: the paper's metric and the two that class imbalance cannot flatter
+SWEEP_METRICS = ("accuracy", "balanced_accuracy", "auroc")
 # a classifier no better than chance on one side: all one class (sensitivity or specificity 0) or
 # an AUROC at or below chance
 DEGENERATE_AUROC = 0.5
@@ -355,8 +357,8 @@ def paired(
 
 def sweep_table(t4: pd.DataFrame, points: list[tuple[float, str]]) -> pd.DataFrame:
     """Table IV rows of the sweep's regimes with their synthetic fraction, by model/testset/fraction."""
-    cols = ["model", "testset", "fraction", "regime", "n_seeds", "accuracy_mean", "accuracy_sd"]
-    cols += ["accuracy_lo", "accuracy_hi", "auroc_mean", "auroc_lo", "auroc_hi"]
+    cols = ["model", "testset", "fraction", "regime", "n_seeds"]
+    cols += [f"{m}_{k}" for m in SWEEP_METRICS for k in ("mean", "sd", "lo", "hi")]
     if not points or not len(t4) or "accuracy_mean" not in t4.columns:
         return pd.DataFrame(columns=cols)
     frac = {name: f for f, name in points}

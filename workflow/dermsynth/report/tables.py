@@ -147,7 +147,7 @@ def paired_markdown(pr: pd.DataFrame, baseline: str, treatment: str) -> str:
 
 
 def sweep_markdown(sw: pd.DataFrame) -> str:
-    """Accuracy and AUROC per model × test set × synthetic fraction."""
+    """Accuracy, balanced accuracy and AUROC per model × test set × synthetic fraction."""
     rows = [
         [
             nice(r["model"], MODEL_NAMES),
@@ -156,13 +156,18 @@ def sweep_markdown(sw: pd.DataFrame) -> str:
             r["regime"],
             int(r["n_seeds"]),
             fmt_cell(r["accuracy_mean"], r["accuracy_sd"], r["accuracy_lo"], r["accuracy_hi"]),
+            fmt_cell(
+                r["balanced_accuracy_mean"],
+                r["balanced_accuracy_sd"],
+                r["balanced_accuracy_lo"],
+                r["balanced_accuracy_hi"],
+            ),
             fmt_cell(r["auroc_mean"], float("nan"), r["auroc_lo"], r["auroc_hi"], digits=3),
         ]
         for _, r in sw.iterrows()
     ]
-    return md_table(
-        ["Model", "Test set", "Synthetic", "Regime", "Seeds", "Accuracy (%) [CI]", "AUROC [CI]"], rows
-    )
+    headers = ["Model", "Test set", "Synthetic", "Regime", "Seeds", "Accuracy (%) [CI]"]
+    return md_table(headers + ["Balanced accuracy (%) [CI]", "AUROC [CI]"], rows)
 
 
 def realism_markdown(rl: pd.DataFrame) -> str:
