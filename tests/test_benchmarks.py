@@ -208,3 +208,11 @@ def test_the_dynamo_counts_leave_out_the_compile_probe(finetune_bench, monkeypat
     assert finetune_bench._dynamo_counts()["unique_graphs"] == 0
     torch.compile(lambda x: x * 3)(torch.ones(2))  # what the UNet's compilation adds is counted
     assert finetune_bench._dynamo_counts()["unique_graphs"] == 1
+
+
+def test_evaluation_benchmark_checks_each_target_it_has_a_figure_for():
+    bench = _load_benchmark("evaluation")
+    assert bench.ece_case()["ece_error"] <= 1e-9  # the metric agrees with the case worked by hand
+    met = bench.check({"ece_error": 0.0, "same_lesion_recall": 0.79, "c2st_auroc_shifted": float("nan")})
+    assert met == {"ece_error": True, "same_lesion_recall": False}  # NaN and missing figures: not judged
+    assert bench.check({"ita_modifier_effect_hi": 0.0}) == {"ita_modifier_effect_hi": False}  # CI touches 0
