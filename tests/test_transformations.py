@@ -33,9 +33,9 @@ def _ita_of(rgb8) -> float:
 def test_components_counts_blobs_above_the_minimum_area():
     _, mask = _skin_with_blobs([(20, 20), (20, 70), (70, 45)])
     mask[90:92, 90:92] = True  # 4 px: under 0.5 % of the image
-    assert transformations.count_components(mask, 0.005) == 3
-    assert transformations.count_components(mask, 0.0) == 4
-    assert transformations.count_components(np.zeros((8, 8), bool), 0.005) == 0
+    assert segment.count_components(mask, 0.005) == 3
+    assert segment.count_components(mask, 0.0) == 4
+    assert segment.count_components(np.zeros((8, 8), bool), 0.005) == 0
 
 
 def test_classical_measure_counts_every_lesion_but_keeps_the_central_one():
@@ -57,7 +57,12 @@ def test_segment_set_writes_ita_group_and_components(tmp_path):
         io.save_png(p, img)
         rows.append({"path": str(p), "label": "benign"})
     t = segment.segment_set(
-        pd.DataFrame(rows), tmp_path / "m", tmp_path / "masks.csv", tmp_path / "rej.csv", "classical", "real/x"
+        pd.DataFrame(rows),
+        tmp_path / "m",
+        tmp_path / "masks.csv",
+        tmp_path / "rej.csv",
+        "classical",
+        "real/x",
     )
     back = io.read_csv(tmp_path / "masks.csv")
     assert list(back["components"]) == [1, 3]
@@ -75,9 +80,21 @@ def test_the_dark_frame_is_no_skin():
     img[np.hypot(yy - 47.5, xx - 47.5) > 46] = 5  # the dermoscope's black frame
     mask, _, other = segment.classical_measure(img)
     assert other[0, 0] and not other[48, 10]
-    cols = transformations.mask_columns(img, mask, other, 1)
+    cols = segment.measure_columns(img, mask, (mask, 1, other))
     assert cols["ita"] == pytest.approx(_ita_of(SKIN), abs=0.05)
     assert skintone.ita(img, mask) < cols["ita"] - 5  # with the frame as skin, ITA drops
+
+
+def test_measure_columns_of_a_given_mask_count_its_components_and_skip_the_frame():
+    img, truth = _skin_with_blobs([(30, 30), (66, 66)])
+    yy, xx = np.mgrid[0:96, 0:96]
+    img[np.hypot(yy - 47.5, xx - 47.5) > 46] = 5
+    cols = segment.measure_columns(img, truth)  # a SAM mask: no classical_measure result
+    assert cols["components"] == 2
+    assert cols["ita"] == pytest.approx(_ita_of(SKIN), abs=0.05)
+    assert cols["ita_group"] == skintone.ita_group(cols["ita"])
+    empty = segment.measure_columns(None, truth)
+    assert math.isnan(empty["ita"]) and empty["ita_group"] == "" and math.isnan(empty["components"])
 
 
 def test_cliffs_delta_matches_all_pairs():
@@ -135,15 +152,35 @@ def _synthetic(n_dark, n_fair, dark_ita, fair_ita, sampler="euler"):
 
 GRID = {"skin_tone": {"I": {"weight": 1}, "VI": {"weight": 1}}, "size": {"typical": {"weight": 1}}}
 CHECKS = [
-    {"group": "skin_tone", "options": ["V", "VI"], "against": ["I", "II"], "measure": "ita", "expect": "lower"},
-    {"group": "size", "options": ["large"], "against": ["tiny"], "measure": "area_fraction", "expect": "higher"},
-    {"group": "multiplicity", "options": ["multiple"], "against": ["single"], "measure": "components", "expect": "higher"},
+    {
+        "group": "skin_tone",
+        "options": ["V", "VI"],
+        "against": ["I", "II"],
+        "measure": "ita",
+        "expect": "lower",
+    },
+    {
+        "group": "size",
+        "options": ["large"],
+        "against": ["tiny"],
+        "measure": "area_fraction",
+        "expect": "higher",
+    },
+    {
+        "group": "multiplicity",
+        "options": ["multiple"],
+        "against": ["single"],
+        "measure": "components",
+        "expect": "higher",
+    },
 ]
 
 
 def test_checks_table_gives_verdicts_and_too_few_without_numbers():
     df = pd.DataFrame(
-        _synthetic(12, 12, -40, 50, "euler") + _synthetic(12, 12, 60, 10, "plms") + _synthetic(3, 12, -40, 50, "ddim")
+        _synthetic(12, 12, -40, 50, "euler")
+        + _synthetic(12, 12, 60, 10, "plms")
+        + _synthetic(3, 12, -40, 50, "ddim")
     )
     table, skipped = transformations.run_checks(df, CHECKS, GRID, min_images=10, n_boot=200)
     v = table.set_index("sampler")["verdict"].to_dict()
@@ -163,7 +200,11 @@ def test_checks_table_gives_verdicts_and_too_few_without_numbers():
 
 def test_area_fraction_of_an_empty_mask_is_zero_and_failed_images_are_left_out():
     rows = pd.DataFrame(
-        {"status": ["ok", "empty", "failed"], "area_fraction": [0.2, np.nan, np.nan], "ita": [30.0, 20.0, np.nan]}
+        {
+            "status": ["ok", "empty", "failed"],
+            "area_fraction": [0.2, np.nan, np.nan],
+            "ita": [30.0, 20.0, np.nan],
+        }
     )
     assert list(transformations.measure_values(rows, "area_fraction")) == [0.2, 0.0]
     assert list(transformations.measure_values(rows, "ita")) == [30.0, 20.0]
@@ -172,9 +213,14 @@ def test_area_fraction_of_an_empty_mask_is_zero_and_failed_images_are_left_out()
 def test_section_names_tiny_models_and_writes_the_table(tmp_path):
     synth = pd.DataFrame(_synthetic(12, 12, 0, 5))
     manifest = pd.DataFrame(
-        {"path": synth["path"], "modifiers": [f"skin_tone={d['skin_tone']};size=typical" for d in synth["modifiers"]]}
+        {
+            "path": synth["path"],
+            "modifiers": [f"skin_tone={d['skin_tone']};size=typical" for d in synth["modifiers"]],
+        }
     )
-    real = pd.DataFrame({"path": ["r.png"], "set": ["real/isic"], "sampler": [""], "status": ["ok"], "ita": [55.0]})
+    real = pd.DataFrame(
+        {"path": ["r.png"], "set": ["real/isic"], "sampler": [""], "status": ["ok"], "ita": [55.0]}
+    )
     masks = pd.concat([real, synth.drop(columns="modifiers")], ignore_index=True).assign(method="classical")
     io.write_csv(tmp_path / "masks.csv", masks)
     io.write_csv(tmp_path / "filtered.csv", manifest)

@@ -28,9 +28,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from . import config, io, metrics
-from .transformations import MASK_COLUMNS as SKIN_COLUMNS
-from .transformations import count_components, mask_columns
+from . import config, io, metrics, skintone
 from .config import TINY_PREFIX
 from .errors import ConfigError, ImageError, ModelNotFoundError
 from .imaging import contact_sheet
@@ -51,7 +49,7 @@ SHAPE_LABELS = {
 MASK_COLUMNS = [
     *["path", "label", "set", "sampler", "method", "mask_path", "status", "reason"],
     *SHAPE_STATS,
-    *SKIN_COLUMNS,
+    *["ita", "ita_group", "components"],  # skin tone around the lesion, lesions before the central one
 ]
 
 FRAME_DARK = 0.25  # grey level (0-1) below which border-connected pixels are the dermoscope's frame
@@ -455,7 +453,7 @@ def segment_set(
                     "status": status,
                     "reason": reason,
                     **st,
-                    **_skin_columns(img, m, measured.get(i), c),
+                    **measure_columns(img, m, measured.get(i), c),
                 }
             )
     table = pd.DataFrame(rows, columns=MASK_COLUMNS)
@@ -465,14 +463,31 @@ def segment_set(
     return table
 
 
-def _skin_columns(img, mask: np.ndarray, measured: tuple | None, c: dict) -> dict:
-    """ITA of the skin and lesion components: the classical segmenter's own count and non-skin pixels,
-    or (SAM) the mask's components and the dark frame as the classical segmenter finds it."""
-    if img is None or measured is not None:
-        _, n, not_skin = measured or (None, 0, None)
-        return mask_columns(img, mask, not_skin, n)
-    frame = _dark_frame(img.mean(axis=2) / 255.0)
-    return mask_columns(img, mask, frame if frame.mean() < 0.5 else None, count_components(mask, c["min_area_fraction"]))
+def count_components(mask: np.ndarray, min_area_fraction: float) -> int:
+    """Connected components (8-neighbour) of ``mask`` covering at least ``min_area_fraction`` of it."""
+    from skimage import measure
+
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return 0
+    areas = np.bincount(measure.label(mask).ravel())[1:]
+    return int((areas >= min_area_fraction * mask.size).sum())
+
+
+def measure_columns(img, mask: np.ndarray, measured: tuple | None = None, cfg: dict | None = None) -> dict:
+    """masks.csv's ``ita``, ``ita_group`` and ``components`` of one image (NaN when ``img`` is None).
+
+    ``measured``: ``classical_measure``'s result, whose components and non-skin pixels are used; without
+    it (SAM) the mask's own components count, and the skin is all but the mask and the dark frame."""
+    if img is None:
+        return {**skintone.skin_columns(None, None), "components": float("nan")}
+    if measured is not None:
+        _, n, not_skin = measured
+    else:
+        frame = _dark_frame(img.mean(axis=2) / 255.0)
+        not_skin = mask | frame if frame.mean() < 0.5 else mask
+        n = count_components(mask, config.section("segment", cfg)["min_area_fraction"])
+    return {**skintone.skin_columns(img, not_skin | mask), "components": int(n)}
 
 
 # ---------------------------------------------------------------- report

@@ -105,3 +105,12 @@ def ita_group(value: float) -> str:
     if not np.isfinite(value):
         return ""
     return next(g for lo, g, _ in ITA_GROUPS if value >= lo)
+
+
+def skin_columns(rgb: np.ndarray, not_skin: np.ndarray | None) -> dict:
+    """masks.csv's skin-tone columns of one image: ``ita`` of the pixels outside ``not_skin`` (the
+    lesions, the dermoscope's frame) and its ``ita_group``; NaN and '' when ``rgb`` is None."""
+    if rgb is None:
+        return {"ita": float("nan"), "ita_group": ""}
+    value = ita(rgb, not_skin)
+    return {"ita": value, "ita_group": ita_group(value)}

@@ -21,7 +21,6 @@ from .config import TINY_PREFIX
 
 log = logging.getLogger("dermsynth.transformations")
 
-MASK_COLUMNS = ["ita", "ita_group", "components"]
 MEASURES = {
     "ita": "ITA (°)",
     "area_fraction": "lesion area fraction",
@@ -47,31 +46,6 @@ TABLE_COLUMNS = [
 ]
 
 
-# ---------------------------------------------------------------- per image (the segment stage)
-
-
-def count_components(mask: np.ndarray, min_area_fraction: float) -> int:
-    """Connected components (8-neighbour) of ``mask`` covering at least ``min_area_fraction`` of it."""
-    from skimage import measure
-
-    mask = np.asarray(mask, bool)
-    if not mask.any():
-        return 0
-    areas = np.bincount(measure.label(mask).ravel())[1:]
-    return int((areas >= min_area_fraction * mask.size).sum())
-
-
-def mask_columns(rgb, lesion: np.ndarray, other: np.ndarray | None, components: int) -> dict:
-    """masks.csv's skin columns of one image: ITA of the pixels outside the lesion and ``other`` (the
-    frame, other lesions), its ITA group, and the lesion's component count. ``rgb`` None (unreadable
-    image): NaN and ''."""
-    if rgb is None:
-        return {"ita": float("nan"), "ita_group": "", "components": float("nan")}
-    not_skin = np.asarray(lesion, bool) if other is None else np.asarray(lesion, bool) | other
-    value = skintone.ita(rgb, not_skin)
-    return {"ita": value, "ita_group": skintone.ita_group(value), "components": int(components)}
-
-
 # ---------------------------------------------------------------- effect sizes
 
 
@@ -93,7 +67,14 @@ def effect(a, b, n_boot: int = 1000, ci: float = 0.95, seed: int = 0) -> dict:
     a, b = a[np.isfinite(a)], b[np.isfinite(b)]
     if len(a) == 0 or len(b) == 0:
         nan = float("nan")
-        return {"difference": nan, "lo": nan, "hi": nan, "cliffs_delta": nan, "delta_lo": nan, "delta_hi": nan}
+        return {
+            "difference": nan,
+            "lo": nan,
+            "hi": nan,
+            "cliffs_delta": nan,
+            "delta_lo": nan,
+            "delta_hi": nan,
+        }
     ia = metrics.resample_indices(len(a), n_boot, seed)
     ib = metrics.resample_indices(len(b), n_boot, seed + 1)
     lo, hi = metrics.percentile_ci(a[ia].mean(axis=1) - b[ib].mean(axis=1), ci)
@@ -109,7 +90,8 @@ def effect(a, b, n_boot: int = 1000, ci: float = 0.95, seed: int = 0) -> dict:
 
 
 def verdict(lo: float, hi: float, expect: str) -> str:
-    """'as prompted' when the CI excludes 0 on the expected side, 'opposite' on the other, else 'no effect'."""
+    """'as prompted' when the CI excludes 0 on the expected side, 'opposite' on the other side,
+    else 'no effect'."""
     if not (np.isfinite(lo) and np.isfinite(hi)):
         return "too few"
     if lo <= 0 <= hi:
@@ -167,7 +149,9 @@ def run_checks(
             missing = check["options"] if not options else check["against"]
             skipped.append(f"{group}: none of {', '.join(missing)} among its options {', '.join(grid)}")
             continue
-        chosen = synthetic["modifiers"].map(lambda d, g=group: d.get(g, "")) if len(synthetic) else pd.Series()
+        chosen = (
+            synthetic["modifiers"].map(lambda d, g=group: d.get(g, "")) if len(synthetic) else pd.Series()
+        )
         for sampler in [*samplers, ALL]:
             part = synthetic if sampler == ALL else synthetic[synthetic["sampler"].astype(str) == sampler]
             pick = chosen.loc[part.index]
@@ -229,7 +213,11 @@ def table_lines(table: pd.DataFrame, ci: float) -> list[str]:
         m = r["measure"]
         few = r["verdict"] == "too few"
         means = "–" if few else f"{_fmt(r['mean_options'], m)} / {_fmt(r['mean_against'], m)}"
-        diff = "–" if few else f"{_fmt(r['difference'], m, True)} [{_fmt(r['lo'], m, True)}, {_fmt(r['hi'], m, True)}]"
+        diff = (
+            "–"
+            if few
+            else f"{_fmt(r['difference'], m, True)} [{_fmt(r['lo'], m, True)}, {_fmt(r['hi'], m, True)}]"
+        )
         delta = "–" if few else f"{r['cliffs_delta']:+.2f}"
         lines.append(
             f"| {r['check']} | {MEASURES[m]} | {r['expect']} | {r['sampler']} | {r['n_options']} / "
@@ -238,7 +226,9 @@ def table_lines(table: pd.DataFrame, ci: float) -> list[str]:
     return lines
 
 
-def ita_figure(real: pd.DataFrame, synthetic: pd.DataFrame, group: str | None, options: list, out_png) -> None:
+def ita_figure(
+    real: pd.DataFrame, synthetic: pd.DataFrame, group: str | None, options: list, out_png
+) -> None:
     """One panel per sampler: the ITA of each real dataset (grey, the reference), then of the
     synthetic images of each option of ``group`` (all synthetic images when None); band bounds dotted."""
     import matplotlib
@@ -247,12 +237,19 @@ def ita_figure(real: pd.DataFrame, synthetic: pd.DataFrame, group: str | None, o
     import matplotlib.pyplot as plt
 
     samplers = sorted(synthetic["sampler"].astype(str).unique()) or ["-"]
-    fig, axes = plt.subplots(1, len(samplers), figsize=(1.2 + 0.9 * (len(options) + 3) * len(samplers), 3.6),
-                             squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        1,
+        len(samplers),
+        figsize=(1.2 + 0.9 * (len(options) + 3) * len(samplers), 3.6),
+        squeeze=False,
+        sharey=True,
+    )
     real_sets = sorted(real["set"].astype(str).unique())
     for ax, sampler in zip(axes[0], samplers, strict=True):
         part = synthetic[synthetic["sampler"].astype(str) == sampler]
-        arms = [(s.split("/", 1)[-1], measure_values(real[real["set"] == s], "ita"), "0.6") for s in real_sets]
+        arms = [
+            (s.split("/", 1)[-1], measure_values(real[real["set"] == s], "ita"), "0.6") for s in real_sets
+        ]
         if group is None:
             arms.append(("synthetic", measure_values(part, "ita"), "C0"))
         else:
@@ -264,6 +261,8 @@ def ita_figure(real: pd.DataFrame, synthetic: pd.DataFrame, group: str | None, o
                 for b in body["bodies"]:
                     b.set_facecolor(colour)
                     b.set_alpha(0.6)
+                for part_name in ("cbars", "cmins", "cmaxes", "cmedians"):
+                    body[part_name].set_color("0.25")
             elif len(v):
                 ax.plot([pos], [float(np.median(v))], "o", color=colour)
         ax.set_xticks(range(len(arms)))
@@ -271,6 +270,14 @@ def ita_figure(real: pd.DataFrame, synthetic: pd.DataFrame, group: str | None, o
         for lo, _, fitz in skintone.ITA_GROUPS[:-1]:
             ax.axhline(lo, color="0.8", linestyle=":", linewidth=0.8, zorder=0)
             ax.text(len(arms) - 0.45, lo, fitz, fontsize=6, va="bottom", color="0.5")
+        ax.text(
+            len(arms) - 0.45,
+            skintone.ITA_GROUPS[-2][0],
+            skintone.ITA_GROUPS[-1][2],
+            fontsize=6,
+            va="top",
+            color="0.5",
+        )
         ax.set_title(f"{sampler}" + (f" by {group}" if group else ""), fontsize=8)
         ax.tick_params(labelsize=7)
     axes[0, 0].set_ylabel("ITA of the skin (°)", fontsize=8)
@@ -297,13 +304,17 @@ def section_transformations(
     c = config.section("segment", cfg)
     t = c["transformations"]
     frames = [io.read_csv(p) for p in mask_tables]
-    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["set", "path", "status"])
+    table = (
+        pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["set", "path", "status"])
+    )
     method = str(table["method"].iloc[0]) if len(table) else "classical"
     synth = synthetic_with_modifiers(table, io.read_csv(manifest))
     real = table[table["set"].astype(str).str.startswith("real")]
     result, skipped = run_checks(synth, t["checks"], modifiers or {}, t["min_images"], n_boot, ci)
     io.write_csv(out_csv, result)
-    ita_groups = [k["group"] for k in t["checks"] if k["measure"] == "ita" and (modifiers or {}).get(k["group"])]
+    ita_groups = [
+        k["group"] for k in t["checks"] if k["measure"] == "ita" and (modifiers or {}).get(k["group"])
+    ]
     fig_group = ita_groups[0] if ita_groups else None
     ita_figure(real, synth, fig_group, list((modifiers or {}).get(fig_group, {})), out_png)
     lines = [
@@ -312,7 +323,7 @@ def section_transformations(
         "Do the prompt modifiers (`generate.modifiers`) change what they name? Each check of "
         "`segment.transformations.checks` compares a measure between the kept synthetic images prompted "
         f"with its options and those prompted with the others, per sampler, from the {method} masks: the "
-        "skin's ITA (outside the lesion mask and the dermoscope's frame), the lesion's area fraction (0 "
+        "skin's ITA (outside every lesion and the dermoscope's frame), the lesion's area fraction (0 "
         "for an empty mask) and its connected components of at least "
         f"{c['min_area_fraction']:g} of the image. Difference = mean(options) - mean(against) with a "
         f"{ci:.0%} bootstrap CI ({n_boot} resamples); verdict: *as prompted* when the CI excludes 0 on "
@@ -322,8 +333,9 @@ def section_transformations(
     ]
     if str(sd_model).startswith(TINY_PREFIX):
         lines += [
-            f"**This run samples a tiny random-weight model (`{sd_model}`): it draws coloured noise, not "
-            "lesions nor skin, so no prompt can change them and *no effect* is the expected verdict.**",
+            f"**This run samples a tiny random-weight model (`{sd_model}`): it draws coloured noise, "
+            "neither lesions nor skin, so no prompt can change them and *no effect* is the expected "
+            "verdict.**",
             "",
         ]
     lines += table_lines(result, ci) if len(result) else ["No check applies to this run's prompt grid."]

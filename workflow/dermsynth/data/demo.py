@@ -144,7 +144,9 @@ def render(
     dom = DOMAINS[domain]
     x, y, rot, cx, cy, rho, radius, alpha = _outline(lesion, rng, size)
     s = float(size)
-    skin, pigment = (np.asarray(dom["skin"], np.float32), 1.0) if skin_ita is None else skin_at(skin_ita, domain)
+    skin, pigment = (
+        (np.asarray(dom["skin"], np.float32), 1.0) if skin_ita is None else skin_at(skin_ita, domain)
+    )
 
     # skin: smooth mottling and fine grain
     img = np.empty((size, size, 3), np.float32)
