@@ -15,7 +15,9 @@ Two segmenters, one interface (``rgb uint8 (H, W, 3) -> bool (H, W)``):
 Masks are *measured*: Dice and IoU with bootstrap CIs against ground truth (HAM10000's lesion masks,
 or the demo generator's exact lesion shape). From each mask come shape statistics in the spirit of the
 ABCD rule (area fraction, asymmetry, border irregularity, colour variegation, diameter), and the
-report compares their distributions synthetic vs real per class.
+report compares their distributions synthetic vs real per class. Each image also gets the ITA of its
+skin (every lesion and the dermoscope's frame left out) and its lesion count, which
+``transformations`` sets against the prompt modifiers.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """Smart transformations, measured: do the prompt modifiers change what they name?
 
 The paper's prompt grid (``generate.modifiers``: tiny / large mole, multiple moles, Fitzpatrick skin
-types) is a claim about the images. Each image's lesion mask gives three measures (the segment stage
-writes them to masks.csv): the skin's ITA (outside the lesion and the dermoscope's frame), the lesion's
-area fraction and its connected-component count. A check (``segment.transformations.checks``) compares
-one measure between the images prompted with some options of a group and those prompted with others,
-per sampler: the mean difference with a bootstrap CI and Cliff's delta, and a verdict.
+types) is a claim about the images. Each image's lesion mask gives three measures, which the segment
+stage writes to masks.csv (``segment.measure_columns``): the skin's ITA (outside every lesion and the
+dermoscope's frame), the lesion's area fraction and its connected-component count. A check
+(``segment.transformations.checks``) compares one measure between the images prompted with some
+options of a group and those prompted with others, per sampler: the mean difference with a bootstrap
+CI and Cliff's delta, and a verdict.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ MEASURES = {
     "area_fraction": "lesion area fraction",
     "components": "lesion components",
 }
-VERDICTS = ("as prompted", "no effect", "opposite", "too few")
 ALL = "all samplers"
 TABLE_COLUMNS = [
     "check",
