@@ -269,3 +269,18 @@ def test_lab_to_srgb_inverts_srgb_to_lab_and_skin_lab_has_its_ita():
         lab = skintone.skin_lab(t)
         assert skintone.ita_of_lab(lab[0], lab[2]) == pytest.approx(t, abs=1e-9)
     assert skintone.ita_band("II") == (41.0, 55.0) and skintone.ita_band("VI")[0] == skintone.ITA_RANGE[0]
+
+
+def test_benchmark_measures_ita_to_a_degree_and_sees_the_rendered_skin_tones():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "_evaluation_skintone.py"
+    spec = importlib.util.spec_from_file_location("bench_evaluation_skintone", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    r = bench.run(True)
+    assert r["ita_error_deg"] <= 1.0
+    assert r["ita_modifier_effect_lo"] <= r["ita_modifier_effect"] <= r["ita_modifier_effect_hi"] < 0
+    # the classical masks find what the renderer drew: within 5 degrees of the rendered difference
+    assert abs(r["ita_modifier_effect"] - r["ita_modifier_rendered_effect"]) < 5
