@@ -359,6 +359,27 @@ def segment_tables():
     return real + synthetic
 
 
+# the method whose masks measure the prompt modifiers (segment.transformations)
+SEGMENT_MAIN = "classical" if "classical" in SEGMENT_METHODS else SEGMENT_METHODS[0]
+
+
+def transformation_tables():
+    """The masks tables of the method that measures the smart transformations: real and synthetic."""
+    real = expand(
+        "results/masks/{method}/real/{dataset}/masks.csv",
+        method=SEGMENT_MAIN,
+        dataset=DATASETS,
+    )
+    synthetic = expand(
+        "results/masks/{method}/{run}/{label}/{sampler}/masks.csv",
+        method=SEGMENT_MAIN,
+        run=RUN,
+        label=CLASSES,
+        sampler=SAMPLERS,
+    )
+    return real + synthetic
+
+
 # The report. Markdown fragments that stages add to it, in the order the report rule pastes them into
 # summary.md (each is the output of the rule named beside it).
 REPORT_SECTIONS = [
@@ -368,6 +389,7 @@ REPORT_SECTIONS = [
     f"results/report/sections/filter_{RUN}.md",  # filter
     f"results/report/sections/quality_{RUN}.md",  # quality_section
     "results/report/sections/segment.md",  # segment_section
+    "results/report/sections/transformations.md",  # transformations_section
 ]
 SWEEP = sweep_points(config["hybrid"])
 

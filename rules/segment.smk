@@ -73,6 +73,36 @@ rule segment_section:
         "../workflow/scripts/segment_section.py"
 
 
+rule transformations_section:
+    """Smart transformations, measured: does each prompt modifier change skin ITA, lesion size, count?"""
+    input:
+        tables=transformation_tables(),
+        manifest=f"results/synthetic/{RUN}/filtered.csv",
+    output:
+        section="results/report/sections/transformations.md",
+        ita=report(
+            "results/report/sections/transformations_ita.png",
+            caption="../workflow/report/transformations_ita.rst",
+            category="Synthetic data quality",
+            labels=segment_labels("skin ITA by skin-tone modifier"),
+        ),
+        table="results/masks/transformations.csv",
+    log:
+        "results/logs/segment/transformations.log",
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    params:
+        cfg=config["segment"],
+        modifiers=config["generate"]["modifiers"],
+        sd_model=sd_model_ref,
+        bootstrap=config["evaluate"]["bootstrap"],
+        ci=config["evaluate"]["ci"],
+        code=code_of("transformations_section.py"),
+    script:
+        "../workflow/scripts/transformations_section.py"
+
+
 rule segment_all:
     input:
         segment_tables(),

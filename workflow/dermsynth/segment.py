@@ -15,7 +15,9 @@ Two segmenters, one interface (``rgb uint8 (H, W, 3) -> bool (H, W)``):
 Masks are *measured*: Dice and IoU with bootstrap CIs against ground truth (HAM10000's lesion masks,
 or the demo generator's exact lesion shape). From each mask come shape statistics in the spirit of the
 ABCD rule (area fraction, asymmetry, border irregularity, colour variegation, diameter), and the
-report compares their distributions synthetic vs real per class.
+report compares their distributions synthetic vs real per class. Each image also gets the ITA of its
+skin (every lesion and the dermoscope's frame left out) and its lesion count, which
+``transformations`` sets against the prompt modifiers.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from . import config, io, metrics
+from . import config, io, metrics, skintone
 from .config import TINY_PREFIX
 from .errors import ConfigError, ImageError, ModelNotFoundError
 from .imaging import contact_sheet
@@ -46,9 +48,14 @@ SHAPE_LABELS = {
     "colour_variegation": "colour variegation (RGB std inside / 255)",
     "diameter": "diameter (max Feret / image side)",
 }
-MASK_COLUMNS = ["path", "label", "set", "sampler", "method", "mask_path", "status", "reason", *SHAPE_STATS]
+MASK_COLUMNS = [
+    *["path", "label", "set", "sampler", "method", "mask_path", "status", "reason"],
+    *SHAPE_STATS,
+    *["ita", "ita_group", "components"],  # skin tone around the lesion, lesions before the central one
+]
 
 FRAME_DARK = 0.25  # grey level (0-1) below which border-connected pixels are the dermoscope's frame
+FRAME_DARK_SKIN = 0.5  # ... or below this share of the median grey, if lower: dark skin is no frame
 WORK_SIDE = 300  # classical masks are computed with the short side at most this long, then upsampled
 
 
@@ -67,7 +74,7 @@ def _dark_frame(gray: np.ndarray) -> np.ndarray:
     """The dermoscope's dark frame or vignette corners: very dark pixels connected to the image border."""
     from scipy import ndimage as ndi
 
-    lab, n = ndi.label(gray < FRAME_DARK)
+    lab, n = ndi.label(gray < min(FRAME_DARK, FRAME_DARK_SKIN * float(np.median(gray))))
     if n == 0:
         return np.zeros(gray.shape, bool)
     edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
@@ -108,21 +115,36 @@ def _skin_surface(ch: np.ndarray, seed: np.ndarray, valid: np.ndarray, order: in
 def classical_mask(rgb: np.ndarray, cfg: dict | None = None) -> np.ndarray:
     """Blue channel, lighting-corrected, Otsu + hysteresis + morphology + the central component (bool mask,
     empty if none). See the module docstring for the steps; the knobs are ``segment.*`` config keys."""
-    from scipy import ndimage as ndi
-    from skimage import filters, measure, morphology
+    return classical_measure(rgb, cfg)[0]
 
+
+def classical_measure(rgb: np.ndarray, cfg: dict | None = None) -> tuple[np.ndarray, int, np.ndarray]:
+    """(lesion mask, components, not skin): ``classical_mask``'s mask, the number of lesion components
+    of at least ``min_area_fraction`` before the central one is kept, and the pixels that are no skin
+    (bool): the dermoscope's dark frame and every one of those components."""
     c = config.section("segment", cfg)
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ImageError(f"expected an RGB image (H, W, 3), got shape {rgb.shape}")
     h, w = rgb.shape[:2]
-    if min(h, w) > WORK_SIDE:  # the outline is smoothed at ~1/40 of the image: no need for megapixels
-        from skimage.transform import resize
+    if min(h, w) <= WORK_SIDE:
+        return _classical(rgb, c)
+    # the outline is smoothed at ~1/40 of the image: no need for megapixels
+    from skimage.transform import resize
 
-        k = WORK_SIDE / min(h, w)
-        small = resize(rgb, (round(h * k), round(w * k)), anti_aliasing=True, preserve_range=True)
-        m = classical_mask(np.clip(np.round(small), 0, 255).astype(np.uint8), c)
-        return resize(m.astype(np.float64), (h, w), order=1) > 0.5
+    k = WORK_SIDE / min(h, w)
+    small = resize(rgb, (round(h * k), round(w * k)), anti_aliasing=True, preserve_range=True)
+    m, n, other = _classical(np.clip(np.round(small), 0, 255).astype(np.uint8), c)
+    up = [resize(a.astype(np.float64), (h, w), order=1) > 0.5 for a in (m, other)]
+    return up[0], n, up[1]
+
+
+def _classical(rgb: np.ndarray, c: dict) -> tuple[np.ndarray, int, np.ndarray]:
+    from scipy import ndimage as ndi
+    from skimage import filters, measure, morphology
+
+    h, w = rgb.shape[:2]
+    none = np.zeros((h, w), bool)
     scale = min(h, w) / 150.0  # radii and sigmas are tuned at HAM10000's 200x150; scale with the image
     f = rgb.astype(np.float64) / 255.0
     if c["hair_radius"]:
@@ -131,11 +153,12 @@ def classical_mask(rgb: np.ndarray, cfg: dict | None = None) -> np.ndarray:
         f = np.stack([ndi.grey_closing(f[..., k], footprint=fp) for k in range(3)], axis=-1)
     blue = filters.gaussian(f[..., 2], sigma=max(0.5, c["blur_sigma"] * scale))
     if float(blue.max() - blue.min()) < 1e-3:
-        return np.zeros((h, w), bool)  # flat image: nothing to separate
+        return none, 0, none  # flat image: nothing to separate
     frame = _dark_frame(filters.gaussian(f.mean(axis=2), sigma=max(0.5, scale)))
     valid = np.ones((h, w), bool)
     if frame.mean() < 0.5:  # a frame, not a dark image: leave it (and its soft edge) out
         valid = ~ndi.binary_dilation(frame, iterations=max(1, int(round(2 * scale))))
+    frame = ~valid
     # Otsu on the central region: the dark vignette/ring of the dermoscope would pull the threshold down
     yy, xx = np.mgrid[0:h, 0:w]
     r = np.hypot((yy - (h - 1) / 2) / (h / 2), (xx - (w - 1) / 2) / (w / 2))
@@ -148,7 +171,7 @@ def classical_mask(rgb: np.ndarray, cfg: dict | None = None) -> np.ndarray:
         ch = blue / np.maximum(_skin_surface(blue, skin, valid, int(c["background_order"])), 1e-3)
     vals = ch[region]
     if float(vals.max() - vals.min()) < 1e-6:
-        return np.zeros((h, w), bool)
+        return none, 0, frame
     thr = filters.threshold_otsu(vals)
     mask = (ch < thr) & valid
     if c["grow"] and (vals >= thr).any():
@@ -162,12 +185,13 @@ def classical_mask(rgb: np.ndarray, cfg: dict | None = None) -> np.ndarray:
     mask = ndi.binary_fill_holes(_closing(mask, rad))
     lab = measure.label(mask)
     if lab.max() == 0:
-        return np.zeros((h, w), bool)
-    best, best_score = 0, -np.inf
+        return none, 0, frame
+    best, best_score, found = 0, -np.inf, []
     min_area = c["min_area_fraction"] * h * w
     for p in measure.regionprops(lab):
         if p.area < min_area:
             continue
+        found.append(p.label)
         cy, cx = p.centroid
         dist = math.hypot((cy - h / 2) / h, (cx - w / 2) / w)
         minr, minc, maxr, maxc = p.bbox
@@ -178,7 +202,8 @@ def classical_mask(rgb: np.ndarray, cfg: dict | None = None) -> np.ndarray:
         if score > best_score:
             best, best_score = p.label, score
     if best == 0:
-        return np.zeros((h, w), bool)
+        return none, 0, frame
+    other = frame | np.isin(lab, found)  # the skin's colour is measured without any lesion
     out = lab == best
     if c["dilate_radius"]:
         # lesion masks are drawn around the pigment edge, Otsu cuts inside the soft border
@@ -189,7 +214,7 @@ def classical_mask(rgb: np.ndarray, cfg: dict | None = None) -> np.ndarray:
         out = filters.gaussian(out.astype(np.float64), sigma=c["smooth_sigma"] * scale) > 0.5
     if c["convex_hull"] and out.any():
         out = morphology.convex_hull_image(out)
-    return out & valid
+    return out & valid, len(found), other | out
 
 
 # ---------------------------------------------------------------- SAM
@@ -381,11 +406,13 @@ def segment_set(
                     {"path": paths[i], "label": labels[i], "reason": "unreadable", "detail": str(e)}
                 )
         masks: dict[int, np.ndarray] = {}
+        measured: dict[int, tuple] = {}
         try:
             if seg:
                 masks = dict(zip(ok, seg([images[i] for i in ok]), strict=True)) if ok else {}
             else:
-                masks = {i: classical_mask(images[i], c) for i in ok}
+                measured = {i: classical_measure(images[i], c) for i in ok}
+                masks = {i: v[0] for i, v in measured.items()}
         except (RuntimeError, ValueError) as e:  # a failed batch: empty masks, rows in rejects
             for i in ok:
                 rejects.append(
@@ -428,6 +455,7 @@ def segment_set(
                     "status": status,
                     "reason": reason,
                     **st,
+                    **measure_columns(img, m, measured.get(i), c),
                 }
             )
     table = pd.DataFrame(rows, columns=MASK_COLUMNS)
@@ -435,6 +463,33 @@ def segment_set(
     io.write_csv(rejected_csv, pd.DataFrame(rejects, columns=["path", "label", "reason", "detail"]))
     log.info("%s: %d masks (%s), %d rejects", set_name, len(table), method, len(rejects))
     return table
+
+
+def count_components(mask: np.ndarray, min_area_fraction: float) -> int:
+    """Connected components (8-neighbour) of ``mask`` covering at least ``min_area_fraction`` of it."""
+    from skimage import measure
+
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return 0
+    areas = np.bincount(measure.label(mask).ravel())[1:]
+    return int((areas >= min_area_fraction * mask.size).sum())
+
+
+def measure_columns(img, mask: np.ndarray, measured: tuple | None = None, cfg: dict | None = None) -> dict:
+    """masks.csv's ``ita``, ``ita_group`` and ``components`` of one image (NaN when ``img`` is None).
+
+    ``measured``: ``classical_measure``'s result, whose components and non-skin pixels are used; without
+    it (SAM) the mask's own components count, and the skin is all but the mask and the dark frame."""
+    if img is None:
+        return {**skintone.skin_columns(None, None), "components": float("nan")}
+    if measured is not None:
+        _, n, not_skin = measured
+    else:
+        frame = _dark_frame(img.mean(axis=2) / 255.0)
+        not_skin = mask | frame if frame.mean() < 0.5 else mask
+        n = count_components(mask, config.section("segment", cfg)["min_area_fraction"])
+    return {**skintone.skin_columns(img, not_skin | mask), "components": int(n)}
 
 
 # ---------------------------------------------------------------- report

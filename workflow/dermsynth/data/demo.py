@@ -119,15 +119,38 @@ def _outline(lesion: dict, rng: np.random.Generator, size: int):
     return x, y, rot, cx, cy, rho, radius, alpha
 
 
-def render(lesion: dict, rng: np.random.Generator, size: int, domain: str) -> np.ndarray:
-    """One hair-free view of ``lesion`` as float32 RGB in [0, 1]."""
+def skin_at(ita_deg: float, domain: str) -> tuple[np.ndarray, float]:
+    """(skin RGB 0-1, pigment factor) that ``render`` draws so that the skin *measures* ``ita_deg``.
+
+    The colour is ``skintone.skin_lab``'s, divided by the mean light the domain puts on the skin
+    (colour balance, vignette averaged over the square, the mean random gains), so that the measured
+    ITA lands near the requested one. The lesion darkens with the skin (factor <= 1): pigment stays
+    darker than the skin around it, as on dark skin it does.
+    """
+    from ..skintone import lab_to_srgb, skin_lab
+
+    dom = DOMAINS[domain]
+    target = lab_to_srgb(skin_lab(ita_deg))
+    light = np.asarray(dom["gain"]) * (1 - dom["vignette"] / 3) * 0.99 * 0.99  # E[r^2] = 1/6 on a square
+    skin = np.clip(target / light, 0, 1).astype(np.float32)
+    return skin, float(min(1.0, skin.mean() / np.mean(dom["skin"])))
+
+
+def render(
+    lesion: dict, rng: np.random.Generator, size: int, domain: str, skin_ita: float | None = None
+) -> np.ndarray:
+    """One hair-free view of ``lesion`` as float32 RGB in [0, 1]; ``skin_ita``: the skin's ITA in
+    degrees (see ``skin_at``), None for the domain's own skin colour."""
     dom = DOMAINS[domain]
     x, y, rot, cx, cy, rho, radius, alpha = _outline(lesion, rng, size)
     s = float(size)
+    skin, pigment = (
+        (np.asarray(dom["skin"], np.float32), 1.0) if skin_ita is None else skin_at(skin_ita, domain)
+    )
 
     # skin: smooth mottling and fine grain
     img = np.empty((size, size, 3), np.float32)
-    img[:] = np.asarray(dom["skin"], np.float32) * rng.uniform(0.94, 1.04, 3).astype(np.float32)
+    img[:] = skin * rng.uniform(0.94, 1.04, 3).astype(np.float32)
     img *= (1 + 0.05 * _lowfreq(rng, size, 5))[..., None]
 
     colour = np.empty_like(img)
@@ -148,6 +171,8 @@ def render(lesion: dict, rng: np.random.Generator, size: int, domain: str) -> np
             field = 0.6 - d + 0.25 * _lowfreq(prng, size, 6)
             m = np.clip(field / 0.15, 0, 1) * rng.uniform(0.6, 0.85)
             colour += (col - colour) * m[..., None]
+    if skin_ita is not None:
+        colour *= pigment
 
     img += (colour - img) * alpha[..., None]
 
@@ -237,12 +262,14 @@ def make_image(
     domain: str,
     classes: list[str],
     hair: bool,
+    skin_ita: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(image uint8, hair-free truth uint8 or None) for one view of one lesion; pure function of the args."""
+    """(image uint8, hair-free truth uint8 or None) for one view of one lesion; pure function of the args.
+    ``skin_ita``: render the skin at this ITA (degrees) instead of the domain's colour."""
     c = classes.index(label)
     lesion = lesion_params(_rng(seed, dataset, c, lesion_index), label)
     rng = _rng(seed, dataset, c, lesion_index, view + 1)
-    clean = render(lesion, rng, size, domain)
+    clean = render(lesion, rng, size, domain, skin_ita)
     if not hair:
         return _to8(clean), None
     hairy, _ = draw_hairs(clean, rng)
