@@ -77,6 +77,7 @@ SHRINK = {
     "classify.epochs": 2,
     "classify.batch_size": 8,
     "evaluate.bootstrap": 200,
+    "evaluate.min_group_size": 5,  # 24 HAM10000 test images: groups of 5 show numbers, smaller ones not
     "quality.min_images": 7,  # nearest_k + 2, the least the k-NN metrics need; real halves are ~7
     "quality.kid_subsets": 10,
     "quality.max_pairs": 100,
