@@ -11,7 +11,8 @@ Each lesion is drawn from its own random stream, so ``images_per_lesion > 1`` gi
 the same lesion (rotation, shift, illumination, noise) and lesion-grouped splits have work to do.
 Two ``domain`` values stand in for ISIC and HAM10000 (skin tone, colour balance, vignetting, and a
 dark circular dermoscope border in the ISIC one). Hairs are drawn on top of a copy; the hair-free
-image is kept as ground truth so hair removal can be scored.
+image is kept as ground truth so hair removal can be scored. Each lesion also gets clinical metadata
+(a HAM10000 dx of its class, sex, age, site) from a stream of its own, for the subgroup results.
 """
 
 from __future__ import annotations

@@ -16,6 +16,10 @@ written as PNG without metadata, its longest side capped at ``max_side`` (Lanczo
 is not used becomes a row of rejected.csv, including those left out by ``per_class`` (reason
 ``not_selected``) and, for the table layouts, files in the tables' image folders that no row names
 (``not_listed``; ``not_in_metadata`` for isic-cli downloads).
+
+Clinical metadata (:data:`CLINICAL_COLUMNS`: dx, sex, age, localization) is carried into the manifest
+where a table has it (HAM10000's columns, isic-cli's diagnosis / age_approx / anatom_site_general),
+'' elsewhere: the classifiers' results are reported by these subgroups.
 """
 
 from __future__ import annotations

@@ -187,7 +187,8 @@ def attribute_markdown(groups: pd.DataFrame, gaps: pd.DataFrame, testset: str, a
         row = [group, f"{int(first['n'])} ({int(first['n_pos'])})"]
         row += [_cell(idx.loc[(group, m, r)]) if (group, m, r) in idx.index else "—" for m, r in cols]
         rows.append(row)
-    out = f"### {ATTRIBUTE_NAMES.get(attr, attr).capitalize()}, {nice(testset, TESTSET_NAMES)}\n\n"
+    name = ATTRIBUTE_NAMES.get(attr, attr)
+    out = f"### {name[:1].upper() + name[1:]}, {nice(testset, TESTSET_NAMES)}\n\n"
     out += md_table(headers, rows)
     gp = gaps[(gaps["testset"] == testset) & (gaps["attribute"] == attr)]
     if len(gp):
@@ -215,7 +216,8 @@ def _group_order(name: str):
         return (0, GROUP_NAMES.index(name), "")
     digits = "".join(c for c in name.split("-")[0] if c.isdigit() or c == ".")
     if digits:
-        return (1, float(digits) + (0.5 if name.startswith(">") else 0), name)
+        shift = {"<": -0.5, ">": 0.5}.get(name[:1], 0.0)
+        return (1, float(digits) + shift, name)
     return (2, 0, name)
 
 
