@@ -114,21 +114,23 @@ def gap_table(
         attrs = dict.fromkeys(a for d in runs for a in (d.get("equalized_odds") or {}))
         for attr in attrs:
             keep = list((runs[0].get("equalized_odds") or {}).get(attr, {}).get("groups") or [])
+            # every run of this model and test set on the same images, so regimes pair up by resample
+            runs = sorted(runs, key=lambda d: (str(d.get("regime")), d.get("seed", 0)))
+            al = _aligned(runs, attr)
+            if al is None or not len(al[0]):
+                continue
+            y, preds, groups = al
+            idx = metrics.resample_indices(len(y), n_boot, seed)
+            whole = np.arange(len(y))[None, :]
             boot, value, n_seeds = {}, {}, {}
-            for regime in dict.fromkeys(d.get("regime") for d in runs):
-                rr = sorted((d for d in runs if d.get("regime") == regime), key=lambda d: d.get("seed", 0))
-                al = _aligned(rr, attr)
-                if al is None or not len(al[0]):
-                    continue
-                y, preds, groups = al
-                value[regime] = float(_seed_mean_eod(y, preds, groups, keep, np.arange(len(y))[None, :])[0])
-                idx = metrics.resample_indices(len(y), n_boot, seed)
-                boot[regime] = _seed_mean_eod(y, preds, groups, keep, idx)
-                n_seeds[regime] = len(rr)
+            for regime in order((d.get("regime") for d in runs), REGIME_NAMES):
+                cols = [k for k, d in enumerate(runs) if d.get("regime") == regime]
+                value[regime] = float(_seed_mean_eod(y, preds[:, cols], groups, keep, whole)[0])
+                boot[regime] = _seed_mean_eod(y, preds[:, cols], groups, keep, idx)
+                n_seeds[regime] = len(cols)
                 lo, hi = metrics.percentile_ci(boot[regime], ci)
-                rows.append(_gap_row(model, testset, attr, regime, len(rr), keep, value[regime], lo, hi))
-            # paired: the same resamples when both regimes predicted the same images
-            if baseline in boot and treatment in boot and len(boot[baseline]) == len(boot[treatment]):
+                rows.append(_gap_row(model, testset, attr, regime, len(cols), keep, value[regime], lo, hi))
+            if baseline in boot and treatment in boot:
                 diff = value[treatment] - value[baseline]
                 lo, hi = metrics.percentile_ci(boot[treatment] - boot[baseline], ci)
                 n = min(n_seeds[baseline], n_seeds[treatment])
