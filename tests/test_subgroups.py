@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dermsynth import evaluation, io, skintone, splits, subgroups
+from dermsynth import evaluation, io, skin_groups, skintone, splits, subgroups
 from dermsynth.data import acquire, demo, folder
 from dermsynth.imaging import resize_dataset
 from dermsynth.report import subgroups as report_subgroups
@@ -279,7 +279,7 @@ def test_skin_tone_of_a_plain_patch_is_its_ita(tmp_path):
     yy, xx = np.mgrid[0:64, 0:64]
     img[(yy - 32) ** 2 + (xx - 32) ** 2 < 12**2] = (60, 40, 30)
     Image.fromarray(img).save(tmp_path / "a.png")
-    t = subgroups.skin_tone_table([tmp_path / "a.png"], side=64)
+    t = skin_groups.skin_tone_table([tmp_path / "a.png"], side=64)
     lab = skintone.srgb_to_lab(skin)
     want = skintone.ita_of_lab(lab[0], lab[2])
     assert t["ita"].iat[0] == pytest.approx(want, abs=0.5)

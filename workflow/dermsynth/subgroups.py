@@ -1,8 +1,8 @@
 """Classifier results by subgroup: skin tone (ITA), diagnosis, sex, age band and body site.
 
 Every test image gets one group per attribute (:data:`ATTRIBUTES`), from its manifest's clinical
-columns (``dx, sex, age, localization``, see ``data.folder.CLINICAL_COLUMNS``) and from the skin tone
-measured here: the ITA of the skin around the classical lesion mask (:func:`skin_tone_table`).
+columns (``dx, sex, age, localization``, see ``data.folder.CLINICAL_COLUMNS``) and from its skin tone
+(``skin_groups.skin_tone_table``: the ITA of the skin around the classical lesion mask).
 Per group: sensitivity, specificity and accuracy with bootstrap CIs over the group's images. Per
 attribute: the equalized-odds difference (fairlearn's ``equalized_odds_difference``, between groups:
 the larger of the TPR range and the FPR range over the groups), with a bootstrap CI over the test
@@ -18,11 +18,9 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from . import io, metrics, segment, skintone
-from .imaging import image_threads
-from .progress import Bar
+from . import metrics
 
-#: attribute -> the manifest column it comes from ('' = measured here)
+#: attribute -> the manifest column it comes from ('' = the skin_tone rule's table)
 ATTRIBUTES = {"skin_tone": "", "dx": "dx", "sex": "sex", "age_band": "age", "site": "localization"}
 ATTRIBUTE_NAMES = {
     "skin_tone": "skin tone (ITA group)",
@@ -33,50 +31,9 @@ ATTRIBUTE_NAMES = {
 }
 #: values that name no group: the image is left out of that attribute's table
 UNKNOWN = {"", "nan", "none", "unknown", "na", "n/a"}
-SKIN_COLUMNS = ["path", "ita", "skin_tone", "fitzpatrick"]
 
 
 # ---------------------------------------------------------------- groups of each test image
-
-
-def skin_of(rgb: np.ndarray, side: int, segment_cfg: dict | None = None) -> float:
-    """ITA (degrees) of one image's skin: the pixels outside the classical lesion mask and outside a
-    dark dermoscope frame, at most ``side`` px on the long side (ITA is a mean colour: size barely
-    matters, the mask costs ~10 ms at 128 px)."""
-    h, w = rgb.shape[:2]
-    if max(h, w) > side:
-        from PIL import Image
-
-        k = side / max(h, w)
-        size = (max(1, round(w * k)), max(1, round(h * k)))
-        rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS))
-    lesion = segment.classical_mask(rgb, segment_cfg)
-    # the frame's near-black pixels are no skin, and would pull every ITA towards "dark"
-    frame = rgb.mean(axis=2) < segment.FRAME_DARK * 255
-    return skintone.ita(rgb, lesion | frame)
-
-
-def skin_tone_table(
-    paths, side: int = 128, segment_cfg: dict | None = None, threads: int = 1
-) -> pd.DataFrame:
-    """path, ita, skin_tone (ITA group), fitzpatrick (its proxy type) of every image."""
-    paths = [str(p) for p in paths]
-
-    def one(p: str) -> float:
-        return skin_of(np.asarray(io.load_rgb(p)), side, segment_cfg)
-
-    with image_threads(threads) as pmap:
-        itas = list(Bar(pmap(one, paths), total=len(paths), desc="skin tone"))
-    groups = [skintone.ita_group(v) for v in itas]
-    return pd.DataFrame(
-        {
-            "path": paths,
-            "ita": [round(v, 3) if math.isfinite(v) else float("nan") for v in itas],
-            "skin_tone": groups,
-            "fitzpatrick": [skintone.FITZPATRICK.get(g, "") for g in groups],
-        },
-        columns=SKIN_COLUMNS,
-    )
 
 
 def age_band(age, edges) -> str:

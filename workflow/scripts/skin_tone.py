@@ -6,7 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # dermsynth importable in any env (conda too)
 
 from dermsynth import io, logs
-from dermsynth.subgroups import skin_tone_table
+from dermsynth.skin_groups import skin_tone_table
 
 logs.setup(snakemake.log[0], snakemake.config)
 with logs.stage("skin_tone"):
