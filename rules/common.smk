@@ -390,6 +390,7 @@ REPORT_SECTIONS = [
     f"results/report/sections/quality_{RUN}.md",  # quality_section
     "results/report/sections/segment.md",  # segment_section
     "results/report/sections/transformations.md",  # transformations_section
+    "results/report/sections/subgroups.md",  # subgroups_section
 ]
 SWEEP = sweep_points(config["hybrid"])
 

@@ -4,6 +4,7 @@ rule evaluate:
         model="results/classifiers/{model}/{regime}/{seed}/model",
         val_predictions="results/classifiers/{model}/{regime}/{seed}/val_predictions.csv",
         test="results/splits/{testset}/test.csv",
+        skin_tone="results/eval/skin_tone/{testset}.csv",
     output:
         metrics="results/eval/{model}/{regime}/{seed}/{testset}.json",
         predictions="results/eval/{model}/{regime}/{seed}/{testset}_predictions.csv",
@@ -19,6 +20,55 @@ rule evaluate:
         code=code_of("evaluate.py"),
     script:
         "../workflow/scripts/evaluate.py"
+
+
+rule skin_tone:
+    """The skin tone (ITA group around the classical lesion mask) of each image of one test set."""
+    input:
+        test="results/splits/{testset}/test.csv",
+    output:
+        table="results/eval/skin_tone/{testset}.csv",
+    log:
+        "results/logs/skin_tone/{testset}.log",
+    conda:
+        "../envs/data.yaml"
+    threads: 1
+    params:
+        side=config["evaluate"]["skin_tone_side"],
+        segment=config["segment"],
+        code=code_of("skin_tone.py"),
+    script:
+        "../workflow/scripts/skin_tone.py"
+
+
+rule subgroups_section:
+    """Report fragment: sensitivity and specificity per subgroup, and the equalized-odds gap."""
+    input:
+        evals=eval_jsons(),
+    output:
+        section="results/report/sections/subgroups.md",
+        groups=report(
+            "results/report/subgroups.csv",
+            caption="../workflow/report/subgroups.rst",
+            category="Classifiers",
+            labels=classifier_labels("results by subgroup"),
+        ),
+        gaps=report(
+            "results/report/subgroup_gaps.csv",
+            caption="../workflow/report/subgroup_gaps.rst",
+            category="Classifiers",
+            labels=classifier_labels("equalized-odds gap by subgroup"),
+        ),
+    log:
+        "results/logs/report/subgroups.log",
+    conda:
+        "../envs/report.yaml"
+    threads: 1
+    params:
+        cfg=config["evaluate"],
+        code=code_of("subgroups_section.py"),
+    script:
+        "../workflow/scripts/subgroups_section.py"
 
 
 rule realism:

@@ -79,6 +79,7 @@ SHRINK = {
     "classify.batch_size": 8,
     "evaluate.bootstrap": 200,
     "hybrid.sweep": [0, 0.5, 0.75],  # one extra regime of the paper's three: the code path, not the curve
+    "evaluate.min_group_size": 5,  # 24 HAM10000 test images: groups of 5 show numbers, smaller ones not
     "quality.min_images": 7,  # nearest_k + 2, the least the k-NN metrics need; real halves are ~7
     "quality.kid_subsets": 10,
     "quality.max_pairs": 100,

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from . import io, metrics
+from . import io, metrics, subgroups
 from .classify import VAL_PREDICTIONS, label_indices, model_dir_of, predict
 from .errors import DataSourceError
 
@@ -49,6 +49,8 @@ def evaluate(
     group_by: str | None = None,
     specificity_targets: Sequence[float] = (),
     calibration_bins: int = 10,
+    strata: pd.DataFrame | None = None,
+    min_group_size: int = 30,
 ) -> dict:
     """Predict the test set, write per-image predictions and a metrics JSON with bootstrap CIs.
 
@@ -58,6 +60,11 @@ def evaluate(
 
     ``group_by`` names a manifest column (e.g. ``sampler``): the JSON then also holds the accuracy of
     each group with its own bootstrap CI (key ``groups``), and the predictions CSV keeps that column.
+
+    ``strata`` (``subgroups.strata``: one column per attribute, a row per test image) adds, per
+    attribute, each group's sensitivity, specificity and accuracy (key ``groups_by``; groups under
+    ``min_group_size`` images only as ``too_few`` with their size) and the equalized-odds difference
+    between the groups (key ``equalized_odds``); the predictions CSV keeps those columns.
     """
     y = label_indices(test_df, classes, "test")
     score = predict(
@@ -92,6 +99,11 @@ def evaluate(
                 "accuracy": {"value": acc(gy, gs), "lo": lo, "hi": hi},
                 "n_per_class": {cl: int((gy == i).sum()) for i, cl in enumerate(classes)},
             }
+    if strata is not None:
+        if len(strata) != len(pred_df):
+            raise ValueError(f"strata has {len(strata)} rows, the test set {len(pred_df)}")
+        for col in strata.columns:
+            pred_df[col] = strata[col].to_numpy()
     io.write_csv(predictions_csv, pred_df)
     notes = []
     present = sorted(set(y.tolist()))
@@ -119,6 +131,11 @@ def evaluate(
     if groups is not None:
         result["group_by"] = group_by
         result["groups"] = groups
+    if strata is not None:
+        result["min_group_size"] = int(min_group_size)
+        result["groups_by"], result["equalized_odds"] = subgroups.stratified(
+            y, score, strata, int(min_group_size), threshold, n_boot, ci, seed
+        )
     val = _val_predictions(model_dir)
     result["operating_points"] = operating_points(
         y, score, val, specificity_targets, n_boot=n_boot, ci=ci, seed=seed

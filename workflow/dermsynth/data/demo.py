@@ -11,7 +11,8 @@ Each lesion is drawn from its own random stream, so ``images_per_lesion > 1`` gi
 the same lesion (rotation, shift, illumination, noise) and lesion-grouped splits have work to do.
 Two ``domain`` values stand in for ISIC and HAM10000 (skin tone, colour balance, vignetting, and a
 dark circular dermoscope border in the ISIC one). Hairs are drawn on top of a copy; the hair-free
-image is kept as ground truth so hair removal can be scored.
+image is kept as ground truth so hair removal can be scored. Each lesion also gets clinical metadata
+(a HAM10000 dx of its class, sex, age, site) from a stream of its own, for the subgroup results.
 """
 
 from __future__ import annotations
@@ -47,6 +48,18 @@ _MALIGNANT_COLOURS = np.array(
     ],
     dtype=np.float32,
 )
+
+
+#: HAM10000's diagnoses of each demo class, with draw weights flatter than HAM10000's (67 % nv) so
+#: that the demo's subgroup tables have several diagnoses; a class not listed is its own dx
+DEMO_DX = {
+    "benign": {"nv": 0.55, "bkl": 0.25, "df": 0.1, "vasc": 0.1},
+    "malignant": {"mel": 0.5, "bcc": 0.3, "akiec": 0.2},
+}
+DEMO_SITES = ("back", "lower extremity", "trunk", "upper extremity", "face", "abdomen")
+DEMO_SEXES = ("male", "female")
+#: the random stream of a lesion's metadata: a key no image stream uses, so images stay as they were
+_META_KEY = 0x6D657461
 
 
 def _rng(seed: int, dataset: str, *keys: int) -> np.random.Generator:
@@ -276,6 +289,20 @@ def make_image(
     return _to8(hairy), _to8(clean)
 
 
+def clinical_metadata(seed: int, dataset: str, label: str, lesion_index: int, classes: list[str]) -> dict:
+    """dx (a HAM10000 diagnosis of ``label``'s class), sex, age (years, a multiple of 5 as in
+    HAM10000) and localization of one lesion, drawn from its own stream: every view shares them."""
+    rng = _rng(seed, dataset, classes.index(label), lesion_index, _META_KEY)
+    dx = DEMO_DX.get(label, {label: 1.0})
+    age = int(np.clip(5 * round(rng.normal(52, 17) / 5), 5, 85))
+    return {
+        "dx": str(rng.choice(list(dx), p=list(dx.values()))),
+        "sex": str(rng.choice(DEMO_SEXES)),
+        "age": age,
+        "localization": str(rng.choice(DEMO_SITES)),
+    }
+
+
 def _to8(img: np.ndarray) -> np.ndarray:
     return np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
 
@@ -331,6 +358,7 @@ def generate(
                 "license": DEMO_LICENSE,
                 "truth_path": truth_path,
                 "has_hair": bool(hair),
+                **clinical_metadata(seed, dataset, label, lesion, classes),
             }
         )
     return pd.DataFrame(rows), pd.DataFrame(columns=["path", "reason", "detail"])

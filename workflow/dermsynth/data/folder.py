@@ -16,6 +16,10 @@ written as PNG without metadata, its longest side capped at ``max_side`` (Lanczo
 is not used becomes a row of rejected.csv, including those left out by ``per_class`` (reason
 ``not_selected``) and, for the table layouts, files in the tables' image folders that no row names
 (``not_listed``; ``not_in_metadata`` for isic-cli downloads).
+
+Clinical metadata (:data:`CLINICAL_COLUMNS`: dx, sex, age, localization) is carried into the manifest
+where a table has it (HAM10000's columns, isic-cli's diagnosis / age_approx / anatom_site_general),
+'' elsewhere: the classifiers' results are reported by these subgroups.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class Candidate:
     note: str = ""
     meta_label: str = ""  # label in the source's metadata, cross-checked when raw_label came from elsewhere
     license: str = ""  # as the source's metadata gives it; '' when it says nothing
+    clinical: dict | None = None  # CLINICAL_COLUMNS as the source's metadata gives them
 
 
 #: HAM10000's licence (Tschandl et al., Sci. Data 2018; the ISIC collection says the same).
@@ -64,6 +69,44 @@ HAM10000_LICENSE = "CC-BY-NC-4.0"
 def licence_of(row: dict) -> str:
     """A metadata row's licence: isic-cli's ``copyright_license`` or a ``license`` column."""
     return str(row.get("copyright_license") or row.get("license") or "")
+
+
+#: Per-image clinical metadata carried to the split manifests for subgroup results ('' = unknown).
+CLINICAL_COLUMNS = ["dx", "sex", "age", "localization"]
+#: where each comes from: HAM10000's columns first, then isic-cli's (and older ISIC exports')
+CLINICAL_SOURCES = {
+    "dx": ("dx", "diagnosis", "diagnosis_3", "diagnosis_2"),
+    "sex": ("sex",),
+    "age": ("age", "age_approx"),
+    "localization": ("localization", "anatom_site_general", "anatom_site_general_challenge"),
+}
+#: ISIC diagnosis names -> HAM10000's dx codes (a name not listed is kept, lower-cased)
+ISIC_DX = {
+    "melanoma": "mel",
+    "nevus": "nv",
+    "basal cell carcinoma": "bcc",
+    "actinic keratosis": "akiec",
+    "bowen's disease": "akiec",
+    "pigmented benign keratosis": "bkl",
+    "seborrheic keratosis": "bkl",
+    "solar lentigo": "bkl",
+    "lichenoid keratosis": "bkl",
+    "dermatofibroma": "df",
+    "vascular lesion": "vasc",
+}
+
+
+def clinical_of(row: dict) -> dict:
+    """The CLINICAL_COLUMNS of a metadata row, from whichever column the layout names them in."""
+    out = {}
+    for col, keys in CLINICAL_SOURCES.items():
+        value = next((str(row[k]).strip() for k in keys if str(row.get(k) or "").strip()), "")
+        if col == "dx" and value:
+            low = value.lower()
+            # isic-cli's diagnosis_3 adds a qualifier ("Melanoma Invasive"): match the leading name
+            value = next((code for name, code in ISIC_DX.items() if low.startswith(name)), low)
+        out[col] = value
+    return out
 
 
 def reject(path, reason: str, detail: str = "") -> dict:
@@ -180,6 +223,7 @@ def read_table(path: Path, filter_dataset=None) -> tuple[list[Candidate], list[d
                     r.get("lesion_id", ""),
                     r.get("patient_id", ""),
                     license=licence_of(r),
+                    clinical=clinical_of(r),
                 )
             )
         # rows of other datasets still name their files: only a file that no row names is unlisted
@@ -254,6 +298,7 @@ def ham_candidates(df: pd.DataFrame, root: Path) -> tuple[list[Candidate], list[
                 r.get("lesion_id", ""),
                 r.get("patient_id", ""),
                 license=licence_of(r) or HAM10000_LICENSE,
+                clinical=clinical_of(r),
             )
         )
     listed = set(df["image_id"]) if len(df) else set()
@@ -306,6 +351,7 @@ def isic_candidates(
                 note,
                 meta,
                 licence_of(r),
+                clinical_of(r),
             )
         )
     listed = set(df["isic_id"]) if len(df) else set()
@@ -501,6 +547,7 @@ def ingest(
                     "height": res["height"],
                     "note": "; ".join(n for n in (res["note"], c.note) if n),
                     "license": c.license,
+                    **{k: (c.clinical or {}).get(k, "") for k in CLINICAL_COLUMNS},
                 }
             )
     return pd.DataFrame(rows), pd.DataFrame(rejected, columns=["path", "reason", "detail"])

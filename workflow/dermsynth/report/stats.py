@@ -84,12 +84,26 @@ def _resolve(path: str | None, base: Path) -> Path | None:
     return None
 
 
-def load_evals(eval_jsons: list[str]) -> pd.DataFrame:
-    """One row per eval JSON: model, regime, seed, testset, n, metric values/CIs (raw units), paths."""
-    rows = []
+def read_evals(eval_jsons) -> list[dict]:
+    """Every eval JSON, read once, with two keys added: ``_json`` (its path) and ``_predictions`` (its
+    predictions CSV, resolved; None when missing). Already read ones (dicts) pass through, so each
+    reader below takes either paths or these."""
+    docs = []
     for p in eval_jsons:
+        if isinstance(p, dict):
+            docs.append(p)
+            continue
         p = Path(p)
         d = json.loads(p.read_text())
+        docs.append({**d, "_json": str(p), "_predictions": _resolve(d.get("predictions"), p.parent)})
+    return docs
+
+
+def load_evals(eval_jsons: list) -> pd.DataFrame:
+    """One row per eval JSON (paths, or ``read_evals``' dicts): model, regime, seed, testset, n, metric
+    values/CIs (raw units), paths."""
+    rows = []
+    for d in read_evals(eval_jsons):
         row = {
             "model": str(d.get("model", "?")),
             "regime": str(d.get("regime", "?")),
@@ -98,8 +112,8 @@ def load_evals(eval_jsons: list[str]) -> pd.DataFrame:
             "n": int(d.get("n", 0)),
             "n_per_class": d.get("n_per_class", {}),
             "confusion": d.get("confusion"),
-            "json": str(p),
-            "predictions_path": _resolve(d.get("predictions"), p.parent),
+            "json": d["_json"],
+            "predictions_path": d["_predictions"],
         }
         for m in TABLE_METRICS:
             v = (d.get("metrics") or {}).get(m) or {}
@@ -549,12 +563,12 @@ def composition_warnings(comp: pd.DataFrame, tol: float) -> list[str]:
     return out
 
 
-def clinical_table(eval_jsons: list[str]) -> pd.DataFrame:
+def clinical_table(eval_jsons: list) -> pd.DataFrame:
     """Per model x regime x test set (mean over seeds): sensitivity and specificity at each clinical
-    operating point (threshold from the validation split), ECE and Brier score."""
+    operating point (threshold from the validation split), ECE and Brier score. ``eval_jsons``: paths
+    or ``read_evals``' dicts."""
     rows = []
-    for p in eval_jsons:
-        d = json.loads(Path(p).read_text())
+    for d in read_evals(eval_jsons):
         row = {k: d.get(k) for k in ("model", "regime", "seed", "testset")}
         cal = d.get("calibration") or {}
         row["ece"], row["brier"] = num(cal.get("ece")), num(cal.get("brier"))
@@ -571,12 +585,11 @@ def clinical_table(eval_jsons: list[str]) -> pd.DataFrame:
     return out.assign(n_seeds=df.groupby(["model", "regime", "testset"], sort=False).size().to_numpy())
 
 
-def pooled_reliability(eval_jsons: list[str]) -> pd.DataFrame:
-    """The reliability bins of every eval JSON pooled over seeds: model, regime, testset, bin, n,
-    mean_p, frac_pos (count-weighted)."""
+def pooled_reliability(eval_jsons: list) -> pd.DataFrame:
+    """The reliability bins of every eval JSON (paths or ``read_evals``' dicts) pooled over seeds:
+    model, regime, testset, bin, n, mean_p, frac_pos (count-weighted)."""
     rows = []
-    for p in eval_jsons:
-        d = json.loads(Path(p).read_text())
+    for d in read_evals(eval_jsons):
         for b in (d.get("calibration") or {}).get("bins") or []:
             rows.append({k: d.get(k) for k in ("model", "regime", "testset")} | b)
     df = pd.DataFrame(rows)

@@ -43,6 +43,7 @@ from .stats import (
     load_realism,
     paired,
     pooled_reliability,
+    read_evals,
     sweep_table,
     table4,
     val_accuracy_table,
@@ -99,7 +100,8 @@ def build(
     n_boot = ev["bootstrap"] if n_boot is None else n_boot
     ci = ev["ci"] if ci is None else ci
     classes = classes or (cfg["classes"] if cfg else load_schema(SCHEMA)["properties"]["classes"]["default"])
-    evals = load_evals(eval_jsons)
+    docs = read_evals(eval_jsons)  # each JSON read once, for every table below
+    evals = load_evals(docs)
     written: dict[str, Path] = {}
 
     t4 = table4(evals, paper_table, n_boot=n_boot, ci=ci, seed=seed)
@@ -116,9 +118,9 @@ def build(
     written["confusion_png"] = figures.fig_confusion(evals, classes, out_dir / "confusion.png")
     written["roc_png"] = figures.fig_roc(evals, out_dir / "roc.png")
     written["reliability_png"] = figures.fig_reliability(
-        pooled_reliability(eval_jsons), out_dir / "reliability.png"
+        pooled_reliability(docs), out_dir / "reliability.png"
     )
-    ct = clinical_table(eval_jsons)
+    ct = clinical_table(docs)
 
     comp = hybrid_composition(extras["hybrid_sets"], cfg, classes) if extras.get("hybrid_sets") else None
     sections = [section_run(evals, classes)]
