@@ -1,8 +1,9 @@
 """The skin-tone group of every image of a test set, measured once per test set (rule skin_tone).
 
-ITA (``skintone.ita``) of the skin around the lesion: the pixels outside the classical lesion mask
-(``segment.classical_mask``) and outside a dark dermoscope frame. Kept apart from ``subgroups`` so that
-the evaluate rule, which only reads this table, does not rerun when the segmenter changes.
+ITA (``skintone.ita``) of the skin around the lesion: the pixels outside every lesion component and
+the dark dermoscope frame that ``segment.classical_measure`` finds, as the segment stage measures it.
+Kept apart from ``subgroups`` so that the evaluate rule, which only reads this table, does not rerun
+when the segmenter changes.
 """
 
 from __future__ import annotations
@@ -21,18 +22,17 @@ SKIN_COLUMNS = ["path", "ita", "skin_tone", "fitzpatrick"]
 
 
 def skin_of(rgb: np.ndarray, side: int, segment_cfg: dict | None = None) -> float:
-    """ITA (degrees) of one image's skin: the pixels outside the classical lesion mask and outside a
-    dark dermoscope frame, at most ``side`` px on the long side (ITA is a mean colour: size barely
-    matters, the mask costs ~10 ms at 128 px)."""
+    """ITA (degrees) of one image's skin (see the module docstring), at most ``side`` px on the long
+    side (ITA is a mean colour: size barely matters, the mask costs ~10 ms at 128 px)."""
     h, w = rgb.shape[:2]
     if max(h, w) > side:
         k = side / max(h, w)
         size = (max(1, round(w * k)), max(1, round(h * k)))
         rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS))
-    lesion = segment.classical_mask(rgb, segment_cfg)
-    # the frame's near-black pixels are no skin, and would pull every ITA towards "dark"
-    frame = rgb.mean(axis=2) < segment.FRAME_DARK * 255
-    return skintone.ita(rgb, lesion | frame)
+    # the segment stage's own measure (masks.csv's ita): every lesion component and the dermoscope's
+    # dark frame are no skin, and would pull the ITA towards "dark"
+    lesion, _, not_skin = segment.classical_measure(rgb, segment_cfg)
+    return skintone.ita(rgb, lesion | not_skin)
 
 
 def skin_tone_table(
