@@ -30,6 +30,12 @@ def split_table(manifest: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["label", "sampler", "group", "option", "n"])
 
 
+def _span(values: pd.Series) -> str:
+    """``7`` for one value, ``5-9`` for several (per-image CFG of a PNG grid)."""
+    lo, hi = float(values.min()), float(values.max())
+    return f"{lo:g}" if lo == hi else f"{lo:g}-{hi:g}"
+
+
 def _parse_modifiers(text: str) -> dict:
     return dict(part.split("=", 1) for part in text.split(";") if "=" in part)
 
@@ -55,7 +61,7 @@ def section_generate(
         steps = made.groupby("sampler")["steps"].agg(["min", "max"])
         steps_txt = ", ".join(f"{s} {a}" if a == b else f"{s} {a}-{b}" for s, (a, b) in steps.iterrows())
         lines += [
-            f"{len(df)} images ({first['resolution']} px, CFG {float(first['guidance_scale']):g}, "
+            f"{len(df)} images ({first['resolution']} px, CFG {_span(made['guidance_scale'])}, "
             f"steps per sampler: {steps_txt}) from `{first['base_model']}`"
             + (f" with LoRA `{_text(first['lora_sha256'])[:12]}`" if _text(first["lora_sha256"]) else "")
             + f", in {made.groupby(['label', 'sampler'])['shard'].nunique().sum()} shard(s). "
