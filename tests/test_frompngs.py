@@ -1,8 +1,14 @@
 """generate.from_pngs: a prompt grid read from web-UI PNGs (their ``parameters`` text), and generating it."""
 
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import _diffusion_fixtures as fx
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
@@ -12,6 +18,7 @@ from dermsynth.diffusion.pipeline import SAMPLERS, set_sampler
 from dermsynth.errors import ConfigError
 
 CLASSES = ["benign", "malignant"]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _png(path, text=None):
@@ -246,3 +253,47 @@ def test_generation_carries_the_pngs_values(grid_dir, tiny_sd, pipe, tmp_path, m
     set_sampler(pipe, "euler")
     alone = real(pipe, [777], 2, "a benign mole", "", 7.5, 64)[0].astype(np.float64)
     assert np.abs(alone - np.asarray(Image.open(benign["path"].iloc[2]), np.float64)).mean() <= 1.0
+
+
+def test_report_texts_name_the_pngs_not_the_config_grid():
+    import pandas as pd
+
+    from dermsynth.datasheet import _grid_settings
+    from dermsynth.report.methods import _grid_text
+
+    gen = {"from_pngs": "released/", "samplers": {"heun": {"steps": 9}}, "guidance_scale": 3.0}
+    assert "web-UI PNGs in `released/`" in _grid_text(gen) and "heun" not in _grid_text(gen)
+    assert _grid_text({**gen, "from_pngs": None}) == "samplers heun 9 steps, guidance scale 3.0"
+    images = pd.DataFrame(
+        {"sampler": ["plms", "euler", "plms"], "steps": [5, 3, 7], "guidance_scale": [6.0, 7.5, 6.0]}
+    )
+    rows, samplers, cfg_text, _ = _grid_settings(images, gen)
+    assert rows == [["plms", "5-7"], ["euler", "3"]] and samplers == "plms, euler"
+    assert cfg_text.startswith("6-7.5 (per image")
+
+
+def _dry_run(cfg: dict, tmp_path) -> subprocess.CompletedProcess:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    snakemake = Path(sys.executable).with_name("snakemake")
+    return subprocess.run(
+        [str(snakemake), "-n", "--quiet", "rules", "--configfile", str(path), "-d", str(tmp_path / "wd")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_dag_takes_its_blocks_from_the_pngs(grid_dir, tmp_path):
+    cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    # 8 images per class over the PNGs, shards of 2: benign euler 4 + 4 (2 + 2 shards), malignant plms 8 (4)
+    cfg["generate"] |= {"from_pngs": str(grid_dir), "images_per_class": 8, "shard_size": 2}
+    out = _dry_run(cfg, tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out.stdout.split("Job stats:")[1], re.M))
+    assert (counts["generate"], counts["generate_merge"], counts["quality"]) == ("8", "2", "2")
+    _png(grid_dir / "benign" / "a.png", "p\nSteps: 3, Sampler: DDIM, CFG scale: 5")
+    out = _dry_run(cfg, tmp_path)
+    lines = [ln for ln in out.stderr.splitlines() if "dermsynth config error" in ln]
+    assert out.returncode != 0 and len(lines) == 1 and "a.png: web-UI sampler 'DDIM'" in lines[0]
