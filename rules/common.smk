@@ -8,19 +8,27 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 from dermsynth.artifacts import REASONS as FILTER_REASONS  # noqa: E402
 from dermsynth.codehash import code_hash  # noqa: E402
 from dermsynth.config import TINY_PREFIX, sampler_counts, validate  # noqa: E402
+from dermsynth.diffusion.pngs import grid_from_config, grid_samplers  # noqa: E402
+from dermsynth.diffusion.plan import grid_size  # noqa: E402
 from dermsynth.errors import ConfigError  # noqa: E402
 from dermsynth import preflight  # noqa: E402
 from dermsynth.regimes import regime_fraction, regime_names, sweep_points  # noqa: E402
 
 try:
     validate(config, Path(workflow.basedir) / "config" / "schema.yaml")
+    # generate.from_pngs: (class, sampler) -> the PNG rows generating that block; None: the config's grid
+    PNG_GRID = grid_from_config(config)
 except ConfigError as e:
     # one line, before any job: the key and the allowed values
     raise SystemExit(f"dermsynth config error: {e}")
 
 CLASSES = config["classes"]
 DATASETS = list(config["datasets"])
-SAMPLERS = list(config["generate"]["samplers"])
+SAMPLERS = grid_samplers(PNG_GRID) if PNG_GRID else list(config["generate"]["samplers"])
+# the generated (class, sampler) blocks: every pair, or the pairs the PNG grid has images for
+BLOCKS = (
+    list(PNG_GRID) if PNG_GRID else [(label, s) for label in CLASSES for s in SAMPLERS]
+)
 MODELS = config["classify"]["models"]
 REGIMES = regime_names(config["hybrid"])  # hybrid.regimes + the ratio sweep
 SEEDS = config["classify"]["seeds"]
@@ -91,25 +99,52 @@ def cls_manifest(dataset):
     return f"results/data/{dataset}/cls{CLS_RES}/manifest.csv"
 
 
+def block_paths(pattern, **wildcards):
+    """``pattern`` for every generated (class, sampler) block, the other wildcards expanded as by
+    expand (outermost first), the blocks innermost."""
+    return [
+        path.replace("{label}", label).replace("{sampler}", sampler)
+        for path in expand(pattern, allow_missing=True, **wildcards)
+        for label, sampler in BLOCKS
+    ]
+
+
 def generation_manifests(wildcards=None):
     """One manifest per class x sampler, each merged from that block's shards (rules/generate.smk)."""
-    return expand(
-        "results/synthetic/{run}/{label}/{sampler}/manifest.csv",
-        run=RUN,
-        label=CLASSES,
-        sampler=SAMPLERS,
+    return block_paths(
+        "results/synthetic/{run}/{label}/{sampler}/manifest.csv", run=RUN
     )
+
+
+#: keys of the generate section the PNG grid replaces (and the folder's path: its rows are the param)
+FROM_PNGS_KEYS = ("from_pngs", "from_pngs_seeds", "from_pngs_samplers")
+PNG_REPLACED = FROM_PNGS_KEYS + (
+    "samplers",
+    "prompt",
+    "class_prompts",
+    "modifiers",
+    "negative_prompt",
+    "guidance_scale",
+)
 
 
 def generation_params(wildcards):
     """Only this sampler's settings (plus the shared ones): editing another sampler reruns nothing here."""
     # shard_size only shapes the job list (paths and generation_count), never an image
-    skip = ("samplers", "shard_size")
+    skip = ("shard_size",) + (
+        PNG_REPLACED if PNG_GRID else FROM_PNGS_KEYS + ("samplers",)
+    )
     g = {k: v for k, v in config["generate"].items() if k not in skip}
-    g["samplers"] = {
-        wildcards.sampler: config["generate"]["samplers"][wildcards.sampler]
-    }
+    if not PNG_GRID:
+        g["samplers"] = {
+            wildcards.sampler: config["generate"]["samplers"][wildcards.sampler]
+        }
     return g
+
+
+def generation_grid(wildcards):
+    """The PNG rows of this class x sampler block (generate.from_pngs), or None."""
+    return PNG_GRID[(wildcards.label, wildcards.sampler)] if PNG_GRID else None
 
 
 def generation_checks(wildcards):
@@ -123,12 +158,16 @@ def generation_checks(wildcards):
     }
 
 
-def generation_block_size(wildcards):
+def block_size(label, sampler):
     """Images of one class x sampler that pass the per-image checks: the class's count split exactly
-    across samplers."""
-    return sampler_counts(config["generate"]["images_per_class"], SAMPLERS)[
-        wildcards.sampler
-    ]
+    across samplers, or over its PNGs (generate.from_pngs)."""
+    if PNG_GRID:
+        return grid_size(PNG_GRID[(label, sampler)])
+    return sampler_counts(config["generate"]["images_per_class"], SAMPLERS)[sampler]
+
+
+def generation_block_size(wildcards):
+    return block_size(wildcards.label, wildcards.sampler)
 
 
 def generation_count(wildcards):
@@ -142,7 +181,7 @@ def generation_count(wildcards):
 def generation_shards(label, sampler):
     """Shard names ("000", "001", ...) of one class x sampler block."""
     size = config["generate"]["shard_size"]
-    n = sampler_counts(config["generate"]["images_per_class"], SAMPLERS)[sampler]
+    n = block_size(label, sampler)
     return [f"{k:03d}" for k in range(-(-n // size))]
 
 
@@ -307,11 +346,8 @@ def quality_feature_model():
 
 
 def quality_jsons(wildcards):
-    return expand(
-        "results/quality/{run}/{label}/{sampler}.json",
-        run=wildcards.run,
-        label=CLASSES,
-        sampler=SAMPLERS,
+    return block_paths(
+        "results/quality/{run}/{label}/{sampler}.json", run=wildcards.run
     )
 
 
@@ -349,12 +385,10 @@ def segment_tables():
         method=SEGMENT_METHODS,
         dataset=DATASETS,
     )
-    synthetic = expand(
+    synthetic = block_paths(
         "results/masks/{method}/{run}/{label}/{sampler}/masks.csv",
         method=SEGMENT_METHODS,
         run=RUN,
-        label=CLASSES,
-        sampler=SAMPLERS,
     )
     return real + synthetic
 

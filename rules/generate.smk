@@ -31,6 +31,7 @@ rule generate:
     params:
         pretrained=sd_model_ref,
         cfg=generation_params,
+        grid=generation_grid,
         shard=generation_count,
         checks=generation_checks,
         code=code_of("generate.py"),

@@ -163,7 +163,8 @@ def check_consistency(config: dict) -> None:
         if datasets[name]["split"]["test"] >= 1.0:
             raise ConfigError(f"config key 'datasets.{name}.split.test': 1.0 leaves no training images")
     n_samplers = len(config["generate"]["samplers"])
-    if config["generate"]["images_per_class"] < n_samplers:
+    # from web-UI PNGs the samplers are the PNGs' and blocks without images are left out
+    if config["generate"]["images_per_class"] < n_samplers and not config["generate"]["from_pngs"]:
         raise ConfigError(
             f"config key 'generate.images_per_class': {config['generate']['images_per_class']} is fewer "
             f"than the {n_samplers} samplers"

@@ -91,6 +91,22 @@ def _licences(finetune: pd.DataFrame) -> pd.DataFrame:
     return lic.groupby(["dataset", "license"]).size().reset_index(name="images")
 
 
+def _grid_settings(images: pd.DataFrame, gen: dict) -> tuple[list, str, str, str]:
+    """(sampler x steps rows, samplers, CFG, negative prompt) as configured or, with
+    generate.from_pngs, as the web-UI PNGs gave them to the images."""
+    if not gen.get("from_pngs"):
+        rows = [[name, str(spec["steps"])] for name, spec in gen["samplers"].items()]
+        negative = f"`{gen['negative_prompt']}`" if gen.get("negative_prompt") else "none"
+        return rows, ", ".join(gen["samplers"]), str(gen["guidance_scale"]), negative
+    steps = images.groupby("sampler", sort=False)["steps"].agg(["min", "max"])
+    rows = [[s, str(lo) if lo == hi else f"{lo}-{hi}"] for s, (lo, hi) in steps.iterrows()]
+    cfg = images["guidance_scale"].astype(float)
+    cfg_text = f"{cfg.min():g}" if cfg.min() == cfg.max() else f"{cfg.min():g}-{cfg.max():g}"
+    source = f" (per image, from the web-UI PNGs in `{gen['from_pngs']}`)"
+    negative = "per image, from the web-UI PNGs (`metadata.jsonl`)"
+    return rows, ", ".join(steps.index), cfg_text + source, negative
+
+
 def render(
     images: pd.DataFrame,
     nearest: pd.DataFrame,
@@ -105,7 +121,9 @@ def render(
     by_reason = images[images["verdict"] != KEPT]["verdict"].value_counts()
     loras = sorted(set(images["lora_sha256"].astype(str)))
     bases = sorted(set(images["base_model"].astype(str)))
-    sampler_rows = [[name, str(spec["steps"])] for name, spec in gen["samplers"].items()]
+    sampler_rows, samplers, cfg_text, negative = _grid_settings(images, gen)
+    replayed = gen.get("from_pngs") and gen.get("from_pngs_seeds")
+    seed_note = " The first image of each web-UI PNG replays that PNG's seed instead." if replayed else ""
     prompts = images.groupby("prompt").size().sort_values(ascending=False)
     memorized = int(nearest["memorized"].astype(str).str.lower().eq("true").sum()) if len(nearest) else 0
     sim = nearest["similarity"].astype(float) if len(nearest) else pd.Series(dtype=float)
@@ -117,7 +135,6 @@ def render(
         if len(sim)
         else "No image was audited."
     )
-    negative = f"`{gen['negative_prompt']}`" if gen.get("negative_prompt") else "none"
     reason_text = ", ".join(f"{r}: {n}" for r, n in by_reason.items()) or "none"
     return f"""# Datasheet: synthetic dermoscopy set `{run}`
 
@@ -134,7 +151,7 @@ Made by the dermsynth workflow (a reproduction of Derm-T2IM, Farooq et al., 2024
 ## Composition
 
 {len(images)} images on disk, {len(kept)} kept by the artifact filter, {len(images) - len(kept)}
-rejected ({reason_text}). Classes: {", ".join(cfg["classes"])}; samplers: {", ".join(gen["samplers"])}.
+rejected ({reason_text}). Classes: {", ".join(cfg["classes"])}; samplers: {samplers}.
 Rejected images stay in the folder; `metadata.jsonl`'s `verdict` says which (`kept` or the reason).
 
 Per class x sampler x prompt modifier (an image counts once per modifier group):
@@ -149,12 +166,12 @@ Per class x sampler x prompt modifier (an image counts once per modifier group):
 
 {md_table(["sampler", "steps"], sampler_rows)}
 
-- **Guidance scale (CFG):** {gen["guidance_scale"]}; **resolution:** {gen["resolution"]} px;
+- **Guidance scale (CFG):** {cfg_text}; **resolution:** {gen["resolution"]} px;
   **LoRA scale:** {gen["lora_scale"]}; **negative prompt:** {negative}.
 - **Seeds:** each image's seed is a stable hash (sha256) of (generate.seed = {gen["seed"]}, class,
   sampler, image index), below 2^48; an image that failed a per-image check was replaced, up to
   `generate.max_rounds` rounds, by one with the seed of (..., round). Its noise comes from its own CPU
-  generator, so an image does not depend on its batch.
+  generator, so an image does not depend on its batch.{seed_note}
 - **Prompts** ({len(prompts)} distinct; the most frequent):
 
 {md_table(["prompt", "images"], [[f"`{p}`", str(n)] for p, n in prompts.head(12).items()])}

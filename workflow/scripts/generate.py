@@ -24,4 +24,5 @@ with logs.stage("generate"):
         block_size=snakemake.params.shard["block_size"],
         shard=snakemake.wildcards.shard,
         checks=snakemake.params.checks,
+        grid=snakemake.params.grid,
     )

@@ -98,6 +98,8 @@ def parse(text: str) -> dict[str, str]:
         (negative if in_negative else prompt).append(line)
     out = {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative)}
     for key, value in _PAIR.findall(last):
+        if not value:
+            continue  # the web UI's reader fails on an empty value and skips that key
         if len(value) > 1 and value[0] == value[-1] == '"':
             try:
                 value = json.loads(value)

@@ -23,7 +23,7 @@ PARAGRAPH = (
     "LoRA learning rate {ft[lora_learning_rate]}, {ft[lr_scheduler]} schedule, "
     "optimizer {ft[optimizer]}, mixed precision {ft[mixed_precision]}{prompt}). "
     "{gen[images_per_class]} images per class passing the per-image artifact checks were generated "
-    "(samplers {samplers}, guidance scale {gen[guidance_scale]}, {gen[resolution]} px, "
+    "({grid}, {gen[resolution]} px, "
     "LoRA scale {gen[lora_scale]}). "
     "Generated images were dropped when unreadable, altered after generation (sha256), "
     "pixel-identical to another, or more than {flt[max_black_fraction]} black / "
@@ -78,7 +78,7 @@ def methods_paragraph(cfg: dict, composition: pd.DataFrame | None = None) -> str
         ),
         prompt=f', instance prompt "{ft["instance_prompt"]}"' if ft["instance_prompt"] else "",
         gen=gen,
-        samplers=", ".join(f"{k} {_steps_text(v['steps'])} steps" for k, v in gen["samplers"].items()),
+        grid=_grid_text(gen),
         flt=cfg["filter"],
         hybrid=_hybrid_sentence(cfg["hybrid"]["synthetic_fraction"], composition),
         models=", ".join(f"{nice(k, MODEL_NAMES)} ({cfg['models'][k]})" for k in cl["models"]),
@@ -88,6 +88,17 @@ def methods_paragraph(cfg: dict, composition: pd.DataFrame | None = None) -> str
         ci=int(round(100 * float(cfg["evaluate"]["ci"]))),
         ev=cfg["evaluate"],
     )
+
+
+def _grid_text(gen: dict) -> str:
+    """The configured samplers and CFG, or where the web-UI PNGs that replaced them lie."""
+    if gen.get("from_pngs"):
+        return (
+            "prompts, negative prompts, samplers, steps and guidance scales of the web-UI PNGs in "
+            f"`{gen['from_pngs']}`, images split equally over a class's PNGs"
+        )
+    samplers = ", ".join(f"{k} {_steps_text(v['steps'])} steps" for k, v in gen["samplers"].items())
+    return f"samplers {samplers}, guidance scale {gen['guidance_scale']}"
 
 
 def _steps_text(steps) -> str:
