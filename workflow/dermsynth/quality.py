@@ -597,14 +597,14 @@ def _modern_text(c: dict, extractors: dict) -> str:
     if "dinov2" in c["extra_features"]:
         parts.append(
             "`fd_dinov2` is the Fréchet distance (FID's formula) and "
-            "`precision/recall/density/coverage_dinov2` the k-NN metrics in "
-            f"{extractors.get('dinov2', 'DINOv2')} features, which follow human judgement of realism "
+            "`precision/recall/density/coverage_dinov2` the k-NN metrics in DINOv2 features "
+            f"({extractors.get('dinov2', 'models.dinov2')}), which follow human judgement of realism "
             "more closely than Inception's."
         )
     if "clip" in c["extra_features"]:
         parts.append(
-            f"`cmmd_clip` is CMMD: the squared MMD with a Gaussian RBF kernel (sigma "
-            f"{fidelity.CMMD_SIGMA:g}) between {extractors.get('clip', 'CLIP')} embeddings, times "
+            f"`cmmd_clip` is CMMD: the squared MMD, Gaussian RBF kernel (sigma {fidelity.CMMD_SIGMA:g}), "
+            f"between CLIP embeddings ({extractors.get('clip', 'models.clip')}) times "
             f"{fidelity.CMMD_SCALE:g}; no normality assumption, 0 for identical sets, lower = closer."
         )
     if t["activate"]:
