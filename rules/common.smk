@@ -57,7 +57,7 @@ wildcard_constraints:
     regime="|".join(REGIMES),
     seed=r"\d+",
     testset="|".join(TEST_SETS),
-    kind="sd|vit|mobilenet_v2|sam",
+    kind="sd|vit|mobilenet_v2|sam|dinov2|clip",
 
 
 def preflight_check():
@@ -332,17 +332,27 @@ def quality_real_train():
     )
 
 
+QUALITY_KINDS = preflight.quality_kinds(config["quality"])
+
+
 def quality_feature_model_dir():
     """The real-only classifier whose penultimate features the `domain` extractor uses."""
-    if config["quality"]["features"] != "domain":
+    if "domain" not in QUALITY_KINDS:
         return None
     name = config["quality"]["domain_model"] or MODELS[0]
     return f"results/classifiers/{name}/real/{SEEDS[0]}/model"
 
 
+def quality_embedding_models():
+    """models.dinov2 / models.clip of the extractors the quality jobs use (kind -> hub id or folder)."""
+    return {k: model_ref(k) for k in ("dinov2", "clip") if k in QUALITY_KINDS}
+
+
 def quality_feature_model():
+    """The domain classifier and any tiny DINOv2/CLIP built by the tiny_model rule: inputs."""
     path = quality_feature_model_dir()
-    return [path] if path else []
+    tiny = [r for r in quality_embedding_models().values() if r.startswith(TINY_PREFIX)]
+    return ([path] if path else []) + tiny
 
 
 def quality_jsons(wildcards):

@@ -1,5 +1,5 @@
 rule quality:
-    """One class x sampler: FID/KID, precision/recall, density/coverage, MS-SSIM diversity vs real."""
+    """One class x sampler vs real: FID/KID, PRDC, MS-SSIM diversity; DINOv2 FD/PRDC, CLIP CMMD, C2ST."""
     input:
         real=quality_real_train(),
         synthetic="results/synthetic/{run}/filtered.csv",
@@ -16,6 +16,7 @@ rule quality:
     params:
         cfg=config["quality"],
         model_dir=quality_feature_model_dir(),
+        feature_models=quality_embedding_models(),
         classes=CLASSES,
         code=code_of("quality.py"),
     script:
@@ -38,6 +39,7 @@ rule quality_reference:
     params:
         cfg=config["quality"],
         model_dir=quality_feature_model_dir(),
+        feature_models=quality_embedding_models(),
         classes=CLASSES,
         datasets=DATASETS,
         code=code_of("quality_reference.py"),

@@ -98,7 +98,7 @@ def test_the_paper_config_needs_every_hub_model_and_the_inception_weights():
     keys = {n.key for n in preflight.needs(cfg, tiny_prefix=TINY)}
     models = {f"models.{m}" for m in cfg["classify"]["models"]}
     outside = {"models.sd", "segment.sam_model", "quality.inception_weights", "quality.features"}
-    assert keys == outside | models
+    assert keys == outside | models | {"models.dinov2", "models.clip"}
 
 
 def test_the_demo_needs_nothing_from_outside():
@@ -116,8 +116,25 @@ def test_only_the_jobs_that_will_run_count():
     assert preflight.needs(cfg, classical, TINY) == []
     sam = preflight.needs(cfg, [*classical, ("segment_real", {"method": "sam", "dataset": "isic"})], TINY)
     assert [n.key for n in sam] == ["segment.sam_model"]
-    domain = config(quality__features="domain")
-    assert preflight.needs(domain, [("quality", {"run": "r", "label": "benign", "sampler": "euler"})]) == []
+    job = [("quality", {"run": "r", "label": "benign", "sampler": "euler"})]
+    domain = config(quality__features="domain", quality__extra_features=[], quality__c2st={"activate": False})
+    assert preflight.needs(domain, job) == []
+    # the metrics beside FID: DINOv2 for FD/PRDC and the C2ST, CLIP for CMMD, each only when used
+    dino = config(quality__features="domain", quality__extra_features=[])
+    assert [(n.key, n.ref, n.files) for n in preflight.needs(dino, job)] == [
+        ("models.dinov2", "facebook/dinov2-base", preflight.EMBEDDING_FILES)
+    ]
+    clip = config(
+        quality__features="domain", quality__extra_features=["clip"], quality__c2st={"features": "tiny"}
+    )
+    assert [n.key for n in preflight.needs(clip, job)] == ["models.clip"]
+    c2st_inception = config(
+        quality__features="tiny", quality__extra_features=[], quality__c2st={"features": "inception"}
+    )
+    assert {n.key for n in preflight.needs(c2st_inception, job)} == {
+        "quality.features",
+        "quality.inception_weights",
+    }
 
 
 def test_a_merged_checkpoint_needs_the_sd_configs_but_not_its_weights():
@@ -312,15 +329,28 @@ def test_check_gives_one_line_per_missing_need_and_skips_modules_on_request(tmp_
     ]
     lines = preflight.check(cfg, jobs, TINY, cache_dir=tmp_path / "hf")
     assert [line.split(" ", 1)[0] for line in lines] == [
+        "models.clip",
+        "models.dinov2",
         "models.vit",
         "quality.features",
         "quality.inception_weights",
     ]
-    assert "needed by quality, quality_reference" in lines[2] and "needed by train_classifier" in lines[0]
+    assert "needed by quality, quality_reference" in lines[4] and "needed by train_classifier" in lines[2]
+    assert "DINOv2 features; needed by quality, quality_reference" in lines[1]
+    lines = preflight.check(cfg, jobs, TINY, modules=False, cache_dir=tmp_path / "hf")
+    assert [line.split(" ", 1)[0] for line in lines] == [
+        "models.clip",
+        "models.dinov2",
+        "models.vit",
+        "quality.inception_weights",
+    ]
+    text = preflight.report(lines)
+    assert text.splitlines()[-1].startswith("dermsynth preflight: 4 missing")
+    # cached DINOv2 and CLIP are found
+    for ref in ("facebook/dinov2-base", "openai/clip-vit-large-patch14"):
+        fill_cache(tmp_path / "hf", ref, all_files(preflight.EMBEDDING_FILES))
     lines = preflight.check(cfg, jobs, TINY, modules=False, cache_dir=tmp_path / "hf")
     assert [line.split(" ", 1)[0] for line in lines] == ["models.vit", "quality.inception_weights"]
-    text = preflight.report(lines)
-    assert text.splitlines()[-1].startswith("dermsynth preflight: 2 missing")
 
 
 # ---------------------------------------------------------------- through Snakemake

@@ -43,6 +43,8 @@ MODELS = {
     "models.sd": "results/models/tiny-sd",
     "models.vit": "results/models/tiny-vit",
     "models.mobilenet_v2": "results/models/tiny-mobilenet_v2",
+    "models.dinov2": "results/models/tiny-dinov2",
+    "models.clip": "results/models/tiny-clip",
     "segment.sam_model": "results/models/tiny-sam",
     "quality.features": "tiny",  # inception needs the torch-fidelity weights download
     # the tiny SD is not the web UI's v1-5-pruned-emaonly: its PNGs must not claim to be
@@ -83,6 +85,7 @@ SHRINK = {
     "quality.min_images": 7,  # nearest_k + 2, the least the k-NN metrics need; real halves are ~7
     "quality.kid_subsets": 10,
     "quality.max_pairs": 100,
+    "quality.c2st.bootstrap": 200,
 }
 
 #: filter checks a tiny random-weight Stable Diffusion cannot pass: value and reason. The check runs

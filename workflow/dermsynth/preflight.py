@@ -50,6 +50,9 @@ SD_WEIGHTS = (
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 CLASSIFIER_FILES = (("config.json",), _WEIGHTS)
 SAM_FILES = (("config.json",), _WEIGHTS, ("preprocessor_config.json", "processor_config.json"))
+#: DINOv2 / CLIP of the quality stage; without a preprocessor config the published defaults apply
+EMBEDDING_FILES = (("config.json",), _WEIGHTS)
+EMBEDDINGS = {"dinov2": "DINOv2 features", "clip": "CLIP image features"}
 
 SD_RULES = ("finetune", "generate")
 CLASSIFIER_RULES = ("train_classifier",)
@@ -112,11 +115,26 @@ def needs(cfg: dict, jobs: Iterable[tuple[str, dict]] | None = None, tiny_prefix
         elif rule in SAM_RULES and wildcards.get("method", "sam") == "sam":
             if "sam" in cfg["segment"]["methods"]:
                 add("segment.sam_model", "SAM", cfg["segment"]["sam_model"], HUB_MODEL, SAM_FILES, rule)
-        elif rule in QUALITY_RULES and cfg["quality"]["features"] == "inception":
-            path = inception_file(cfg["quality"].get("inception_weights"))
-            add("quality.inception_weights", "FID InceptionV3 weights", path, WEIGHTS_FILE, (), rule)
-            add("quality.features", "torch-fidelity", "inception", MODULE, (), rule)
+        elif rule in QUALITY_RULES:
+            kinds = quality_kinds(cfg["quality"])
+            if "inception" in kinds:
+                path = inception_file(cfg["quality"].get("inception_weights"))
+                add("quality.inception_weights", "FID InceptionV3 weights", path, WEIGHTS_FILE, (), rule)
+                add("quality.features", "torch-fidelity", "inception", MODULE, (), rule)
+            for kind, what in EMBEDDINGS.items():
+                if kind in kinds:
+                    add(f"models.{kind}", what, cfg["models"][kind], HUB_MODEL, EMBEDDING_FILES, rule)
     return sorted(out.values(), key=lambda n: n.key)
+
+
+def quality_kinds(q: dict) -> list[str]:
+    """The feature extractors of one quality job, from the defaulted quality section: quality.features,
+    quality.extra_features and the C2ST's features."""
+    out = [q["features"], *q.get("extra_features", [])]
+    c2st = q.get("c2st", {})
+    if c2st.get("activate"):
+        out.append(c2st["features"])
+    return list(dict.fromkeys(out))
 
 
 def check(

@@ -9,6 +9,10 @@ Every metric works on features from one pluggable extractor (config ``quality.fe
 - ``domain``: the penultimate features (the classification head's input) of the project's own
   real-only classifier, the way medigan reports a RadImageNet-FID: distances a dermoscopy model sees.
 - ``tiny``: a fixed random conv net (seeded, no weights file), for the offline demo and the tests.
+- ``dinov2`` and ``clip`` (``quality.extra_features``, dermsynth.embeddings): DINOv2 and CLIP image
+  features through transformers, for the metrics beside FID (dermsynth.fidelity): Fréchet distance
+  and precision/recall/density/coverage in DINOv2 features, CMMD in CLIP features, and a classifier
+  two-sample test (C2ST) on the features ``quality.c2st.features`` names.
 
 On those features: FID and KID (torchmetrics, fed the features through an identity "network"), the
 k-NN manifold metrics precision / recall / density / coverage (Kynkäänniemi et al. 2019; Naeem et
@@ -28,7 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import config, hub, io, preflight
+from . import config, embeddings, fidelity, hub, io, preflight
 from .device import resolve_device
 from .errors import ConfigError, ModelNotFoundError, one_line
 from .progress import Bar
@@ -125,9 +129,18 @@ class Extractor:
 def load_extractor(
     kind: str, cfg: dict | None = None, model_dir=None, classes=None, device: str = "auto"
 ) -> Extractor:
-    """The ``kind`` extractor (``quality.features``); ``cfg``: the rest of the quality section."""
-    c = config.section("quality", {**(cfg or {}), "features": kind})
+    """The ``kind`` extractor; ``cfg``: the rest of the quality section.
+
+    ``model_dir``: for ``domain`` the trained classifier's folder; for ``dinov2`` and ``clip`` the
+    model (hub id or folder; None = the schema's ``models.<kind>`` default). E.g.
+    ``load_extractor("dinov2", model_dir=config["models"]["dinov2"], device="cpu")``.
+    """
     dev = resolve_device(device)
+    if kind in embeddings.KINDS:
+        ref = str(model_dir or config.section("models")[kind])
+        fn, size, name = embeddings.load(kind, ref, dev)
+        return Extractor(kind, size, fn, name, dev)
+    c = config.section("quality", {**(cfg or {}), "features": kind})
     if kind == "tiny":
         enc = TinyEncoder(seed=c["seed"], size=c["image_size"]).to(dev)
         return Extractor(kind, c["image_size"], enc, f"tiny random conv net (seed {c['seed']})", dev)
@@ -298,7 +311,7 @@ def pairwise_ms_ssim(
 
 
 def _na(reason: str) -> dict:
-    return {**{m: None for m in METRICS}, "status": "n/a", "reason": reason}
+    return {**dict.fromkeys(METRICS), **dict.fromkeys(fidelity.MODERN), "status": "n/a", "reason": reason}
 
 
 def compare(
@@ -358,17 +371,41 @@ def _paths(df: pd.DataFrame, label: str, sampler: str | None = None) -> list[str
 
 
 class _Featurizer:
-    """Features and diversity-size pixels of image lists, one extractor per job."""
+    """Features of every configured kind and diversity-size pixels of image lists, per job.
 
-    def __init__(self, cfg: dict, model_dir=None, classes=None, device="auto", threads=1):
+    ``feature_models``: kind -> model (hub id or folder) of the ``dinov2``/``clip`` extractors.
+    """
+
+    def __init__(
+        self, cfg: dict, model_dir=None, classes=None, device="auto", threads=1, feature_models=None
+    ):
         self.c = config.section("quality", cfg)
         self.threads = threads
-        self.ex = load_extractor(self.c["features"], self.c, model_dir, classes, device)
+        models = dict(feature_models or {})
+        self.extractors = {
+            kind: load_extractor(
+                kind, self.c, models.get(kind) if kind in embeddings.KINDS else model_dir, classes, device
+            )
+            for kind in fidelity.kinds(self.c)
+        }
+        self.ex = self.extractors[self.c["features"]]
+        self.names = {kind: ex.name for kind, ex in self.extractors.items()}
 
-    def __call__(self, paths: list[str], desc: str) -> tuple[np.ndarray, torch.Tensor]:
-        feats = extract(paths, self.ex, int(self.c["batch_size"]), self.threads, desc)
+    def __call__(self, paths: list[str], desc: str) -> tuple[dict, torch.Tensor]:
+        bs = int(self.c["batch_size"])
+        feats = {
+            k: extract(paths, ex, bs, self.threads, f"{desc} ({k})") for k, ex in self.extractors.items()
+        }
         pix = load_uint8(paths, int(self.c["image_size"]), self.threads) if paths else None
         return feats, pix
+
+    def compare(self, real: dict, fake: dict, fake_pix, real_pix) -> dict:
+        """:func:`compare` on the main features, then the metrics beside FID on the others."""
+        main = self.c["features"]
+        res = compare(real[main], fake[main], fake_pix, real_pix, self.c)
+        if res["status"] == "ok":
+            res.update(fidelity.modern(real, fake, self.c))
+        return res
 
 
 def quality_job(
@@ -383,6 +420,7 @@ def quality_job(
     run: str = "",
     device: str = "auto",
     threads: int = 1,
+    feature_models: dict | None = None,
 ) -> dict:
     """One class x sampler: the kept synthetic images against the real training images of the class."""
     torch.set_num_threads(max(1, int(threads)))
@@ -390,10 +428,10 @@ def quality_job(
     real = _subsample(_paths(io.read_manifests(real_manifests), label), c["max_images"], c["seed"])
     synth_df = io.read_csv(synthetic_manifest)
     fake = _subsample(_paths(synth_df, label, sampler), c["max_images"], c["seed"])
-    feat = _Featurizer(c, model_dir, classes, device, threads)
+    feat = _Featurizer(c, model_dir, classes, device, threads, feature_models)
     rf, rp = feat(real, f"real {label}")
     ff, fp = feat(fake, f"{label} {sampler}")
-    res = compare(rf, ff, fp, rp, c)
+    res = feat.compare(rf, ff, fp, rp)
     res.update(
         {
             "kind": "synthetic",
@@ -406,7 +444,15 @@ def quality_job(
         }
     )
     io.write_json(out_json, res)
-    log.info("%s/%s: %s", label, sampler, {k: res.get(k) for k in ("fid", "kid", "precision", "recall")})
+    log.info(
+        "%s/%s: %s",
+        label,
+        sampler,
+        {
+            k: res.get(k)
+            for k in ("fid", "kid", "precision", "recall", "fd_dinov2", "cmmd_clip", "c2st_auroc")
+        },
+    )
     return res
 
 
@@ -420,12 +466,13 @@ def reference_job(
     gap_datasets=None,
     device: str = "auto",
     threads: int = 1,
+    feature_models: dict | None = None,
 ) -> dict:
     """The scale for every synthetic row, per class: two halves of the real training set (the floor)
     and the two real datasets against each other (the domain gap)."""
     torch.set_num_threads(max(1, int(threads)))
     c = config.section("quality", cfg)
-    feat = _Featurizer(c, model_dir, classes, device, threads)
+    feat = _Featurizer(c, model_dir, classes, device, threads, feature_models)
     train = io.read_manifests(train_manifests)
     rows = []
     for label in classes:
@@ -435,7 +482,7 @@ def reference_job(
         b = [paths[i] for i in order[len(paths) // 2 :]]
         fa, pa = feat(a, f"{label} half A")
         fb, pb = feat(b, f"{label} half B")
-        res = compare(fa, fb, pb, pa, c)
+        res = feat.compare(fa, fb, pb, pa)
         res.update(
             {
                 "kind": "real_floor",
@@ -455,7 +502,7 @@ def reference_job(
             )
             f1, p1 = feat(d1, f"{label} {gap[0]}")
             f2, p2 = feat(d2, f"{label} {gap[1]}")
-            res = compare(f1, f2, p2, p1, c)
+            res = feat.compare(f1, f2, p2, p1)
             res.update(
                 {
                     "kind": "real_gap",
@@ -477,7 +524,7 @@ def reference_job(
         rows.append(res)
     for r in rows:
         r.update({"features": c["features"], "extractor": feat.ex.name})
-    out = {"rows": rows}
+    out = {"rows": rows, "extractors": feat.names}
     io.write_json(out_json, out)
     return out
 
@@ -490,6 +537,7 @@ TABLE_COLUMNS = [
     "n_real",
     "n_synthetic",
     *METRICS,
+    *fidelity.MODERN,
     "status",
     "reason",
 ]
@@ -516,22 +564,69 @@ def _fmt(v, digits=3) -> str:
     return f"{float(v):.{digits}g}" if abs(float(v)) >= 100 else f"{float(v):.{digits}f}"
 
 
-def table_markdown(df: pd.DataFrame) -> str:
-    cols = ["label", "sampler", "reference", "n_real", "n_synthetic", *(m for m in METRICS if m != "kid_std")]
+MAIN_MARKDOWN = [m for m in METRICS if m != "kid_std"]
+MODERN_MARKDOWN = [*fidelity.COLUMNS["dinov2"], *fidelity.COLUMNS["clip"], "c2st_auroc"]
+
+
+def _cell(r, col: str) -> str:
+    if col in ("label", "sampler", "reference"):
+        return str(r[col])
+    if col == "c2st_auroc" and _fmt(r["c2st_auroc"]) != "n/a" and _fmt(r["c2st_lo"]) != "n/a":
+        return f"{_fmt(r['c2st_auroc'])} [{_fmt(r['c2st_lo'])}, {_fmt(r['c2st_hi'])}]"
+    return _fmt(r[col])
+
+
+def table_markdown(df: pd.DataFrame, metrics: list[str] | None = None) -> str:
+    """The rows of ``df`` with the ``metrics`` columns (default: FID's table); n/a rows say why."""
+    cols = ["label", "sampler", "reference", "n_real", "n_synthetic", *(metrics or MAIN_MARKDOWN)]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in df.iterrows():
-        cells = [str(r[c]) if c in ("label", "sampler", "reference") else _fmt(r[c]) for c in cols]
+        cells = [_cell(r, c) for c in cols]
         if r["status"] != "ok":
             cells[-1] += f" ({r['reason']})"
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def _modern_text(c: dict, extractors: dict) -> str:
+    """How to read the second table; empty when no metric beside FID is configured."""
+    t = c["c2st"]
+    if not c["extra_features"] and not t["activate"]:
+        return ""
+    parts = []
+    if "dinov2" in c["extra_features"]:
+        parts.append(
+            "`fd_dinov2` is the Fréchet distance (FID's formula) and "
+            "`precision/recall/density/coverage_dinov2` the k-NN metrics in DINOv2 features "
+            f"({extractors.get('dinov2', 'models.dinov2')}), which follow human judgement of realism "
+            "more closely than Inception's."
+        )
+    if "clip" in c["extra_features"]:
+        parts.append(
+            f"`cmmd_clip` is CMMD: the squared MMD, Gaussian RBF kernel (sigma {fidelity.CMMD_SIGMA:g}), "
+            f"between CLIP embeddings ({extractors.get('clip', 'models.clip')}) times "
+            f"{fidelity.CMMD_SCALE:g}; no normality assumption, 0 for identical sets, lower = closer."
+        )
+    if t["activate"]:
+        parts.append(
+            f"`c2st_auroc` is a classifier two-sample test: a standardised logistic regression on "
+            f"`{t['features']}` features learns to tell the real from the synthetic images, and its AUROC "
+            f"on the {t['test_fraction']:.0%} of images it did not train on ({t['ci']:.0%} bootstrap CI in "
+            "brackets) says how well it can. 0.5 (a CI that covers 0.5): it cannot tell them apart, the "
+            "set passes as real to this classifier; 1.0: every synthetic image is recognisable. Compare "
+            "it with the real-halves row, whose CI should cover 0.5, and the real-gap row."
+        )
+    return "\n\n### Beside FID\n\n" + " ".join(parts) + "\n\n"
+
+
 def section_quality(reference_json, job_jsons, out_csv, out_md, cfg: dict) -> pd.DataFrame:
     """The table as CSV and the report fragment "Synthetic data quality"."""
+    import json
+
     c = config.section("quality", cfg)
     df = quality_table(reference_json, job_jsons)
     io.write_csv(out_csv, df)
+    extractors = json.loads(Path(reference_json).read_text()).get("extractors", {})
     extractor = (
         df["extractor"].dropna().iloc[0] if "extractor" in df and df["extractor"].notna().any() else "?"
     )
@@ -541,6 +636,7 @@ def section_quality(reference_json, job_jsons, out_csv, out_md, cfg: dict) -> pd
         if c["features"] == "tiny"
         else ""
     )
+    modern = _modern_text(c, extractors)
     text = (
         "## Synthetic data quality\n\n"
         f"Features: {extractor} (`quality.features: {c['features']}`).{tiny_note} "
@@ -555,5 +651,7 @@ def section_quality(reference_json, job_jsons, out_csv, out_md, cfg: dict) -> pd
         f"k = {c['nearest_k']} nearest neighbours; KID subset size adapts to the smaller set. "
         f"Sets with fewer than {c['min_images']} images read n/a.\n\n" + table_markdown(df) + "\n"
     )
+    if modern:
+        text += modern + table_markdown(df, MODERN_MARKDOWN) + "\n"
     io.write_text(out_md, text)
     return df

@@ -2,7 +2,7 @@
 
 The demo and the tests swap only the model *size*: every directory written here loads with the same
 ``from_pretrained`` calls as the paper's hub checkpoints (Stable Diffusion 1.5, ViT-B/16 in21k,
-MobileNetV2 1.0), so the training and generation code paths are the real ones.
+MobileNetV2 1.0, SAM, DINOv2, CLIP ViT-L/14), so the training and generation code paths are the real ones.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from .errors import ConfigError, ModelNotFoundError
 
 log = logging.getLogger("dermsynth")
 
-KINDS = ("sd", "vit", "mobilenet_v2", "sd15", "sam")
+KINDS = ("sd", "vit", "mobilenet_v2", "sd15", "sam", "dinov2", "clip")
 
 #: CLIP's special tokens; SD 1.x pads with the end token.
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -37,6 +37,8 @@ def build(kind: str, out_dir, seed: int = 0, **kw) -> Path:
         "mobilenet_v2": _build_mobilenet_v2,
         "sd15": _build_sd15,
         "sam": _build_sam,
+        "dinov2": _build_dinov2,
+        "clip": _build_clip,
     }
     if kind not in builders:
         raise ConfigError(f"tiny model kind '{kind}' is unknown: use one of {', '.join(KINDS)}")
@@ -375,4 +377,54 @@ def _build_sam(out: Path, seed: int = 0, image_size: int = 64) -> None:
             mask_size={"longest_edge": low},
             mask_pad_size={"height": low, "width": low},
         )
+    ).save_pretrained(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Feature extractors of the quality stage
+
+
+def _build_dinov2(out: Path, seed: int = 0, image_size: int = 64) -> None:
+    """A tiny random-weight DINOv2 (2 layers, width 32, patch 8) saved like facebook/dinov2-base:
+    Dinov2Model + the BitImageProcessor config (ImageNet mean/std; resize and crop at ``image_size``)."""
+    import torch
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    torch.manual_seed(seed)
+    cfg = Dinov2Config(
+        image_size=image_size,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        mlp_ratio=2,
+    )
+    Dinov2Model(cfg).save_pretrained(out, safe_serialization=True)
+    BitImageProcessor(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(out)
+
+
+def _build_clip(out: Path, seed: int = 0, image_size: int = 64) -> None:
+    """A tiny random-weight CLIP vision tower with projection (2 layers, width 32, patch 8), loadable
+    like openai/clip-vit-large-patch14 by CLIPVisionModelWithProjection, with a CLIPImageProcessor config."""
+    import torch
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    cfg = CLIPVisionConfig(
+        image_size=image_size,
+        patch_size=8,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        projection_dim=32,
+    )
+    CLIPVisionModelWithProjection(cfg).save_pretrained(out, safe_serialization=True)
+    CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     ).save_pretrained(out)

@@ -19,6 +19,7 @@ with logs.stage("quality"):
         snakemake.output[0],
         snakemake.params.cfg,
         model_dir=snakemake.params.model_dir,
+        feature_models=snakemake.params.feature_models,
         classes=snakemake.params.classes,
         run=w.run,
         threads=snakemake.threads,

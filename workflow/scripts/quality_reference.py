@@ -17,6 +17,7 @@ with logs.stage("quality_reference"):
         snakemake.output[0],
         snakemake.params.cfg,
         model_dir=snakemake.params.model_dir,
+        feature_models=snakemake.params.feature_models,
         gap_datasets=snakemake.params.cfg["gap_datasets"],
         threads=snakemake.threads,
     )
