@@ -70,6 +70,16 @@ def _part(name: str):
     return mod.run
 
 
+def with_bounds(figures: dict) -> dict:
+    """``<name>_lo`` and ``<name>_hi`` beside every ``<name>_ci`` pair, the form the targets name."""
+    out = dict(figures)
+    for k, v in figures.items():
+        if k.endswith("_ci") and isinstance(v, list | tuple) and len(v) == 2:
+            out.setdefault(f"{k[:-3]}_lo", v[0])
+            out.setdefault(f"{k[:-3]}_hi", v[1])
+    return out
+
+
 def check(figures: dict) -> dict[str, bool]:
     """Each target whose figure the run produced: met or not."""
     ops = {"<=": np.less_equal, "<": np.less, ">=": np.greater_equal}
@@ -93,7 +103,7 @@ def main(argv=None) -> int:
         seconds[name] = round(time.perf_counter() - t0, 1)
         print(f"{name}: {json.dumps(figures)}", flush=True)
         out.update(figures)
-    met = check(out)
+    met = check(with_bounds(out))
     result = {**out, "seconds": seconds, "targets": {k: f"{o} {b}" for k, (o, b) in TARGETS.items()}}
     result["targets_met"] = met
     result["all_targets_met"] = bool(met) and all(met.values())

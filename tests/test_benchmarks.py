@@ -216,3 +216,5 @@ def test_evaluation_benchmark_checks_each_target_it_has_a_figure_for():
     met = bench.check({"ece_error": 0.0, "same_lesion_recall": 0.79, "c2st_auroc_shifted": float("nan")})
     assert met == {"ece_error": True, "same_lesion_recall": False}  # NaN and missing figures: not judged
     assert bench.check({"ita_modifier_effect_hi": 0.0}) == {"ita_modifier_effect_hi": False}  # CI touches 0
+    covers = bench.check(bench.with_bounds({"c2st_auroc_same_ci": [0.51, 0.6]}))
+    assert covers == {"c2st_auroc_same_lo": False, "c2st_auroc_same_hi": True}  # 0.5 below the CI
