@@ -43,6 +43,7 @@ MODELS = {
     "models.vit": "results/models/tiny-vit",
     "models.mobilenet_v2": "results/models/tiny-mobilenet_v2",
     "segment.sam_model": "results/models/tiny-sam",
+    "models.detector": "results/models/tiny-yolos",
     "quality.features": "tiny",  # inception needs the torch-fidelity weights download
     # the tiny SD is not the web UI's v1-5-pruned-emaonly: its PNGs must not claim to be
     "generate.webui_model": None,
@@ -80,6 +81,8 @@ SHRINK = {
     "quality.min_images": 7,  # nearest_k + 2, the least the k-NN metrics need; real halves are ~7
     "quality.kid_subsets": 10,
     "quality.max_pairs": 100,
+    "detect.image_size": 64,
+    "detect.epochs": 2,
 }
 
 #: filter checks a tiny random-weight Stable Diffusion cannot pass: value and reason. The check runs

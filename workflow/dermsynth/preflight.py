@@ -50,11 +50,13 @@ SD_WEIGHTS = (
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 CLASSIFIER_FILES = (("config.json",), _WEIGHTS)
 SAM_FILES = (("config.json",), _WEIGHTS, ("preprocessor_config.json", "processor_config.json"))
+DETECTOR_FILES = (("config.json",), _WEIGHTS, ("preprocessor_config.json",))
 
 SD_RULES = ("finetune", "generate")
 CLASSIFIER_RULES = ("train_classifier",)
 SAM_RULES = ("segment_real", "segment_synthetic")
 QUALITY_RULES = ("quality", "quality_reference")
+DETECTOR_RULES = ("train_detector",)
 
 HUB_MODEL, WEIGHTS_FILE, MODULE = "model", "file", "module"
 
@@ -90,6 +92,8 @@ def needs(cfg: dict, jobs: Iterable[tuple[str, dict]] | None = None, tiny_prefix
         jobs = [(r, {}) for r in SD_RULES + QUALITY_RULES]
         jobs += [(r, {"model": m}) for r in CLASSIFIER_RULES for m in cfg["classify"]["models"]]
         jobs += [(r, {"method": m}) for r in SAM_RULES for m in cfg["segment"]["methods"]]
+        if cfg.get("detect", {}).get("activate"):
+            jobs += [(r, {}) for r in DETECTOR_RULES]
     out: dict[str, Need] = {}
 
     def add(key, what, ref, kind, files, rule):
@@ -112,6 +116,8 @@ def needs(cfg: dict, jobs: Iterable[tuple[str, dict]] | None = None, tiny_prefix
         elif rule in SAM_RULES and wildcards.get("method", "sam") == "sam":
             if "sam" in cfg["segment"]["methods"]:
                 add("segment.sam_model", "SAM", cfg["segment"]["sam_model"], HUB_MODEL, SAM_FILES, rule)
+        elif rule in DETECTOR_RULES:
+            add("models.detector", "lesion detector", cfg["models"]["detector"], HUB_MODEL, DETECTOR_FILES, rule)
         elif rule in QUALITY_RULES and cfg["quality"]["features"] == "inception":
             path = inception_file(cfg["quality"].get("inception_weights"))
             add("quality.inception_weights", "FID InceptionV3 weights", path, WEIGHTS_FILE, (), rule)

@@ -19,7 +19,7 @@ from .errors import ConfigError, ModelNotFoundError
 
 log = logging.getLogger("dermsynth")
 
-KINDS = ("sd", "vit", "mobilenet_v2", "sd15", "sam")
+KINDS = ("sd", "vit", "mobilenet_v2", "sd15", "sam", "yolos")
 
 #: CLIP's special tokens; SD 1.x pads with the end token.
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -37,6 +37,7 @@ def build(kind: str, out_dir, seed: int = 0, **kw) -> Path:
         "mobilenet_v2": _build_mobilenet_v2,
         "sd15": _build_sd15,
         "sam": _build_sam,
+        "yolos": _build_yolos,
     }
     if kind not in builders:
         raise ConfigError(f"tiny model kind '{kind}' is unknown: use one of {', '.join(KINDS)}")
@@ -376,3 +377,31 @@ def _build_sam(out: Path, seed: int = 0, image_size: int = 64) -> None:
             mask_pad_size={"height": low, "width": low},
         )
     ).save_pretrained(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lesion detector (the detection check)
+
+
+def _build_yolos(out: Path, seed: int = 0, image_size: int = 64) -> None:
+    """A tiny random-weight YOLOS (33 k params) saved like hustvl/yolos-tiny: model + image processor.
+
+    Ten detection tokens instead of 100 and a 91-class COCO-sized head, as the hub checkpoint has: the
+    detection stage replaces the head with its two lesion classes either way.
+    """
+    import torch
+    from transformers import YolosConfig, YolosForObjectDetection, YolosImageProcessorPil
+
+    torch.manual_seed(seed)
+    cfg = YolosConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=[image_size, image_size],
+        patch_size=8,
+        num_detection_tokens=10,
+        num_labels=91,
+    )
+    YolosForObjectDetection(cfg).save_pretrained(out, safe_serialization=True)
+    YolosImageProcessorPil(size={"shortest_edge": image_size, "longest_edge": image_size}).save_pretrained(out)
