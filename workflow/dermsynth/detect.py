@@ -178,7 +178,9 @@ def load_trained(model_dir, device: str = "cpu"):
     d = Path(model_dir)
     info_path = d / DETECTOR_FILE
     if not info_path.is_file():
-        raise DataSourceError(f"{d} is not a detector trained by dermsynth (no {DETECTOR_FILE}): rerun train_detector")
+        raise DataSourceError(
+            f"{d} is not a detector trained by dermsynth (no {DETECTOR_FILE}): rerun train_detector"
+        )
     info = json.loads(info_path.read_text())
     model = load_pretrained(YolosForObjectDetection, str(d)).to(device).eval()
     return model, info
@@ -195,8 +197,8 @@ def train(
     cfg: dict | None = None,
     threads: int = 1,
     device: str = "auto",
-) -> pd.DataFrame:
-    """Fine-tune YOLOS on ``rows`` (path, label, cx, cy, w, h); save it to ``out_dir``; the history.
+) -> tuple:
+    """Fine-tune YOLOS on ``rows`` (path, label, cx, cy, w, h) and save it to ``out_dir``: (model, history).
 
     Seeded (detect.seed): the head, the order and the flips; CPU runs are repeatable per thread count.
     """
@@ -210,11 +212,15 @@ def train(
     seed, size, bs = int(c["seed"]), int(c["image_size"]), int(c["batch_size"])
     model, mean, std = load_detector(pretrained, classes, seed)
     model.to(dev).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=float(c["learning_rate"]), weight_decay=float(c["weight_decay"]))
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=float(c["learning_rate"]), weight_decay=float(c["weight_decay"])
+    )
     index = {name: i for i, name in enumerate(classes)}
     y = rows["label"].astype(str).map(index).to_numpy()
     if np.isnan(y.astype(float)).any():
-        raise DataSourceError(f"training labels {sorted(set(rows['label']))} are not all in classes {classes}")
+        raise DataSourceError(
+            f"training labels {sorted(set(rows['label']))} are not all in classes {classes}"
+        )
     boxes = rows[["cx", "cy", "w", "h"]].to_numpy(np.float64)
     paths = rows["path"].astype(str).tolist()
     gen = np.random.default_rng(seed)
@@ -231,7 +237,9 @@ def train(
             out = model(pixel_values=x, labels=_targets(boxes[idx], y[idx], hf, vf, dev))
             loss = out.loss
             if not torch.isfinite(loss):
-                raise TrainingError(f"detector loss is {loss.item()} at epoch {epoch}: lower detect.learning_rate")
+                raise TrainingError(
+                    f"detector loss is {loss.item()} at epoch {epoch}: lower detect.learning_rate"
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if c["max_grad_norm"]:
@@ -243,9 +251,16 @@ def train(
         history.append({"epoch": epoch, "steps": len(losses), "loss": float(np.mean(losses))})
         log.info("detector epoch %d: loss %.4f", epoch, history[-1]["loss"])
     bar.close()
-    info = {"image_size": size, "mean": mean, "std": std, "classes": list(classes), "pretrained": str(pretrained)}
-    _save_dir(model.cpu(), info, Path(out_dir))
-    return pd.DataFrame(history)
+    info = {
+        "image_size": size,
+        "mean": mean,
+        "std": std,
+        "classes": list(classes),
+        "pretrained": str(pretrained),
+    }
+    model.cpu().eval()
+    _save_dir(model, info, Path(out_dir))
+    return model, pd.DataFrame(history)
 
 
 # ---------------------------------------------------------------- prediction
@@ -329,18 +344,26 @@ def train_stage(
     """Rule train_detector: boxes from the train split's masks, training, then the real val split
     scored with its mask boxes (the detector's own accuracy on real lesions, for scale)."""
     c = config.section("detect", cfg)
-    rows = with_boxes(_sample(training_rows(sd_manifests, splits_csv, mask_tables, "train"), c["max_train_images"], c["seed"]))
-    history = train(rows, pretrained, classes, out_model, c, threads, device)
+    rows = with_boxes(
+        _sample(
+            training_rows(sd_manifests, splits_csv, mask_tables, "train"), c["max_train_images"], c["seed"]
+        )
+    )
+    _, history = train(rows, pretrained, classes, out_model, c, threads, device)
     io.write_csv(history_csv, history)
     val = with_boxes(training_rows(sd_manifests, splits_csv, mask_tables, "val"))
     judged = score_images(out_model, val[["path", "label"]], c, threads, device)
     if len(val):
-        judged["iou"] = box_iou(judged[["cx", "cy", "w", "h"]].to_numpy(), val[["cx", "cy", "w", "h"]].to_numpy())
+        judged["iou"] = box_iou(
+            judged[["cx", "cy", "w", "h"]].to_numpy(), val[["cx", "cy", "w", "h"]].to_numpy()
+        )
     io.write_csv(val_predictions_csv, judged)
     return history
 
 
-def score_images(model_dir, df: pd.DataFrame, cfg: dict | None = None, threads: int = 1, device: str = "auto"):
+def score_images(
+    model_dir, df: pd.DataFrame, cfg: dict | None = None, threads: int = 1, device: str = "auto"
+):
     """``df`` (path, label, ...) judged by the saved detector (see :func:`judge`)."""
     import torch
 
@@ -512,7 +535,8 @@ def section_detect(
         paper_cell = _pct(r.paper_accuracy) if r.set == "all" else ""
         lines.append(
             f"| {r.set} | {r.n} | {_pct_ci(r.detection_rate, r.detection_lo, r.detection_hi)} | "
-            f"{_pct_ci(r.accuracy, r.accuracy_lo, r.accuracy_hi)} | {_pct(r.accuracy_detected)} | {paper_cell} |"
+            f"{_pct_ci(r.accuracy, r.accuracy_lo, r.accuracy_hi)} | {_pct(r.accuracy_detected)} | "
+            f"{paper_cell} |"
         )
     iou = val_row["mean_iou"].iloc[0]
     lines += [

@@ -117,7 +117,8 @@ def needs(cfg: dict, jobs: Iterable[tuple[str, dict]] | None = None, tiny_prefix
             if "sam" in cfg["segment"]["methods"]:
                 add("segment.sam_model", "SAM", cfg["segment"]["sam_model"], HUB_MODEL, SAM_FILES, rule)
         elif rule in DETECTOR_RULES:
-            add("models.detector", "lesion detector", cfg["models"]["detector"], HUB_MODEL, DETECTOR_FILES, rule)
+            ref = cfg["models"]["detector"]
+            add("models.detector", "lesion detector", ref, HUB_MODEL, DETECTOR_FILES, rule)
         elif rule in QUALITY_RULES and cfg["quality"]["features"] == "inception":
             path = inception_file(cfg["quality"].get("inception_weights"))
             add("quality.inception_weights", "FID InceptionV3 weights", path, WEIGHTS_FILE, (), rule)

@@ -404,4 +404,5 @@ def _build_yolos(out: Path, seed: int = 0, image_size: int = 64) -> None:
         num_labels=91,
     )
     YolosForObjectDetection(cfg).save_pretrained(out, safe_serialization=True)
-    YolosImageProcessorPil(size={"shortest_edge": image_size, "longest_edge": image_size}).save_pretrained(out)
+    size = {"shortest_edge": image_size, "longest_edge": image_size}
+    YolosImageProcessorPil(size=size).save_pretrained(out)
