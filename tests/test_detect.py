@@ -211,3 +211,14 @@ def test_the_section_sets_the_papers_figure_beside_ours(tmp_path):
     assert table.set_index("set").loc["all", "paper_accuracy"] == pytest.approx(0.72)
     with Image.open(out / "detect_r_boxes.png") as im:
         assert im.width > 2 * 128  # two thumbnails per row beside the row labels
+    # a dataset without a validation split (val: 0): the row reads n = 0 and says why
+    empty = detect.judge(
+        pd.DataFrame(columns=["path", "label"]),
+        pd.DataFrame(columns=["score", "pred_label", "cx", "cy", "w", "h"]),
+        0.5,
+    )
+    io.write_csv(tmp_path / "val.csv", empty)
+    args = [tmp_path / "pred.csv", tmp_path / "val.csv", tmp_path / "hist.csv", out / "e.md", out / "e.png"]
+    detect.section_detect(*args, tmp_path / "t.csv", cfg={"sheet_images": 2}, n_boot=100)
+    md = (out / "e.md").read_text()
+    assert "| real validation | 0 | — | — | — |" in md and "no validation images" in md

@@ -539,10 +539,11 @@ def section_detect(
             f"{paper_cell} |"
         )
     iou = val_row["mean_iou"].iloc[0]
+    iou_text = f"mean box IoU with the mask box {iou:.2f}" if math.isfinite(iou) else "no validation images"
     lines += [
         "",
-        "The *real validation* row scores the detector on held-out real images (mean box IoU with the "
-        f"mask box {iou:.2f}): a detector that misses real lesions says little about synthetic ones.",
+        f"The *real validation* row scores the detector on held-out real images ({iou_text}): a "
+        "detector that misses real lesions says little about synthetic ones.",
     ]
     if str(detector).startswith(config.TINY_PREFIX):
         lines += [
