@@ -470,5 +470,11 @@ def detector_model_ref(wildcards):
     return model_ref("detector")
 
 
+def detect_params(*skip):
+    """The detect section without ``skip`` and the switch: editing the report's sheet size or the
+    synthetic sample retrains no detector."""
+    return {k: v for k, v in DETECT.items() if k not in ("activate", *skip)}
+
+
 if DETECT["activate"]:
     REPORT_SECTIONS.append(f"results/report/sections/detect_{RUN}.md")  # detect_section

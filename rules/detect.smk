@@ -20,7 +20,7 @@ rule train_detector:
         gpu=1,
     params:
         pretrained=detector_model_ref,
-        cfg=config["detect"],
+        cfg=detect_params("sheet_images", "max_images"),
         classes=CLASSES,
         code=code_of("train_detector.py"),
     script:
@@ -44,7 +44,7 @@ rule detect_synthetic:
     resources:
         gpu=1,
     params:
-        cfg=config["detect"],
+        cfg=detect_params("sheet_images"),
         code=code_of("detect_synthetic.py"),
     script:
         "../workflow/scripts/detect_synthetic.py"
