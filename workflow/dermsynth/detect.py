@@ -207,6 +207,12 @@ def train(
     c = config.section("detect", cfg)
     if not len(rows):
         raise DataSourceError("no real training image has a lesion mask: nothing to train the detector on")
+    index = {name: i for i, name in enumerate(classes)}
+    y = rows["label"].astype(str).map(index).to_numpy()
+    if np.isnan(y.astype(float)).any():
+        raise DataSourceError(
+            f"training labels {sorted(set(rows['label']))} are not all in classes {classes}"
+        )
     torch.set_num_threads(max(1, int(threads)))
     dev = torch.device(resolve_device(device))
     seed, size, bs = int(c["seed"]), int(c["image_size"]), int(c["batch_size"])
@@ -215,12 +221,6 @@ def train(
     opt = torch.optim.AdamW(
         model.parameters(), lr=float(c["learning_rate"]), weight_decay=float(c["weight_decay"])
     )
-    index = {name: i for i, name in enumerate(classes)}
-    y = rows["label"].astype(str).map(index).to_numpy()
-    if np.isnan(y.astype(float)).any():
-        raise DataSourceError(
-            f"training labels {sorted(set(rows['label']))} are not all in classes {classes}"
-        )
     boxes = rows[["cx", "cy", "w", "h"]].to_numpy(np.float64)
     paths = rows["path"].astype(str).tolist()
     gen = np.random.default_rng(seed)
