@@ -27,6 +27,7 @@ include: "rules/classify.smk"
 include: "rules/evaluate.smk"
 include: "rules/quality.smk"
 include: "rules/segment.smk"
+include: "rules/detect.smk"
 include: "rules/report.smk"
 
 

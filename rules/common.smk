@@ -57,7 +57,7 @@ wildcard_constraints:
     regime="|".join(REGIMES),
     seed=r"\d+",
     testset="|".join(TEST_SETS),
-    kind="sd|vit|mobilenet_v2|sam|dinov2|clip",
+    kind="sd|vit|mobilenet_v2|sam|dinov2|clip|yolos",
 
 
 def preflight_check():
@@ -514,3 +514,34 @@ def realism_outputs():
             labels=synthetic_labels("realism check: real-only classifiers on them"),
         )
     }
+
+
+# Input functions of the detect stage (the paper's detection check, Fig. 12).
+DETECT = config["detect"]
+
+
+def detect_sd_manifests():
+    """The images the training masks were drawn on: the diffusion-size real train datasets."""
+    return [sd_manifest(ds) for ds in config["split"]["train_datasets"]]
+
+
+def detect_mask_tables():
+    return expand(
+        "results/masks/{method}/real/{dataset}/masks.csv",
+        method=DETECT["mask_method"],
+        dataset=config["split"]["train_datasets"],
+    )
+
+
+def detector_model_ref(wildcards):
+    return model_ref("detector")
+
+
+def detect_params(*skip):
+    """The detect section without ``skip`` and the switch: editing the report's sheet size or the
+    synthetic sample retrains no detector."""
+    return {k: v for k, v in DETECT.items() if k not in ("activate", *skip)}
+
+
+if DETECT["activate"]:
+    REPORT_SECTIONS.append(f"results/report/sections/detect_{RUN}.md")  # detect_section

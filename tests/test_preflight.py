@@ -98,7 +98,10 @@ def test_the_paper_config_needs_every_hub_model_and_the_inception_weights():
     keys = {n.key for n in preflight.needs(cfg, tiny_prefix=TINY)}
     models = {f"models.{m}" for m in cfg["classify"]["models"]}
     outside = {"models.sd", "segment.sam_model", "quality.inception_weights", "quality.features"}
-    assert keys == outside | models | {"models.dinov2", "models.clip"}
+    assert keys == outside | models | {"models.dinov2", "models.clip", "models.detector"}
+    # the detection check switched off: its detector is not needed
+    off = {n.key for n in preflight.needs(config(detect__activate=False), tiny_prefix=TINY)}
+    assert off == outside | models | {"models.dinov2", "models.clip"}
 
 
 def test_the_demo_needs_nothing_from_outside():

@@ -286,7 +286,7 @@ def test_lint_is_clean_and_gpu_rules_ask_for_a_gpu(configfile):
     out = smk(ROOT, "--lint", "--configfile", configfile, timeout=120)
     assert out.returncode == 0, out.stdout[-3000:]
     text = "\n".join(p.read_text() for p in (ROOT / "rules").glob("*.smk"))
-    for rule in ("finetune", "generate", "train_classifier"):
+    for rule in ("finetune", "generate", "train_classifier", "train_detector", "detect_synthetic"):
         body = text.split(f"rule {rule}:")[1].split("\nrule ")[0]
         assert re.search(r"resources:\s*\n\s*gpu=1", body), rule
 

@@ -46,6 +46,7 @@ MODELS = {
     "models.dinov2": "results/models/tiny-dinov2",
     "models.clip": "results/models/tiny-clip",
     "segment.sam_model": "results/models/tiny-sam",
+    "models.detector": "results/models/tiny-yolos",
     "quality.features": "tiny",  # inception needs the torch-fidelity weights download
     # the tiny SD is not the web UI's v1-5-pruned-emaonly: its PNGs must not claim to be
     "generate.webui_model": None,
@@ -86,6 +87,8 @@ SHRINK = {
     "quality.kid_subsets": 10,
     "quality.max_pairs": 100,
     "quality.c2st.bootstrap": 200,
+    "detect.image_size": 64,
+    "detect.epochs": 2,
 }
 
 #: filter checks a tiny random-weight Stable Diffusion cannot pass: value and reason. The check runs

@@ -53,11 +53,13 @@ SAM_FILES = (("config.json",), _WEIGHTS, ("preprocessor_config.json", "processor
 #: DINOv2 / CLIP of the quality stage; without a preprocessor config the published defaults apply
 EMBEDDING_FILES = (("config.json",), _WEIGHTS)
 EMBEDDINGS = {"dinov2": "DINOv2 features", "clip": "CLIP image features"}
+DETECTOR_FILES = (("config.json",), _WEIGHTS, ("preprocessor_config.json",))
 
 SD_RULES = ("finetune", "generate")
 CLASSIFIER_RULES = ("train_classifier",)
 SAM_RULES = ("segment_real", "segment_synthetic")
 QUALITY_RULES = ("quality", "quality_reference")
+DETECTOR_RULES = ("train_detector",)
 
 HUB_MODEL, WEIGHTS_FILE, MODULE = "model", "file", "module"
 
@@ -93,6 +95,8 @@ def needs(cfg: dict, jobs: Iterable[tuple[str, dict]] | None = None, tiny_prefix
         jobs = [(r, {}) for r in SD_RULES + QUALITY_RULES]
         jobs += [(r, {"model": m}) for r in CLASSIFIER_RULES for m in cfg["classify"]["models"]]
         jobs += [(r, {"method": m}) for r in SAM_RULES for m in cfg["segment"]["methods"]]
+        if cfg.get("detect", {}).get("activate"):
+            jobs += [(r, {}) for r in DETECTOR_RULES]
     out: dict[str, Need] = {}
 
     def add(key, what, ref, kind, files, rule):
@@ -124,6 +128,9 @@ def needs(cfg: dict, jobs: Iterable[tuple[str, dict]] | None = None, tiny_prefix
             for kind, what in EMBEDDINGS.items():
                 if kind in kinds:
                     add(f"models.{kind}", what, cfg["models"][kind], HUB_MODEL, EMBEDDING_FILES, rule)
+        elif rule in DETECTOR_RULES:
+            ref = cfg["models"]["detector"]
+            add("models.detector", "lesion detector", ref, HUB_MODEL, DETECTOR_FILES, rule)
     return sorted(out.values(), key=lambda n: n.key)
 
 

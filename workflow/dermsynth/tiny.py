@@ -19,7 +19,7 @@ from .errors import ConfigError, ModelNotFoundError
 
 log = logging.getLogger("dermsynth")
 
-KINDS = ("sd", "vit", "mobilenet_v2", "sd15", "sam", "dinov2", "clip")
+KINDS = ("sd", "vit", "mobilenet_v2", "sd15", "sam", "dinov2", "clip", "yolos")
 
 #: CLIP's special tokens; SD 1.x pads with the end token.
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -39,6 +39,7 @@ def build(kind: str, out_dir, seed: int = 0, **kw) -> Path:
         "sam": _build_sam,
         "dinov2": _build_dinov2,
         "clip": _build_clip,
+        "yolos": _build_yolos,
     }
     if kind not in builders:
         raise ConfigError(f"tiny model kind '{kind}' is unknown: use one of {', '.join(KINDS)}")
@@ -428,3 +429,29 @@ def _build_clip(out: Path, seed: int = 0, image_size: int = 64) -> None:
     CLIPImageProcessor(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     ).save_pretrained(out)
+# Lesion detector (the detection check)
+
+
+def _build_yolos(out: Path, seed: int = 0, image_size: int = 64) -> None:
+    """A tiny random-weight YOLOS (33 k params) saved like hustvl/yolos-tiny: model + image processor.
+
+    Ten detection tokens instead of 100 and a 91-class COCO-sized head, as the hub checkpoint has: the
+    detection stage replaces the head with its two lesion classes either way.
+    """
+    import torch
+    from transformers import YolosConfig, YolosForObjectDetection, YolosImageProcessorPil
+
+    torch.manual_seed(seed)
+    cfg = YolosConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=[image_size, image_size],
+        patch_size=8,
+        num_detection_tokens=10,
+        num_labels=91,
+    )
+    YolosForObjectDetection(cfg).save_pretrained(out, safe_serialization=True)
+    size = {"shortest_edge": image_size, "longest_edge": image_size}
+    YolosImageProcessorPil(size=size).save_pretrained(out)
