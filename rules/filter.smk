@@ -1,5 +1,5 @@
 rule filter:
-    """Artifact filter and memorization audit: rejected images go to rejected.csv with a reason."""
+    """Artifact filter, pixel and semantic memorization audits: rejected images go to rejected.csv with a reason."""
     input:
         manifests=generation_manifests(),
         finetune="results/splits/finetune.csv",
@@ -7,6 +7,8 @@ rule filter:
         kept="results/synthetic/{run}/filtered.csv",
         rejected="results/synthetic/{run}/rejected.csv",
         nearest="results/synthetic/{run}/nearest.csv",
+        semantic="results/synthetic/{run}/nearest_semantic.csv",
+        calibration="results/synthetic/{run}/semantic_calibration.json",
         section="results/report/sections/filter_{run}.md",
         hist=report(
             "results/report/sections/filter_{run}_nn_hist.png",
@@ -22,6 +24,12 @@ rule filter:
             category="Synthetic images",
             labels=synthetic_labels("memorization: closest pairs", run="{run}"),
         ),
+        semantic_pairs=report(
+            "results/report/sections/filter_{run}_semantic_pairs.png",
+            caption="../workflow/report/filter_semantic_pairs.rst",
+            category="Synthetic images",
+            labels=synthetic_labels("memorization: semantic closest pairs", run="{run}"),
+        ),
         sheets=filter_sheets(),
     log:
         "results/logs/filter/{run}.log",
@@ -32,6 +40,7 @@ rule filter:
     threads: 2
     params:
         cfg=config["filter"],
+        quality=config["quality"],
         code=code_of("filter.py"),
     script:
         "../workflow/scripts/filter.py"
