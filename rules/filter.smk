@@ -28,7 +28,9 @@ rule filter:
             "results/report/sections/filter_{run}_semantic_pairs.png",
             caption="../workflow/report/filter_semantic_pairs.rst",
             category="Synthetic images",
-            labels=synthetic_labels("memorization: semantic closest pairs", run="{run}"),
+            labels=synthetic_labels(
+                "memorization: semantic closest pairs", run="{run}"
+            ),
         ),
         sheets=filter_sheets(),
     log:

@@ -58,6 +58,8 @@ HUE_DEG = (5.0, 15.0)
 SATURATION = (0.7, 1.3)
 BRIGHTNESS = (0.8, 1.2)
 JPEG_QUALITY = (30, 70)
+#: Descriptor: anti-aliasing sigma, in thumbnail px, before a view is sampled down to the thumbnail.
+ANTIALIAS = 0.5
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,30 +157,49 @@ class Descriptor:
         ]
         self.name = f"band-passed {self.thumb}px gray thumbnail, {len(self.names)} views per fine-tune image"
 
-    def _describe(self, g: np.ndarray) -> np.ndarray:
-        t = cv2.resize(g, (self.thumb, self.thumb), interpolation=cv2.INTER_AREA)
+    def _smooth(self, g: np.ndarray, scale: float) -> np.ndarray:
+        """Anti-aliasing before a view of side share ``scale`` is sampled down to the thumbnail
+        (the source px of half a thumbnail px: about what area averaging does)."""
+        return cv2.GaussianBlur(g, (0, 0), ANTIALIAS * self.size / self.thumb * scale)
+
+    def _bandpass(self, t: np.ndarray) -> np.ndarray:
+        """Difference of Gaussians on the thumbnail, after the crop: its borders are treated alike
+        in a copy (whose border is a crop's) and in the fine-tune view that matches it."""
         lo, hi = self.sigmas
         return cv2.GaussianBlur(t, (0, 0), lo) - cv2.GaussianBlur(t, (0, 0), hi)
 
-    @staticmethod
-    def _gray(a: np.ndarray) -> np.ndarray:
-        return cv2.cvtColor(a, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    def _gray(self, a: np.ndarray) -> np.ndarray:
+        g = cv2.cvtColor(a, cv2.COLOR_RGB2GRAY)
+        if g.shape != (self.size, self.size):
+            g = cv2.resize(g, (self.size, self.size), interpolation=cv2.INTER_AREA)
+        return g.astype(np.float32)
+
+    def _warp(self, smooth: np.ndarray, angle: float, scale: float, ox: float, oy: float) -> np.ndarray:
+        """The band-passed thumbnail of a view: rotated by ``angle``, the crop of side ``scale``
+        centred at (ox, oy) (shares of the side from the middle), sampled from ``smooth``."""
+        s = self.size
+        m = cv2.getRotationMatrix2D((s / 2, s / 2), angle, 1.0 / scale)
+        m[:, 2] -= (ox * s / scale, oy * s / scale)  # bring the crop's centre to the middle
+        m *= self.thumb / s
+        t = (self.thumb, self.thumb)
+        w = cv2.warpAffine(smooth, m, t, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+        return self._bandpass(w)
 
     def queries(self, arrs: list[np.ndarray]) -> np.ndarray:
-        return _unit(np.stack([self._describe(self._gray(a)) for a in arrs])) if arrs else np.zeros((0, 1))
+        if not arrs:
+            return np.zeros((0, 1))
+        return _unit(
+            np.stack([self._warp(self._smooth(self._gray(a), 1.0), 0.0, 1.0, 0.0, 0.0) for a in arrs])
+        )
 
     def _views(self, a: np.ndarray) -> np.ndarray:
         out = []
+        scales = sorted({sc for sc, _, _ in self.frames}, reverse=True)
         for base in _dihedral(self._gray(a)):
-            s = base.shape[0]
+            bps = {sc: self._smooth(base, sc) for sc in scales}
             for r in self.rotations:
                 for sc, ox, oy in self.frames:
-                    m = cv2.getRotationMatrix2D((s / 2, s / 2), r, 1.0 / sc)
-                    m[:, 2] -= (ox * s / sc, oy * s / sc)  # bring the crop's centre to the middle
-                    w = cv2.warpAffine(
-                        base, m, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
-                    )
-                    out.append(self._describe(w))
+                    out.append(self._warp(bps[sc], r, sc, ox, oy))
         return _unit(np.stack(out))
 
     def gallery(self, arrs: list[np.ndarray], threads: int = 1) -> np.ndarray:
@@ -430,8 +451,8 @@ def section_lines(rows: pd.DataFrame, calib: dict, pairs_png, closest: int, fig_
         else "`semantic.min_similarity` (not calibrated)"
     )
     md = [
-        f"Semantic memorization audit ({calib.get('features', '')}): nearest fine-tune image of each synthetic"
-        f" image by cosine similarity. Threshold {thr:.4f}, {how}."
+        f"Semantic memorization audit ({calib.get('features', '')}): nearest fine-tune image of each"
+        f" synthetic image by cosine similarity. Threshold {thr:.4f}, {how}."
         f" 95th percentile of nearest-neighbour similarity {sims.quantile(0.95):.4f}, max {sims.max():.4f};"
         f" {100 * above.mean():.1f} % ({int(above.sum())}) at or above the threshold"
         " (rejected as `memorized_semantic` unless an earlier reason applies).",
