@@ -37,9 +37,18 @@ rule filter:
         "results/logs/filter/{run}.log",
     benchmark:
         "results/benchmarks/filter/{run}.tsv"
+    # torch env: the semantic audit's dinov2 / clip / tiny embeddings
     conda:
-        "../envs/data.yaml"
+        "../envs/torch.yaml"
     threads: 2
+    resources:
+        # a hub model embeds the images for the semantic audit: on the GPU
+        gpu=(
+            1
+            if config["filter"]["memorization"]["semantic"]["features"]
+            in ("dinov2", "clip")
+            else 0
+        ),
     params:
         cfg=config["filter"],
         quality=config["quality"],

@@ -275,3 +275,25 @@ def test_plant_kinds():
         assert b.shape == a.shape and b.dtype == np.uint8 and not np.array_equal(a, b)
     with pytest.raises(ConfigError, match="near-copy kind"):
         semantic_audit.plant(a, "blur", rng)
+
+
+def test_extractor_embedding_matches_flipped_copies(tmp_path):
+    """features: tiny goes through quality.load_extractor (as dinov2 / clip do): the gallery holds
+    the 8 flips / quarter turns, so a turned copy is as close as a straight one."""
+    imgs = _images(6)
+    rows = []
+    for i, a in enumerate(imgs):
+        p = tmp_path / f"t{i}.png"
+        io.save_png(p, a)
+        rows.append({"path": str(p)})
+    syn = {"same": imgs[2], "turned": np.ascontiguousarray(np.rot90(imgs[4][:, ::-1]))}
+    paths = []
+    for k, a in syn.items():
+        paths.append(str(tmp_path / f"{k}.png"))
+        io.save_png(paths[-1], a)
+    c = section("filter", {"memorization": {"semantic": {"features": "tiny", "min_similarity": 0.99}}})
+    out, cal = semantic_audit.semantic_audit(paths, pd.DataFrame(rows), c["memorization"]["semantic"])
+    assert [Path(p).name for p in out["nearest"]] == ["t2.png", "t4.png"]
+    assert out["view"].tolist() == ["id", "flip_rot90"]
+    assert (out["similarity"] > 0.999).all() and out["memorized_semantic"].all()
+    assert cal["features"].startswith("tiny")
