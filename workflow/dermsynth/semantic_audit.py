@@ -6,9 +6,10 @@ the nearest fine-tune image of every synthetic image in an embedding (``semantic
 
 - ``descriptor`` (default, offline, no weights): a band-passed gray thumbnail (difference of two
   Gaussians: drops the smooth "dark blob on skin" layout every lesion shares and keeps its own
-  border and pattern), zero mean and unit norm. Each fine-tune image enters the gallery under many
-  views: the 8 flips / quarter turns x small rotations x crops (scale and offset grid), so a
-  cropped, turned copy meets an aligned view of its source. Similarity = best cosine over views.
+  border and pattern, with about zero mean), at unit norm. Each fine-tune image enters the
+  gallery under many views: the 8 flips / quarter turns x small rotations x crops (scale and
+  offset grid), so a cropped, turned copy meets an aligned view of its source. Similarity = best
+  cosine over views.
 - ``tiny``, ``dinov2``, ``clip``: the extractors of ``quality.load_extractor``; the gallery holds
   the 8 flips / quarter turns of each fine-tune image, features centred on the fine-tune mean.
 
@@ -410,7 +411,7 @@ def semantic_audit(
             int(c["min_calibration_images"]),
             c["min_similarity"],
         )
-    ok = [i for i, a in enumerate(s_arr) if a is not None]
+    ok = [i for i, a in enumerate(s_arr) if a is not None] if t_arr else []
     idx, view, sim = nearest(emb.queries([s_arr[i] for i in ok]), gallery, block=int(c["block"]))
     thr = float(calib["threshold"])
     rows = pd.DataFrame(
