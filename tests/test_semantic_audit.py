@@ -249,6 +249,20 @@ def test_too_few_images_use_min_similarity(tmp_path):
     rows_out, cal = semantic_audit.semantic_audit([rows[0]["path"]], pd.DataFrame(rows), c)
     assert cal["calibrated"] is False and cal["threshold"] == 0.5
     assert rows_out["similarity"].iloc[0] > 0.999 and bool(rows_out["memorized_semantic"].iloc[0])
+    # read and matched a block at a time: the same rows; an unreadable image gets an empty one
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    paths = [r["path"] for r in rows][::-1] + [str(tmp_path / "bad.png")]
+    whole, _ = semantic_audit.semantic_audit(paths, pd.DataFrame(rows), c)
+    blocks, _ = semantic_audit.semantic_audit(paths, pd.DataFrame(rows), {**c, "block": 2})
+    pd.testing.assert_frame_equal(whole, blocks)
+    assert whole["nearest"].map(lambda p: Path(p).name if p else "").tolist() == [
+        "t3.png",
+        "t2.png",
+        "t1.png",
+        "t0.png",
+        "",
+    ]
+    assert np.isnan(whole["similarity"].iloc[-1]) and not whole["memorized_semantic"].iloc[-1]
 
 
 @pytest.mark.parametrize(

@@ -353,6 +353,28 @@ def _group_ids(values) -> np.ndarray:
     return np.asarray(codes, np.int64)
 
 
+def _match(paths: list[str], emb, gallery: np.ndarray, c: dict, threads: int):
+    """(readable indices, gallery index, view, cosine) of the synthetic images, read and embedded
+    ``block`` at a time: the images of a large set never sit in memory together."""
+    ok, idx, view, sim = [], [], [], []
+    block, size = int(c["block"]), int(c["image_size"])
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        bar = Bar(total=len(paths), desc="semantic: synthetic")
+        for s in range(0, len(paths), block):
+            arrs = list(pool.map(lambda p: load_square(p, size), paths[s : s + block]))
+            good = [k for k, a in enumerate(arrs) if a is not None]
+            if good:
+                i, v, m = nearest(emb.queries([arrs[k] for k in good]), gallery, block=block)
+                ok += [s + k for k in good]
+                idx.append(i)
+                view.append(v)
+                sim.append(m)
+            bar.update(len(arrs))
+        bar.close()
+    cat = (lambda x: np.concatenate(x)) if ok else (lambda x: np.zeros(0))
+    return ok, cat(idx), cat(view).astype(np.int64), cat(sim)
+
+
 def semantic_audit(
     synthetic_paths,
     finetune: pd.DataFrame,
@@ -376,13 +398,6 @@ def semantic_audit(
                 desc="semantic: fine-tune",
             )
         )
-        s_arr = list(
-            Bar(
-                pool.map(lambda p: load_square(p, size), synthetic_paths),
-                total=len(synthetic_paths),
-                desc="semantic: synthetic",
-            )
-        )
     keep_t = [i for i, a in enumerate(t_arr) if a is not None]
     if len(keep_t) < len(t_arr):
         log.warning("semantic audit: %d fine-tune images unreadable, left out", len(t_arr) - len(keep_t))
@@ -391,11 +406,11 @@ def semantic_audit(
     gallery = emb.gallery(t_arr, threads) if t_arr else np.zeros((0, 1, 1), np.float32)
     log.info(
         "semantic audit: %d synthetic x %d fine-tune images x %d views of %d features (%.3g multiply-adds)",
-        len(s_arr),
+        len(synthetic_paths),
         len(t_arr),
         gallery.shape[1],
         gallery.shape[2],
-        float(len(s_arr)) * gallery.shape[0] * gallery.shape[1] * gallery.shape[2],
+        float(len(synthetic_paths)) * gallery.shape[0] * gallery.shape[1] * gallery.shape[2],
     )
     calib = {"threshold": float(c["min_similarity"]), "calibrated": False, "features": emb.name}
     if c["calibrate"] and len(t_arr) >= int(c["min_calibration_images"]):
@@ -411,13 +426,12 @@ def semantic_audit(
             int(c["min_calibration_images"]),
             c["min_similarity"],
         )
-    ok = [i for i, a in enumerate(s_arr) if a is not None] if t_arr else []
-    idx, view, sim = nearest(emb.queries([s_arr[i] for i in ok]), gallery, block=int(c["block"]))
+    ok, idx, view, sim = _match(synthetic_paths, emb, gallery, c, threads) if t_arr else ([], [], [], [])
     thr = float(calib["threshold"])
     rows = pd.DataFrame(
         {"path": synthetic_paths, "nearest": "", "view": "", "similarity": np.nan, "threshold": thr}
     )
-    if len(ok) and len(t_arr):
+    if len(ok):
         rows.loc[ok, "nearest"] = [train_paths[keep_t[j]] for j in idx]
         rows.loc[ok, "view"] = [emb.names[v] for v in view]
         rows.loc[ok, "similarity"] = sim.astype(float)
