@@ -48,6 +48,8 @@ MODELS = {
     "segment.sam_model": "results/models/tiny-sam",
     "models.detector": "results/models/tiny-yolos",
     "quality.features": "tiny",  # inception needs the torch-fidelity weights download
+    # DINOv2 is a hub model; the tiny extractor takes the same code path (quality.load_extractor)
+    "filter.memorization.semantic.features": "tiny",
     # the tiny SD is not the web UI's v1-5-pruned-emaonly: its PNGs must not claim to be
     "generate.webui_model": None,
     "generate.webui_model_hash": None,
@@ -78,6 +80,7 @@ SHRINK = {
     "generate.batch_size": 8,  # a shard takes two pipeline calls, the second one short
     "generate.shard_size": 12,
     "classify.image_size": 64,
+    "filter.memorization.semantic.image_size": 64,
     "classify.epochs": 2,
     "classify.batch_size": 8,
     "evaluate.bootstrap": 200,

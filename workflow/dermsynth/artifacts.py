@@ -52,6 +52,7 @@ REASONS = (
     "white",
     "flat",
     "memorized",
+    "memorized_semantic",
     "clipped",
     "cast",
     "tiling",

@@ -9,12 +9,16 @@ image at once. Each rejected image gets a row in ``rejected.csv`` whose reason i
 one in ``artifacts.REASONS`` order (the others are listed in its detail):
 
 - ``memorized``: a near copy (also flipped / rotated) of a fine-tune image (``dermsynth.audit``).
+- ``memorized_semantic``: a near copy the pixel audit misses (cropped, slightly rotated, recoloured,
+  re-encoded), found in an embedding with a threshold calibrated each run
+  (``dermsynth.semantic_audit``).
 - ``duplicate``: same pixels as, or a near copy (pHash + thumbnail correlation, as in the splits) of,
   an image kept earlier in manifest order.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import audit, io
+from . import audit, io, semantic_audit
 from .artifacts import REASONS, check_image, image_verdict, thresholds
 from .errors import ConfigError, DermsynthError
 from .imaging import contact_sheet
@@ -62,6 +66,25 @@ def _near_duplicates(
     return out
 
 
+def _semantic(paths, verdicts, finetune, mem, threads, quality_cfg, semantic_path, calibration_path) -> None:
+    """The semantic audit: adds ``memorized_semantic`` to the verdicts, writes its two outputs."""
+    sem = mem["semantic"]
+    rows = pd.DataFrame(columns=semantic_audit.NEAREST_COLUMNS)
+    calib: dict = {"activate": False}
+    if finetune is not None and mem["activate"] and sem["activate"]:
+        rows, calib = semantic_audit.semantic_audit(paths, io.read_csv(finetune), sem, threads, quality_cfg)
+        for i in np.flatnonzero(rows["memorized_semantic"].to_numpy(bool)):
+            r = rows.iloc[i]
+            reasons = verdicts[i]["reasons"]
+            if not reasons or reasons[0][0] not in ("unreadable", "sha_mismatch"):
+                detail = f"cosine {r.similarity:.4f} to {r.nearest} ({r.view}; threshold {r.threshold:.4f})"
+                reasons.append(("memorized_semantic", float(r.similarity), detail))
+    if semantic_path is not None:
+        io.write_csv(semantic_path, rows)
+    if calibration_path is not None:
+        io.write_json(calibration_path, calib)
+
+
 def filter_synthetic(
     manifests: list[str],
     out_manifest,
@@ -70,12 +93,17 @@ def filter_synthetic(
     threads: int = 1,
     finetune=None,
     nearest_path=None,
+    semantic_path=None,
+    calibration_path=None,
+    quality_cfg: dict | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Check every generated image; write kept rows (all columns) and ``rejected.csv``.
 
     ``cfg`` is the config's ``filter`` section. With ``finetune`` (a manifest of the fine-tune
     images) every image is also audited for memorization, and ``nearest_path`` receives each
-    image's nearest fine-tune image. Returns (kept, rejected) data frames.
+    image's nearest fine-tune image; ``semantic_path`` and ``calibration_path`` the semantic
+    audit's nearest neighbours and its threshold calibration (JSON). ``quality_cfg`` (the quality
+    section) configures a ``dinov2`` / ``clip`` / ``tiny`` embedding. Returns (kept, rejected).
     """
     thr = thresholds(cfg)
     verdict = image_verdict(cfg)
@@ -116,6 +144,7 @@ def filter_synthetic(
                 reasons.append(("memorized", float(r.similarity), detail))
     if nearest_path is not None:
         io.write_csv(nearest_path, nearest)
+    _semantic(paths, verdicts, finetune, mem, threads, quality_cfg, semantic_path, calibration_path)
 
     # duplicates are judged in manifest order among images that pass every other check:
     # the first copy is kept, later copies are rejected
@@ -220,12 +249,16 @@ def section_filter(
     per_reason: int = 16,
     targets: pd.DataFrame | None = None,
     labels: pd.Series | None = None,
+    semantic: pd.DataFrame | None = None,
+    calibration: dict | None = None,
+    semantic_png=None,
 ) -> None:
     """The filter's report fragment: counts per reason, kept vs target per class x sampler
     (``targets``, from ``kept_vs_target``), the audit's histogram and closest pairs, and one contact
     sheet per reason (figures are referenced relative to results/report/). With ``labels`` (the class
     of every checked image) a table gives each check's reject rate per class and flags a check whose
-    rates differ by more than ``filter.max_class_gap``."""
+    rates differ by more than ``filter.max_class_gap``. With ``semantic`` (nearest_semantic.csv) and
+    ``calibration`` the semantic audit's figures and closest pairs (``semantic_png``) follow."""
     thr = thresholds(cfg)
     md = ["## Artifact filter and memorization audit", ""]
     md.append(f"{total - len(rej)} of {total} synthetic images kept; {len(rej)} rejected.")
@@ -259,6 +292,9 @@ def section_filter(
         state = "on"
         if r in active and not thr[active[r]]["activate"]:
             state = "near copies off (exact copies still)" if r == "duplicate" else "off"
+        mem = thr["memorization"]
+        if r == "memorized_semantic" and not (mem["activate"] and mem["semantic"]["activate"]):
+            state = "off"
         md.append(f"| {r} | {int(counts.get(r, 0))} | {state} |")
     md.append("")
     if labels is not None and len(labels):
@@ -323,6 +359,11 @@ def section_filter(
         title="closest pairs: synthetic | fine-tune",
     )
     md += [f"![closest pairs]({sec(pairs_png)})", ""]
+    if semantic is not None and semantic_png is not None:
+        closest_sem = int(thr["memorization"]["semantic"]["closest"])
+        md += semantic_audit.section_lines(
+            semantic, calibration or {}, semantic_png, closest_sem, sec(semantic_png)
+        )
     io.write_text(section_md, "\n".join(md) + "\n")
 
 
@@ -338,11 +379,28 @@ def filter_stage(
     sheets: list[str],
     cfg: dict,
     threads: int = 1,
+    semantic_path=None,
+    calibration_path=None,
+    semantic_png=None,
+    quality_cfg: dict | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The filter rule: filter + audit, then the report fragment (``sheets`` in ``REASONS`` order)."""
+    """The filter rule: filter + audits, then the report fragment (``sheets`` in ``REASONS`` order;
+    the semantic audit's part when ``semantic_path``, ``calibration_path`` and ``semantic_png`` are given)."""
     if len(sheets) != len(REASONS):
         raise ConfigError(f"{len(sheets)} contact sheet paths for {len(REASONS)} reasons")
-    kept, rej = filter_synthetic(manifests, kept_path, rejected_path, cfg, threads, finetune, nearest_path)
+    kept, rej = filter_synthetic(
+        manifests,
+        kept_path,
+        rejected_path,
+        cfg,
+        threads,
+        finetune,
+        nearest_path,
+        semantic_path,
+        calibration_path,
+        quality_cfg,
+    )
+    with_semantic = None not in (semantic_path, calibration_path, semantic_png)
     nearest = io.read_csv(nearest_path)
     made = io.read_manifests(manifests)
     targets = kept_vs_target(made, kept)
@@ -359,6 +417,9 @@ def filter_stage(
         dict(zip(REASONS, sheets, strict=True)),
         targets=targets,
         labels=made["label"],
+        semantic=io.read_csv(semantic_path) if with_semantic else None,
+        calibration=json.loads(Path(calibration_path).read_text()) if with_semantic else None,
+        semantic_png=semantic_png if with_semantic else None,
     )
     return kept, rej
 

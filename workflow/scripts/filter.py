@@ -23,4 +23,8 @@ with logs.stage("filter"):
         sheets=list(out.sheets),
         cfg=snakemake.params.cfg,
         threads=snakemake.threads,
+        semantic_path=out.semantic,
+        calibration_path=out.calibration,
+        semantic_png=out.semantic_pairs,
+        quality_cfg=snakemake.params.quality,
     )
