@@ -355,6 +355,18 @@ def quality_feature_model():
     return ([path] if path else []) + tiny
 
 
+def semantic_feature_model():
+    """models.dinov2 / models.clip when the semantic memorization audit embeds with it, else None."""
+    kind = config["filter"]["memorization"]["semantic"]["features"]
+    return model_ref(kind) if kind in ("dinov2", "clip") else None
+
+
+def semantic_feature_model_input(wildcards):
+    """That model as an input when the tiny_model rule builds it (demo-style configs)."""
+    ref = semantic_feature_model()
+    return [ref] if ref and ref.startswith(TINY_PREFIX) else []
+
+
 def quality_jsons(wildcards):
     return block_paths(
         "results/quality/{run}/{label}/{sampler}.json", run=wildcards.run

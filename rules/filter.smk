@@ -3,6 +3,7 @@ rule filter:
     input:
         manifests=generation_manifests(),
         finetune="results/splits/finetune.csv",
+        feature_model=semantic_feature_model_input,
     output:
         kept="results/synthetic/{run}/filtered.csv",
         rejected="results/synthetic/{run}/rejected.csv",
@@ -52,6 +53,7 @@ rule filter:
     params:
         cfg=config["filter"],
         quality=config["quality"],
+        feature_model=semantic_feature_model(),
         code=code_of("filter.py"),
     script:
         "../workflow/scripts/filter.py"

@@ -131,6 +131,11 @@ def test_only_the_jobs_that_will_run_count():
         quality__features="domain", quality__extra_features=["clip"], quality__c2st={"features": "tiny"}
     )
     assert [n.key for n in preflight.needs(clip, job)] == ["models.clip"]
+    # the semantic memorization audit embeds with DINOv2 in the paper config; off, it needs nothing
+    audit = preflight.needs(cfg, [("filter", {"run": "r"})], TINY)
+    assert [(n.key, n.rules) for n in audit] == [("models.dinov2", ["filter"])]
+    mem = {**cfg["filter"]["memorization"], "semantic": {"features": "descriptor"}}
+    assert preflight.needs(config(filter__memorization=mem), [("filter", {"run": "r"})], TINY) == []
     c2st_inception = config(
         quality__features="tiny", quality__extra_features=[], quality__c2st={"features": "inception"}
     )

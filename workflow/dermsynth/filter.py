@@ -66,13 +66,17 @@ def _near_duplicates(
     return out
 
 
-def _semantic(paths, verdicts, finetune, mem, threads, quality_cfg, semantic_path, calibration_path) -> None:
+def _semantic(
+    paths, verdicts, finetune, mem, threads, quality_cfg, semantic_path, calibration_path, model=None
+) -> None:
     """The semantic audit: adds ``memorized_semantic`` to the verdicts, writes its two outputs."""
     sem = mem["semantic"]
     rows = pd.DataFrame(columns=semantic_audit.NEAREST_COLUMNS)
     calib: dict = {"activate": False}
     if finetune is not None and mem["activate"] and sem["activate"]:
-        rows, calib = semantic_audit.semantic_audit(paths, io.read_csv(finetune), sem, threads, quality_cfg)
+        rows, calib = semantic_audit.semantic_audit(
+            paths, io.read_csv(finetune), sem, threads, quality_cfg, model
+        )
         for i in np.flatnonzero(rows["memorized_semantic"].to_numpy(bool)):
             r = rows.iloc[i]
             reasons = verdicts[i]["reasons"]
@@ -96,6 +100,7 @@ def filter_synthetic(
     semantic_path=None,
     calibration_path=None,
     quality_cfg: dict | None = None,
+    feature_model=None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Check every generated image; write kept rows (all columns) and ``rejected.csv``.
 
@@ -103,7 +108,8 @@ def filter_synthetic(
     images) every image is also audited for memorization, and ``nearest_path`` receives each
     image's nearest fine-tune image; ``semantic_path`` and ``calibration_path`` the semantic
     audit's nearest neighbours and its threshold calibration (JSON). ``quality_cfg`` (the quality
-    section) configures a ``dinov2`` / ``clip`` / ``tiny`` embedding. Returns (kept, rejected).
+    section) configures a ``dinov2`` / ``clip`` / ``tiny`` embedding, ``feature_model`` (``models.<kind>``)
+    names a dinov2 / clip model. Returns (kept, rejected).
     """
     thr = thresholds(cfg)
     verdict = image_verdict(cfg)
@@ -144,7 +150,9 @@ def filter_synthetic(
                 reasons.append(("memorized", float(r.similarity), detail))
     if nearest_path is not None:
         io.write_csv(nearest_path, nearest)
-    _semantic(paths, verdicts, finetune, mem, threads, quality_cfg, semantic_path, calibration_path)
+    _semantic(
+        paths, verdicts, finetune, mem, threads, quality_cfg, semantic_path, calibration_path, feature_model
+    )
 
     # duplicates are judged in manifest order among images that pass every other check:
     # the first copy is kept, later copies are rejected
@@ -383,6 +391,7 @@ def filter_stage(
     calibration_path=None,
     semantic_png=None,
     quality_cfg: dict | None = None,
+    feature_model=None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The filter rule: filter + audits, then the report fragment (``sheets`` in ``REASONS`` order;
     the semantic audit's part when ``semantic_path``, ``calibration_path`` and ``semantic_png`` are given)."""
@@ -399,6 +408,7 @@ def filter_stage(
         semantic_path,
         calibration_path,
         quality_cfg,
+        feature_model,
     )
     with_semantic = None not in (semantic_path, calibration_path, semantic_png)
     nearest = io.read_csv(nearest_path)

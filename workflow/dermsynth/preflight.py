@@ -60,6 +60,7 @@ CLASSIFIER_RULES = ("train_classifier",)
 SAM_RULES = ("segment_real", "segment_synthetic")
 QUALITY_RULES = ("quality", "quality_reference")
 DETECTOR_RULES = ("train_detector",)
+FILTER_RULES = ("filter",)
 
 HUB_MODEL, WEIGHTS_FILE, MODULE = "model", "file", "module"
 
@@ -92,7 +93,7 @@ def needs(cfg: dict, jobs: Iterable[tuple[str, dict]] | None = None, tiny_prefix
     Models under ``tiny_prefix`` are built by a rule of the run (tiny_model): never missing.
     """
     if jobs is None:
-        jobs = [(r, {}) for r in SD_RULES + QUALITY_RULES]
+        jobs = [(r, {}) for r in SD_RULES + QUALITY_RULES + FILTER_RULES]
         jobs += [(r, {"model": m}) for r in CLASSIFIER_RULES for m in cfg["classify"]["models"]]
         jobs += [(r, {"method": m}) for r in SAM_RULES for m in cfg["segment"]["methods"]]
         if cfg.get("detect", {}).get("activate"):
@@ -128,6 +129,12 @@ def needs(cfg: dict, jobs: Iterable[tuple[str, dict]] | None = None, tiny_prefix
             for kind, what in EMBEDDINGS.items():
                 if kind in kinds:
                     add(f"models.{kind}", what, cfg["models"][kind], HUB_MODEL, EMBEDDING_FILES, rule)
+        elif rule in FILTER_RULES:
+            mem = cfg.get("filter", {}).get("memorization", {})
+            kind = mem.get("semantic", {}).get("features")
+            if kind in EMBEDDINGS and mem.get("activate", True) and mem["semantic"].get("activate", True):
+                what = f"{EMBEDDINGS[kind]} of the semantic memorization audit"
+                add(f"models.{kind}", what, cfg["models"][kind], HUB_MODEL, EMBEDDING_FILES, rule)
         elif rule in DETECTOR_RULES:
             ref = cfg["models"]["detector"]
             add("models.detector", "lesion detector", ref, HUB_MODEL, DETECTOR_FILES, rule)

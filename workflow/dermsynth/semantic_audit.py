@@ -215,10 +215,10 @@ class Descriptor:
 class Extracted:
     """Features of a ``quality`` extractor; the gallery under the 8 flips and quarter turns."""
 
-    def __init__(self, kind: str, quality_cfg: dict | None, batch_size: int):
+    def __init__(self, kind: str, quality_cfg: dict | None, batch_size: int, model=None):
         from . import quality  # imported here: torch, and the hub models, only when asked for
 
-        self.extractor = quality.load_extractor(kind, quality_cfg)
+        self.extractor = quality.load_extractor(kind, quality_cfg, model_dir=model)
         self.batch = int(batch_size)
         self.names = list(DIHEDRAL)
         self.name = f"{kind}: {self.extractor.name}, centred on the fine-tune mean, 8 views"
@@ -245,11 +245,12 @@ class Extracted:
         return _unit(self._features(arrs) - self.mean) if arrs else np.zeros((0, 1))
 
 
-def embedder(c: dict, quality_cfg: dict | None = None):
-    """The embedding of ``filter.memorization.semantic`` (``c``)."""
+def embedder(c: dict, quality_cfg: dict | None = None, model=None):
+    """The embedding of ``filter.memorization.semantic`` (``c``); ``model``: the hub id or folder of a
+    dinov2 / clip extractor (``models.<features>``; None: the schema's default)."""
     if c["features"] == "descriptor":
         return Descriptor(c)
-    return Extracted(c["features"], quality_cfg, c["batch_size"])
+    return Extracted(c["features"], quality_cfg, c["batch_size"], model)
 
 
 def nearest(
@@ -381,6 +382,7 @@ def semantic_audit(
     c: dict,
     threads: int = 1,
     quality_cfg: dict | None = None,
+    model=None,
 ) -> tuple[pd.DataFrame, dict]:
     """One row per synthetic image (``NEAREST_COLUMNS``) and the calibration summary.
 
@@ -402,7 +404,7 @@ def semantic_audit(
     if len(keep_t) < len(t_arr):
         log.warning("semantic audit: %d fine-tune images unreadable, left out", len(t_arr) - len(keep_t))
     t_arr = [t_arr[i] for i in keep_t]
-    emb = embedder(c, quality_cfg)
+    emb = embedder(c, quality_cfg, model)
     gallery = emb.gallery(t_arr, threads) if t_arr else np.zeros((0, 1, 1), np.float32)
     log.info(
         "semantic audit: %d synthetic x %d fine-tune images x %d views of %d features (%.3g multiply-adds)",

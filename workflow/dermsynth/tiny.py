@@ -429,6 +429,8 @@ def _build_clip(out: Path, seed: int = 0, image_size: int = 64) -> None:
     CLIPImageProcessor(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     ).save_pretrained(out)
+
+
 # Lesion detector (the detection check)
 
 

@@ -27,4 +27,5 @@ with logs.stage("filter"):
         calibration_path=out.calibration,
         semantic_png=out.semantic_pairs,
         quality_cfg=snakemake.params.quality,
+        feature_model=snakemake.params.feature_model,
     )
