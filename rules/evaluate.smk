@@ -31,7 +31,7 @@ rule skin_tone:
     log:
         "results/logs/skin_tone/{testset}.log",
     conda:
-        "../envs/data.yaml"
+        "../envs/torch.yaml"
     threads: 1
     params:
         side=config["evaluate"]["skin_tone_side"],
