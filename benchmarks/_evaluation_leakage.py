@@ -103,14 +103,21 @@ def cross_lesion_sheet(halves: dict, threshold: float, out_png, top: int = 12) -
 
 
 def run(
-    quick: bool = True, features: str = "sift", budget: float = 1.0, seed: int = 0, n_images=None, sheet=None
+    quick: bool = True,
+    features: str = "sift",
+    budget: float = 1.0,
+    seed: int = 0,
+    n_images=None,
+    sheet=None,
+    **cfg,
 ) -> dict:
+    """The figures of the module doc; ``cfg``: split.embedding keys over the defaults."""
     t0 = time.time()
     meta = subset(pd.read_csv(HAM / "metadata.csv"), n_images or (2000 if quick else None), seed)
     rng = np.random.default_rng(seed + 1)
     lesions = meta.lesion_id.unique()
     calib_set = set(rng.permutation(lesions)[: len(lesions) // 2])
-    cfg = lesion_match.validate({"features": features})
+    cfg = lesion_match.validate({**cfg, "features": features})
     out = {"features": features, "budget_false_pairs_per_1000": budget}
     halves = {}
     for name, part in (

@@ -21,6 +21,7 @@ lesions stay within a budget per 1,000 images (benchmarks/_evaluation_leakage.py
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import cv2
@@ -127,9 +128,23 @@ def vlad(descs: list[np.ndarray], words: int = 64, sample: int = 30000, seed: in
     return out / np.linalg.norm(out, axis=1, keepdims=True).clip(1e-9)
 
 
+@functools.cache
+def _dullrazor_defaults() -> dict:
+    return config.section("preprocess")["dullrazor"]
+
+
+def dehair(rgb: np.ndarray) -> np.ndarray:
+    """DullRazor (the schema's preprocess.dullrazor defaults, scaled to the image): hair crossings
+    make keypoints that match between any two hairy images."""
+    from . import hair  # imported here: only the sift features need it
+
+    return hair.dullrazor(rgb, **hair.scaled_params(_dullrazor_defaults(), *rgb.shape[:2]))[0]
+
+
 def _local(path, cfg: dict):
     rgb = _read(path, cfg["image_size"])
     if cfg["features"] == "sift":
+        rgb = dehair(rgb) if cfg["dehair"] else rgb
         return sift_keypoints(rgb, cfg["keypoints"], cfg["contrast"]), None
     return None, colour_descriptor(rgb)
 
