@@ -83,6 +83,16 @@ def test_calibrate_by_hand():
     assert (got["threshold"], got["recall"], got["false_pairs"]) == (0.5, 3 / 5, 2)
 
 
+def test_calibrate_counts_only_proven_false_pairs_scaled():
+    # .8 is two lesion ids nobody can tell apart (a re-photograph?): not counted; .7 is proven
+    # different and, with half of all false pairs provable, stands for two
+    s, pos, neg = [0.9, 0.8, 0.7, 0.6], [True, False, False, True], [False, False, True, False]
+    got = lesion_match.calibrate(s, pos, 2000, 2, 1.0, negative=neg, false_scale=2.0)
+    assert (got["threshold"], got["recall"], got["false_pairs"]) == (0.6, 1.0, 2.0)
+    got = lesion_match.calibrate(s, pos, 1999, 2, 1.0, negative=neg, false_scale=2.0)
+    assert (got["threshold"], got["recall"], got["false_pairs"]) == (0.8, 0.5, 0.0)
+
+
 def test_mutual_knn_and_group_cap():
     # 0-1 mutual nearest; 2's nearest is 1 but 1's is 0: 1-2 is not mutual at k=1
     emb = np.array([[1, 0, 0], [0.99, 0.14, 0], [0.9, 0.44, 0], [0, 0, 1]], np.float32)

@@ -281,19 +281,37 @@ def validate(cfg: dict | None) -> dict:
 # calibration
 
 
-def calibrate(scores_, positive, n_images: int, n_positive: int, false_per_1000: float = 1.0) -> dict:
+def calibrate(
+    scores_,
+    positive,
+    n_images: int,
+    n_positive: int,
+    false_per_1000: float = 1.0,
+    negative=None,
+    false_scale: float = 1.0,
+) -> dict:
     """The operating point: the lowest score threshold at which pairs of different lesions stay
     <= ``false_per_1000`` per 1,000 images; recall = positives at or above it / ``n_positive``
-    (all same-lesion pairs, also those no candidate reached)."""
+    (all same-lesion pairs, also those no candidate reached).
+
+    ``negative``: the pairs known to be different lesions (default: all not ``positive``); when only
+    some are known (lesion ids miss re-photographs), ``false_scale`` = 1 / the share of false pairs
+    that can be known, so the estimate counts the unknown ones too.
+    """
     s = np.asarray(scores_, np.float64)
     pos = np.asarray(positive, bool)
-    allow = int(np.floor(false_per_1000 * n_images / 1000 + 1e-9))
+    neg = ~pos if negative is None else np.asarray(negative, bool)
+
+    def n_false(t):
+        return false_scale * int((neg & (s >= t)).sum())
+
+    budget = false_per_1000 * n_images / 1000 + 1e-9
     best = np.inf
     for t in np.unique(s)[::-1]:  # descending: false pairs only grow as the threshold falls
-        if int((~pos & (s >= t)).sum()) > allow:
+        if n_false(t) > budget:
             break
         best = t
-    false = int((~pos & (s >= best)).sum())
+    false = n_false(best)
     hits = int((pos & (s >= best)).sum())
     return {
         "threshold": float(best),
