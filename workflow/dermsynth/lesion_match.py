@@ -17,7 +17,13 @@ an image pairs at most with its own few nearest, so a cluster of look-alikes can
 pairs candidates with ``min_inliers`` or more. Merged groups are capped at ``max_group`` images,
 best pairs first, so a weak pair never chains two groups together. :func:`calibrate` picks the
 threshold on lesions known to have several images: the lowest score at which pairs of different
-lesions stay within a budget per 1,000 images (benchmarks/_evaluation_leakage.py, figures there)."""
+lesions stay within a budget per 1,000 images (benchmarks/_evaluation_leakage.py).
+
+Measured on all of HAM10000 (200x150; calibrated on half of the lesions, measured on the other
+half, 5,014 images): ``sift`` at 18 inliers pairs 45% of the same-lesion pairs directly (50% end up
+in one group) with no pair the metadata proves false; the shortlist caps it (50% of same-lesion
+pairs reach the verification). ``colour`` and ``tiny`` reach < 1% at the same false-pair budget.
+The closest pairs of two lesion ids are one lesion filed twice (checked by eye), as expected."""
 
 from __future__ import annotations
 
