@@ -24,6 +24,7 @@ rule split:
         phash_threshold=config["split"]["phash_threshold"],
         min_corr=config["split"]["min_corr"],
         patient_groups=config["split"]["patient_groups"],
+        embedding=config["split"]["embedding"],
         finetune_datasets=config["split"]["finetune_datasets"],
         code=code_of("split.py"),
     script:

@@ -413,6 +413,25 @@ def test_leakage_counts_table(tmp_path):
     assert "0 near-duplicate" in sections.section_leakage(str(p))
 
 
+def test_leakage_lists_embedding_pairs_best_first(tmp_path):
+    p = tmp_path / "leak.csv"
+    pd.DataFrame(
+        {
+            "dataset_a": ["ham"] * 3,
+            "source_id_a": ["a", "b", "c"],
+            "dataset_b": ["ham"] * 3,
+            "source_id_b": ["x", "y", "z"],
+            "kind": ["phash", "embedding", "embedding"],
+            "action": ["grouped"] * 3,
+            "hamming": [2, 20, 25],
+            "similarity": ["", 31, 57],
+        }
+    ).to_csv(p, index=False)
+    text = sections.section_leakage(str(p))
+    assert "2 pairs matched by embedding similarity" in text
+    assert text.index("| ham | c | ham | z | grouped | 57") < text.index("| ham | b | ham | y | grouped | 31")
+
+
 def _write_json(path, obj):
     path.write_text(json.dumps(obj))
     return path

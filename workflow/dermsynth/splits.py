@@ -10,6 +10,8 @@ that share a layout (a centred dark blob in a dermoscope ring). Measured on the 
 copies found (Hamming <= 4, correlation >= 0.995); among 1,801 pairs within Hamming 6, different
 lesions correlate <= 0.975 except one pair that is the same photograph filed under two lesion ids
 (ISIC_0030074 / ISIC_0025226); the pairwise comparison of 5.1e7 pairs takes ~1 s.
+A lesion photographed again (other zoom, angle, light) under a second lesion id has other pixels:
+``split.embedding`` pairs those by descriptor similarity (dermsynth.lesion_match, kind ``embedding``).
 Within a dataset, duplicates are merged into one group before the split, so they cannot straddle
 splits. Across datasets, a copy of a train image is removed from val/test (with its lesion group),
 never the other way round. Every overlap found is listed in leakage.csv.
@@ -24,7 +26,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from . import io
+from . import io, lesion_match
 from .errors import ConfigError, ImageError
 from .imaging import image_threads
 from .progress import Bar
@@ -33,7 +35,16 @@ log = logging.getLogger("dermsynth")
 
 SPLITS = ("train", "val", "test")
 SPLIT_COLUMNS = ["dataset", "source_id", "lesion_id", "label", "split", "sha256", "phash"]
-LEAKAGE_COLUMNS = ["dataset_a", "source_id_a", "dataset_b", "source_id_b", "kind", "action", "hamming"]
+LEAKAGE_COLUMNS = [
+    "dataset_a",
+    "source_id_a",
+    "dataset_b",
+    "source_id_b",
+    "kind",
+    "action",
+    "hamming",
+    "similarity",
+]
 REGIMES = ("real", "hybrid", "synthetic")
 _RANK = {"train": 0, "val": 1, "test": 2}
 
@@ -202,6 +213,27 @@ def find_duplicates(
     return out
 
 
+def embedding_pairs(
+    df: pd.DataFrame, keys: list[str], known: list, hashes: np.ndarray, cfg: dict | None, threads: int = 1
+) -> tuple[list[tuple[int, int, str, int]], dict[tuple[int, int], float]]:
+    """Same-lesion pairs by descriptor similarity (dermsynth.lesion_match) that no other key found.
+
+    Pairs inside one known group (same dataset and lesion key) tell nothing new and are dropped.
+    Returns pairs like :func:`find_duplicates` (kind ``embedding``) and their scores.
+    """
+    if not cfg or not lesion_match.validate(cfg)["activate"]:
+        return [], {}
+    ds = df["dataset"].to_numpy()
+    seen = {(i, j) for i, j, _, _ in known}
+    out, score = [], {}
+    for i, j, s in lesion_match.find_pairs(df["path"].tolist(), cfg, threads):
+        if (i, j) in seen or (ds[i] == ds[j] and keys[i] == keys[j]):
+            continue
+        out.append((i, j, "embedding", int(np.bitwise_count(hashes[i] ^ hashes[j]))))
+        score[(i, j)] = s
+    return out, score
+
+
 # ---------------------------------------------------------------------------------------------
 # splits
 
@@ -279,6 +311,7 @@ def make_splits(
     min_corr: float = 0.985,
     patient_groups: bool = False,
     threads: int = 1,
+    embedding: dict | None = None,
 ) -> pd.DataFrame:
     """Write splits.csv (dataset, source_id, lesion_id, label, split, sha256, phash) and leakage.csv.
 
@@ -286,6 +319,7 @@ def make_splits(
     Groups: lesion_id, else patient_id, else source_id (the ``lesion_id`` column of splits.csv is the
     group used). ``patient_groups`` also keeps all images of one patient together. Near duplicates:
     pHash Hamming distance <= ``phash_threshold`` and thumbnail correlation >= ``min_corr``.
+    ``embedding`` (config ``split.embedding``; None = off) adds re-photographs of one lesion.
     """
     frames = []
     for ds, m in manifests.items():
@@ -309,6 +343,8 @@ def make_splits(
     # the column reports the group actually used, so a reader can check that no group straddles splits
     df["lesion_id"] = [k.split(":", 1)[1] for k in keys]
     pairs = find_duplicates(df, thumbs, hashes, phash_threshold, min_corr, lesions=keys)
+    extra, similarity = embedding_pairs(df, keys, pairs, hashes, embedding, threads)
+    pairs = pairs + extra
 
     # groups: same lesion key, plus within-dataset duplicates
     uf = _UnionFind(len(df))
@@ -357,6 +393,7 @@ def make_splits(
                 "kind": kind,
                 "action": action,
                 "hamming": h,
+                "similarity": similarity.get((i, j), ""),
             }
         )
     df["split"] = final
@@ -435,6 +472,7 @@ def write_split_manifests(
     min_corr: float = 0.985,
     patient_groups: bool = False,
     threads: int = 1,
+    embedding: dict | None = None,
 ) -> pd.DataFrame:
     """The split stage: splits.csv + leakage.csv, then per-dataset split manifests and the fine-tune set.
 
@@ -451,6 +489,7 @@ def write_split_manifests(
         min_corr=min_corr,
         patient_groups=patient_groups,
         threads=threads,
+        embedding=embedding,
     )
     for ds, manifest in cls_manifests.items():
         for name in SPLITS:

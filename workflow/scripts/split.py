@@ -18,6 +18,7 @@ with logs.stage("split"):
         phash_threshold=snakemake.params.phash_threshold,
         min_corr=snakemake.params.min_corr,
         patient_groups=snakemake.params.patient_groups,
+        embedding=snakemake.params.embedding,
         finetune_datasets=snakemake.params.finetune_datasets,
         splits_path=snakemake.output.splits,
         leakage_path=snakemake.output.leakage,

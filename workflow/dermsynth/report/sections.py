@@ -213,11 +213,31 @@ def section_leakage(path: str) -> str:
         if len(df) and {"kind", "action"} <= set(df.columns):
             out += "Counts (kind of match × what the split did about it):\n\n"
             out += counts_table(df, "kind", "action") + "\n"
+        out += _embedding_pairs(df)
         if len(df):
             head = df.head(10).astype(str).to_numpy().tolist()
             out += "First pairs:\n\n" + md_table(list(df.columns), head)
         return out
     return out + "```\n" + p.read_text()[:4000] + "\n```\n"
+
+
+def _embedding_pairs(df: pd.DataFrame, top: int = 10) -> str:
+    """The pairs found by descriptor similarity only (re-photographs under two ids), best first."""
+    if "kind" not in df.columns or "similarity" not in df.columns:
+        return ""
+    emb = df[df["kind"].astype(str) == "embedding"].copy()
+    if not len(emb):
+        return ""
+    emb["similarity"] = pd.to_numeric(emb["similarity"], errors="coerce")
+    emb = emb.sort_values("similarity", ascending=False)
+    cols = ["dataset_a", "source_id_a", "dataset_b", "source_id_b", "action", "similarity"]
+    return (
+        f"{len(emb)} pairs matched by embedding similarity only (`split.embedding`): likely the same lesion "
+        "photographed again under another lesion id, merged into one split group. Review them; the "
+        f"{min(top, len(emb))} closest:\n\n"
+        + md_table(cols, emb[cols].head(top).astype(str).to_numpy().tolist())
+        + "\n"
+    )
 
 
 def section_versions(versions: dict) -> str:

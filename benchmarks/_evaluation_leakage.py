@@ -1,0 +1,200 @@
+"""Leakage beyond pixels: same-lesion recall of the splitter's embedding pairs on HAM10000.
+
+HAM10000 lesions with several images (same lesion_id = positive pair) are split by lesion into a
+calibration half and a held-out half. Different lesion ids are not always different lesions: the
+closest such pairs are the same lesion photographed again (see ``--sheet``), which is what the
+splitter hunts. So a false pair is counted only where the metadata proves two lesions (another
+diagnosis, sex or site, or ages more than 5 years apart), scaled up by the share of random
+different-lesion pairs the metadata can prove (``metadata_proves_share``). On the calibration half,
+:func:`dermsynth.lesion_match.calibrate` picks the lowest score whose estimated false pairs stay
+<= ``budget`` per 1,000 images; the held-out half is paired at that threshold (with the group cap):
+
+- ``same_lesion_recall``: same-lesion pairs of held-out lesions paired directly (target >= 0.8);
+- ``false_pairs_per_1000_images``: estimated pairs of different held-out lesions merged (<= 1);
+- ``grouped_recall``: same-lesion pairs that end up in one group (pairs chain within a lesion);
+- ``candidate_ceiling``: same-lesion pairs that reach the verification at all (the shortlist);
+- ``lesion_id_false_pairs_per_1000_images`` / ``review_pairs``: all merged pairs of two lesion ids,
+  and those the metadata cannot tell apart (for a person: likely one lesion filed twice).
+
+``--quick``: about 2,000 images, half with another image of their lesion (CPU, about a minute of
+CPU time); without it all 10,015 (about 7 CPU minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "workflow"))
+
+from dermsynth import lesion_match  # noqa: E402
+
+HAM = ROOT.parent / "shared" / "data" / "ham10000_200x150"
+if not (HAM / "metadata.csv").is_file():  # a git worktree beside the main checkout
+    HAM = Path("/work/shared/data/ham10000_200x150")
+
+
+def subset(meta: pd.DataFrame, n_images: int | None, seed: int) -> pd.DataFrame:
+    """Whole lesions, about half of the images from multi-image lesions (all images without a cap)."""
+    if n_images is None:
+        return meta
+    rng = np.random.default_rng(seed)
+    size = meta.groupby("lesion_id").size()
+    multi, single = rng.permutation(size[size > 1].index), rng.permutation(size[size == 1].index)
+    keep, count = [], 0
+    for lesion in multi:
+        if count >= n_images // 2:
+            break
+        keep.append(lesion)
+        count += size[lesion]
+    keep += list(single[: max(0, n_images - count)])
+    return meta[meta.lesion_id.isin(keep)].reset_index(drop=True)
+
+
+def _positives(lesions: np.ndarray) -> int:
+    counts = pd.Series(lesions).value_counts()
+    return int((counts * (counts - 1) // 2).sum())
+
+
+def _grouped(pairs, lesions: np.ndarray) -> int:
+    """Same-lesion pairs that share a group once every pair is merged."""
+    parent = list(range(len(lesions)))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j, _ in pairs:
+        parent[find(i)] = find(j)
+    roots = pd.Series([find(i) for i in range(len(lesions))])
+    return int(
+        pd.DataFrame({"r": roots, "l": lesions})
+        .groupby(["r", "l"])
+        .size()
+        .pipe(lambda c: (c * (c - 1) // 2).sum())
+    )
+
+
+def compatible(part: pd.DataFrame, ii, jj) -> np.ndarray:
+    """Whether images ``ii[k]`` and ``jj[k]`` could be one lesion by the metadata: same diagnosis,
+    sex and site, ages within 5 years (a missing value agrees with anything)."""
+    out = np.ones(len(ii), bool)
+    for col in ("dx", "sex", "localization"):
+        v = part[col].fillna("").astype(str).replace("unknown", "").to_numpy()
+        a, b = v[ii], v[jj]
+        out &= (a == b) | (a == "") | (b == "")
+    age = part["age"].to_numpy(float)
+    gap = np.abs(age[ii] - age[jj])
+    return out & ~(gap > 5)  # NaN gap (unknown age) agrees
+
+
+def measure(part: pd.DataFrame, cfg: dict, seed: int = 0) -> dict:
+    """Candidate pairs of ``part`` with scores; ``neg``: pairs the metadata proves are two lesions;
+    ``known``: the share of different-lesion pairs the metadata can prove so (random pairs)."""
+    paths = [str(HAM / "images" / f"{i}.jpg") for i in part.image_id]
+    les = part.lesion_id.to_numpy().astype(str)
+    emb, kps = lesion_match.describe(paths, cfg, threads=2)
+    ii, jj, ss = lesion_match.scores(emb, kps, cfg)
+    pos = les[ii] == les[jj]
+    rng = np.random.default_rng(seed)
+    ri, rj = rng.integers(0, len(les), (2, 200_000))
+    diff = les[ri] != les[rj]
+    known = float(1 - compatible(part, ri[diff], rj[diff]).mean())
+    neg = ~pos & ~compatible(part, ii, jj)
+    return {"ii": ii, "jj": jj, "ss": ss, "pos": pos, "neg": neg, "known": known, "les": les, "paths": paths}
+
+
+def cross_lesion_sheet(halves: dict, threshold: float, out_png, top: int = 12) -> None:
+    """Contact sheet of the closest pairs of different lesion ids at or above ``threshold``: a person
+    tells re-photographs HAM10000 filed twice from real false pairs."""
+    from dermsynth.imaging import contact_sheet
+
+    rows = []
+    for m in halves.values():
+        les, paths = m["les"], m["paths"]
+        for i, j, s, p in zip(m["ii"], m["jj"], m["ss"], m["pos"], strict=True):
+            if not p and s >= threshold:
+                rows.append((s, paths[i], paths[j], les[i], les[j]))
+    rows = sorted(rows, reverse=True)[:top]
+    images = [p for r in rows for p in r[1:3]]
+    labels = [f"{r[k + 3]} ({r[0]:g})" for r in rows for k in (0, 1)]
+    contact_sheet(images, out_png, ncols=2, thumb=160, labels=labels, title="closest cross-lesion-id pairs")
+
+
+def run(
+    quick: bool = True,
+    features: str = "sift",
+    budget: float = 1.0,
+    seed: int = 0,
+    n_images=None,
+    sheet=None,
+    **cfg,
+) -> dict:
+    """The figures of the module doc; ``cfg``: split.embedding keys over the defaults."""
+    t0 = time.time()
+    meta = subset(pd.read_csv(HAM / "metadata.csv"), n_images or (2000 if quick else None), seed)
+    rng = np.random.default_rng(seed + 1)
+    lesions = meta.lesion_id.unique()
+    calib_set = set(rng.permutation(lesions)[: len(lesions) // 2])
+    cfg = lesion_match.validate({**cfg, "features": features})
+    out = {"features": features, "budget_false_pairs_per_1000": budget}
+    halves = {}
+    for name, part in (
+        ("calibration", meta[meta.lesion_id.isin(calib_set)]),
+        ("held_out", meta[~meta.lesion_id.isin(calib_set)]),
+    ):
+        halves[name] = measure(part.reset_index(drop=True), cfg, seed)
+    m = halves["calibration"]
+    les = m["les"]
+    cal = lesion_match.calibrate(
+        m["ss"], m["pos"], len(les), _positives(les), budget, negative=m["neg"], false_scale=1 / m["known"]
+    )
+    out["threshold"] = cal["threshold"]
+    out["calibration_recall"] = round(cal["recall"], 4)
+    out["calibration_false_pairs_per_1000_images"] = round(cal["false_pairs_per_1000_images"], 3)
+    m = halves["held_out"]
+    les = m["les"]
+    pairs = lesion_match.capped_pairs(m["ii"], m["jj"], m["ss"], cal["threshold"], len(les), cfg["max_group"])
+    same = np.array([les[i] == les[j] for i, j, _ in pairs], bool)
+    proven = {(i, j) for i, j, n in zip(m["ii"].tolist(), m["jj"].tolist(), m["neg"], strict=True) if n}
+    n_proven = sum((i, j) in proven for i, j, _ in pairs)
+    n_pos = _positives(les)
+    out.update(
+        same_lesion_recall=round(float(same.sum()) / n_pos, 4),
+        false_pairs_per_1000_images=round(1000 * n_proven / m["known"] / len(les), 3),
+        lesion_id_false_pairs_per_1000_images=round(1000 * float((~same).sum()) / len(les), 3),
+        review_pairs=int((~same).sum()) - n_proven,
+        metadata_proves_share=round(m["known"], 4),
+        grouped_recall=round(_grouped(pairs, les) / n_pos, 4),
+        candidate_ceiling=round(float(m["pos"].sum()) / n_pos, 4),
+        held_out_images=len(les),
+        held_out_positive_pairs=n_pos,
+        held_out_proven_false_pairs=n_proven,
+        wall_s=round(time.time() - t0, 1),
+    )
+    if sheet:
+        cross_lesion_sheet(halves, cal["threshold"], sheet)
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="about 2,000 images (CPU, about a minute)")
+    p.add_argument("--features", default="sift", choices=lesion_match.FEATURES)
+    p.add_argument("--budget", type=float, default=1.0, help="false pairs allowed per 1,000 images")
+    p.add_argument("--sheet", help="PNG: contact sheet of the closest cross-lesion-id pairs, for review")
+    a = p.parse_args(argv)
+    print(json.dumps(run(a.quick, a.features, a.budget, sheet=a.sheet)))
+
+
+if __name__ == "__main__":
+    main()

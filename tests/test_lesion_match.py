@@ -1,0 +1,150 @@
+"""Same-lesion pairs by descriptor similarity: re-photographs, calibration, chaining guard, config."""
+
+import cv2
+import numpy as np
+import pytest
+
+from dermsynth import io, lesion_match, splits
+from dermsynth.errors import ConfigError
+
+SIFT = {"features": "sift", "shortlist": 3, "words": 16}
+
+
+def rephotograph(rgb: np.ndarray, angle: float, zoom: float, gain: float, gamma: float) -> np.ndarray:
+    """The same lesion photographed again: rotated, zoomed in on the centre, re-lit."""
+    h, w = rgb.shape[:2]
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, zoom)
+    out = cv2.warpAffine(rgb, m, (w, h), borderMode=cv2.BORDER_REFLECT)
+    out = 255.0 * (np.clip(out.astype(np.float64) * gain, 0, 255) / 255.0) ** gamma
+    return out.round().astype(np.uint8)
+
+
+@pytest.fixture
+def photos(tmp_path, shared_data):
+    """One real lesion twice (original + re-photograph) and six other real lesions, at 300 px."""
+    src = sorted((shared_data / "isic" / "benign").glob("*.jpg"))[:7]
+    rgbs = [np.asarray(io.load_rgb(p).resize((300, 225))) for p in src]
+    rgbs.insert(1, rephotograph(rgbs[0], angle=25, zoom=1.25, gain=1.15, gamma=0.9))
+    paths = []
+    for k, rgb in enumerate(rgbs):
+        p = tmp_path / f"img{k}.jpg"
+        cv2.imwrite(str(p), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        paths.append(p)
+    return paths
+
+
+def test_rephotograph_pairs_only_itself(photos):
+    pairs = lesion_match.find_pairs(photos, SIFT)
+    assert [(i, j) for i, j, _ in pairs] == [(0, 1)]
+    assert pairs[0][2] >= lesion_match.validate(SIFT)["min_inliers"]
+
+
+def test_rephotograph_one_split_group_with_leakage_row(tmp_path, photos):
+    rows = [
+        {"path": str(p), "label": "benign", "source_id": f"ISIC_{k}", "lesion_id": f"L{k}", "sha256": ""}
+        for k, p in enumerate(photos)
+    ]
+    import pandas as pd
+
+    for seed in range(4):
+        out = splits.make_splits(
+            {"d": pd.DataFrame(rows)},
+            {"d": {"val": 0.3, "test": 0.3}},
+            seed,
+            tmp_path / "s.csv",
+            tmp_path / "l.csv",
+            embedding=SIFT,
+        )
+        assert out["split"].iat[0] == out["split"].iat[1]
+    assert out["split"].nunique() > 1  # the others are free to go anywhere
+    leak = io.read_csv(tmp_path / "l.csv")
+    assert list(leak.columns) == splits.LEAKAGE_COLUMNS
+    assert leak[["source_id_a", "source_id_b", "kind", "action"]].values.tolist() == [
+        ["ISIC_0", "ISIC_1", "embedding", "grouped"]
+    ]
+    assert float(leak["similarity"].iat[0]) >= lesion_match.validate(SIFT)["min_inliers"]
+    # off by default: the pHash path alone does not see a rotated, zoomed copy
+    splits.make_splits({"d": pd.DataFrame(rows)}, {"d": {}}, 0, tmp_path / "s.csv", tmp_path / "l.csv")
+    assert len(io.read_csv(tmp_path / "l.csv")) == 0
+
+
+def test_calibrate_by_hand():
+    # scores best first: pos .9, neg .8, pos .7, neg .6, pos .5; 5 same-lesion pairs exist in all
+    s = [0.5, 0.9, 0.6, 0.8, 0.7]
+    pos = [True, True, False, False, True]
+    # 1,000 images, 1 false pair allowed: .7 keeps one negative (.8), .6 would be the second
+    got = lesion_match.calibrate(s, pos, n_images=1000, n_positive=5, false_per_1000=1)
+    assert got == {"threshold": 0.7, "recall": 2 / 5, "false_pairs": 1, "false_pairs_per_1000_images": 1.0}
+    # 999 images: no false pair allowed, only .9 stays
+    got = lesion_match.calibrate(s, pos, n_images=999, n_positive=5, false_per_1000=1)
+    assert (got["threshold"], got["recall"], got["false_pairs"]) == (0.9, 1 / 5, 0)
+    # 3,000 images: 3 allowed, every score passes
+    got = lesion_match.calibrate(s, pos, n_images=3000, n_positive=5, false_per_1000=1)
+    assert (got["threshold"], got["recall"], got["false_pairs"]) == (0.5, 3 / 5, 2)
+
+
+def test_calibrate_counts_only_proven_false_pairs_scaled():
+    # .8 is two lesion ids nobody can tell apart (a re-photograph?): not counted; .7 is proven
+    # different and, with half of all false pairs provable, stands for two
+    s, pos, neg = [0.9, 0.8, 0.7, 0.6], [True, False, False, True], [False, False, True, False]
+    got = lesion_match.calibrate(s, pos, 2000, 2, 1.0, negative=neg, false_scale=2.0)
+    assert (got["threshold"], got["recall"], got["false_pairs"]) == (0.6, 1.0, 2.0)
+    got = lesion_match.calibrate(s, pos, 1999, 2, 1.0, negative=neg, false_scale=2.0)
+    assert (got["threshold"], got["recall"], got["false_pairs"]) == (0.8, 0.5, 0.0)
+
+
+def test_mutual_knn_and_group_cap():
+    # 0-1 mutual nearest; 2's nearest is 1 but 1's is 0: 1-2 is not mutual at k=1
+    emb = np.array([[1, 0, 0], [0.99, 0.14, 0], [0.9, 0.44, 0], [0, 0, 1]], np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    ii, jj, ss = lesion_match.candidates(emb, k=1)
+    assert list(zip(ii.tolist(), jj.tolist(), strict=True)) == [(0, 1)]
+    assert ss[0] == pytest.approx(float(emb[0] @ emb[1]), abs=1e-6)
+    ii, jj, _ = lesion_match.candidates(emb, k=2)
+    assert {(0, 1), (1, 2), (0, 2)} == set(zip(ii.tolist(), jj.tolist(), strict=True))
+    # a chain 0-1-2-3 stops at 3 images: the weakest link that would make 4 is dropped
+    got = lesion_match.capped_pairs([0, 1, 2], [1, 2, 3], [0.9, 0.8, 0.7], 0.5, n=4, max_group=3)
+    assert got == [(0, 1, 0.9), (1, 2, 0.8)]
+    got = lesion_match.capped_pairs([0, 2], [1, 3], [0.9, 0.4], 0.5, n=4, max_group=3)
+    assert got == [(0, 1, 0.9)]
+
+
+def test_colour_descriptor_ignores_rotation_and_flip(shared_data):
+    rgb = np.asarray(io.load_rgb(shared_data / "ham10000_200x150" / "images" / "ISIC_0024306.jpg"))
+    a = lesion_match.colour_descriptor(rgb)
+    assert np.linalg.norm(a) == pytest.approx(1.0, abs=1e-5)
+    for t in (np.rot90(rgb), rgb[:, ::-1], rgb[::-1]):
+        assert float(a @ lesion_match.colour_descriptor(np.ascontiguousarray(t))) == pytest.approx(
+            1.0, abs=1e-6
+        )
+
+
+@pytest.mark.parametrize(
+    "cfg, key",
+    [
+        ({"features": "pixels"}, "features"),
+        ({"k": 0}, "k"),
+        ({"max_group": 1}, "max_group"),
+        ({"min_similarity": 1.5}, "min_similarity"),
+        ({"threshold": 0.9}, "threshold"),
+    ],
+)
+def test_config_validation(cfg, key):
+    with pytest.raises(ConfigError, match=key):
+        lesion_match.validate(cfg)
+    assert lesion_match.validate({})["features"] in lesion_match.FEATURES
+
+
+def test_network_features_go_through_quality_extractor(photos):
+    cfg = lesion_match.validate({"features": "tiny", "k": 1, "min_similarity": -1.0})
+    emb, kps = lesion_match.describe(photos, cfg, device="cpu")
+    assert kps is None and emb.shape[0] == len(photos)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    # every mutual nearest pair passes a threshold of -1; each image in at most one such pair
+    pairs = lesion_match.find_pairs(photos, cfg, device="cpu")
+    sim = emb @ emb.T
+    np.fill_diagonal(sim, -np.inf)
+    nearest = sim.argmax(1)
+    assert [(i, j) for i, j, _ in pairs] == [
+        (i, int(j)) for i, j in enumerate(nearest) if nearest[j] == i and i < j
+    ]
