@@ -10,8 +10,9 @@ rule hybrid:
         "results/hybrid/{regime}/train.csv",
     log:
         "results/logs/hybrid/{regime}.log",
+    # torch env: the regimes come from dermsynth.splits, whose lesion matching may need torch
     conda:
-        "../envs/data.yaml"
+        "../envs/torch.yaml"
     threads: 1
     params:
         synthetic_fraction=regime_fraction_param,

@@ -14,8 +14,9 @@ rule split:
         ),
     log:
         "results/logs/split/split.log",
+    # torch env: split.embedding may embed the images with DINOv2, CLIP or the tiny conv net
     conda:
-        "../envs/data.yaml"
+        "../envs/torch.yaml"
     threads: 4
     params:
         datasets=DATASETS,
