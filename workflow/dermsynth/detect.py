@@ -519,7 +519,7 @@ def section_detect(
     final_loss = float(history["loss"].iloc[-1]) if len(history) else float("nan")
     paper = f"{paper_accuracy:.0f} %" if paper_accuracy is not None else "—"
     lines = [
-        "### Detection check (the paper's Fig. 12)",
+        "## Detection check (the paper's Fig. 12)",
         "",
         f"A YOLOS detector (`{detector}`, two classes: benign / malignant lesion) trained on the real "
         f"train split, boxes from the {c['mask_method']} lesion masks ({len(history)} epochs at "
