@@ -218,3 +218,8 @@ def test_evaluation_benchmark_checks_each_target_it_has_a_figure_for():
     assert bench.check({"ita_modifier_effect_hi": 0.0}) == {"ita_modifier_effect_hi": False}  # CI touches 0
     covers = bench.check(bench.with_bounds({"c2st_auroc_same_ci": [0.51, 0.6]}))
     assert covers == {"c2st_auroc_same_lo": False, "c2st_auroc_same_hi": True}  # 0.5 below the CI
+    part = {"c2st_auroc_same": 0.55, "c2st_auroc_same_ci": [0.51, 0.6], "threshold": 15.0}
+    assert bench.headline(part) == {
+        "c2st_auroc_same": 0.55, "c2st_auroc_same_ci": [0.51, 0.6], "c2st_auroc_same_lo": 0.51,
+        "c2st_auroc_same_hi": 0.6,
+    }  # fmt: skip
