@@ -17,9 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -212,19 +209,11 @@ def _positive_index(classes: list[str]) -> int:
 
 def _save_model_dir(model, processor, info: dict, final: Path) -> None:
     """Write the model folder beside its final name, then swap it in: no half-written model survives."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}.", dir=final.parent))
-    try:
+    with io.atomic_dir(final) as tmp:
         model.save_pretrained(tmp)  # safetensors is the only format transformers 5 writes
         if processor is not None:
             processor.save_pretrained(tmp)
         (tmp / PREPROCESS_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 # ---------------------------------------------------------------- train

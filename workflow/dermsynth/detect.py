@@ -16,9 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -157,18 +154,10 @@ def _save_dir(model, info: dict, final: Path) -> None:
     """Write the detector folder beside its final name, then swap it in: no half-written model."""
     from transformers import YolosImageProcessorPil
 
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}.", dir=final.parent))
-    try:
+    with io.atomic_dir(final) as tmp:
         model.save_pretrained(tmp)
         YolosImageProcessorPil(image_mean=info["mean"], image_std=info["std"]).save_pretrained(tmp)
         (tmp / DETECTOR_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def load_trained(model_dir, device: str = "cpu"):

@@ -30,7 +30,7 @@ import pandas as pd
 from . import audit, io, semantic_audit
 from .artifacts import REASONS, check_image, image_verdict, thresholds
 from .errors import ConfigError, DermsynthError
-from .imaging import contact_sheet
+from .imaging import contact_sheet, pairs_sheet
 from .progress import Bar
 from .splits import find_duplicates, phashes, thumbnails
 
@@ -355,17 +355,7 @@ def section_filter(
         md.append("Memorization audit: off (no fine-tune images or `filter.memorization.activate: false`).")
     md += ["", f"![nearest-neighbour similarity]({sec(hist_png)})", ""]
     top = nearest.dropna(subset=["similarity"]).nlargest(closest, "similarity")
-    paths, labels = [], []
-    for r in top.itertuples():
-        paths += [r.path, r.nearest]
-        labels += [f"syn {r.similarity:.4f}", f"train {r.transform}"]
-    contact_sheet(
-        paths,
-        pairs_png,
-        ncols=4,
-        labels=labels if paths else None,
-        title="closest pairs: synthetic | fine-tune",
-    )
+    pairs_sheet(top, pairs_png, list(top["transform"]), "closest pairs: synthetic | fine-tune")
     md += [f"![closest pairs]({sec(pairs_png)})", ""]
     if semantic is not None and semantic_png is not None:
         closest_sem = int(thr["memorization"]["semantic"]["closest"])

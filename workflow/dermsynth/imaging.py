@@ -216,3 +216,13 @@ def contact_sheet(
             draw.text((x + 1, y + thumb + 1), str(labels[k])[: max(4, thumb // 6)], fill=(0, 0, 0))
     io.save_png(out_png, sheet)
     return Path(out_png)
+
+
+def pairs_sheet(pairs, out_png, right_labels, title: str) -> None:
+    """Synthetic | nearest fine-tune image, two cells a pair and two pairs a row: ``pairs`` has
+    ``path``, ``nearest`` and ``similarity`` per row, ``right_labels`` what each match is (a view)."""
+    paths, labels = [], []
+    for r, right in zip(pairs.itertuples(), right_labels, strict=True):
+        paths += [r.path, r.nearest]
+        labels += [f"syn {r.similarity:.4f}", f"train {right}"]
+    contact_sheet(paths, out_png, ncols=4, labels=labels if paths else None, title=title)

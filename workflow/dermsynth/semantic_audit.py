@@ -462,7 +462,7 @@ def section_lines(rows: pd.DataFrame, calib: dict, pairs_png, closest: int, fig_
     """Markdown on the semantic audit (threshold, how it was set, 95th percentile, share above) and
     a contact sheet of the ``closest`` pairs (synthetic | nearest fine-tune image) at ``pairs_png``,
     referenced as ``fig_ref``."""
-    from .imaging import contact_sheet
+    from .imaging import contact_sheet, pairs_sheet
 
     sims = (
         pd.to_numeric(rows["similarity"], errors="coerce").dropna() if len(rows) else pd.Series(dtype=float)
@@ -489,17 +489,9 @@ def section_lines(rows: pd.DataFrame, calib: dict, pairs_png, closest: int, fig_
     ]
     top = rows.assign(similarity=pd.to_numeric(rows["similarity"], errors="coerce"))
     top = top.dropna(subset=["similarity"]).nlargest(int(closest), "similarity")
-    paths, labels = [], []
-    for r in top.itertuples():
-        paths += [r.path, r.nearest]
-        labels += [f"syn {r.similarity:.4f}", f"train {str(r.view).split(' ')[0]}"]
-    contact_sheet(
-        paths,
-        pairs_png,
-        ncols=4,
-        labels=labels if paths else None,
-        title=f"semantic audit, closest pairs: synthetic | fine-tune (threshold {thr:.4f})",
-    )
+    views = [str(v).split(" ")[0] for v in top["view"]]
+    title = f"semantic audit, closest pairs: synthetic | fine-tune (threshold {thr:.4f})"
+    pairs_sheet(top, pairs_png, views, title)
     md += ["| synthetic | nearest fine-tune image | cosine | view |", "|---|---|---:|---|"]
     md += [
         f"| {io.rel(r.path)} | {io.rel(r.nearest)} | {r.similarity:.4f} | {r.view} |"

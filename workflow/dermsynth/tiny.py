@@ -12,10 +12,10 @@ import importlib.util
 import json
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 
 from .errors import ConfigError, ModelNotFoundError
+from .io import atomic_dir
 
 log = logging.getLogger("dermsynth")
 
@@ -44,16 +44,8 @@ def build(kind: str, out_dir, seed: int = 0, **kw) -> Path:
     if kind not in builders:
         raise ConfigError(f"tiny model kind '{kind}' is unknown: use one of {', '.join(KINDS)}")
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         builders[kind](tmp, seed=seed, **kw)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     log.info("built tiny %s model in %s (seed %d)", kind, out, seed)
     return out
 
