@@ -653,6 +653,7 @@ PAPER_SPEED_KEYS = (
     "optimizer",
     "gradient_checkpointing",
     "attention",
+    "fuse_qkv_lora",
     "cache_latents",
     "channels_last",
     "compile",
@@ -667,19 +668,24 @@ PAPER_SPEED_KEYS = (
 
 
 def _parse_variant(spec: str) -> tuple[str, dict]:
-    """``name:key=value,key=value`` -> (name, {key: YAML value}); ``paper``: config/config.yaml's step.
+    """``name:key=value,key=value`` -> (name, {key: YAML value}); ``paper``: config/config.yaml's step,
+    alone or as an item (``name:paper,key=value``: the paper's step with that change).
 
     ``--set``'s value is parsed as the body of a variant named ``ours``."""
     import yaml
 
+    ft = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["finetune"]
+    paper = {k: ft[k] for k in PAPER_SPEED_KEYS if k in ft}
     if spec == "paper":
-        ft = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["finetune"]
-        return "paper", {k: ft[k] for k in PAPER_SPEED_KEYS if k in ft}
+        return "paper", paper
     name, _, body = spec.partition(":")
     if not name or not body:
         raise SystemExit(f"--variant {spec!r}: expected NAME:KEY=VALUE[,KEY=VALUE]")
     settings = {}
     for item in body.split(","):
+        if item.strip() == "paper":  # the paper's step settings, then the changes after it
+            settings.update(paper)
+            continue
         key, eq, value = item.partition("=")
         if not eq:
             raise SystemExit(f"--variant {spec!r}: {item!r} is not KEY=VALUE")

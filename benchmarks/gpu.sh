@@ -33,7 +33,8 @@ part() {  # part NAME SECONDS SCRIPT ARGS...: the log in full, the last line as 
 for p in $PARTS; do
     case $p in
     finetune) part finetune 300 benchmarks/finetune.py --device cuda --steps 30 --warmup 10 \
-        --variant paper --profile 5 --peer-python python3 --peer-script .whl/train_dreambooth_lora.py ;;
+        --variant paper --variant paper_fused:paper,fuse_qkv_lora=true --profile 5 --peer-python python3 \
+        --peer-script .whl/train_dreambooth_lora.py ;;
     generate) part generate 180 benchmarks/generate.py --device cuda ;;
     optimizer) part optimizer 60 benchmarks/lora_optimizer.py --device cuda ;;
     *) echo "unknown part $p (finetune | generate | optimizer)"; exit 2 ;;

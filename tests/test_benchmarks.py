@@ -173,6 +173,10 @@ def test_paper_variant_takes_the_step_settings_of_the_paper_config(finetune_benc
     assert settings == {k: ft[k] for k in settings}  # the config's values, not defaults
     assert {"gradient_checkpointing", "compile", "optimizer", "mixed_precision"} <= settings.keys()
     assert "max_train_steps" not in settings and "num_train_epochs" not in settings
+    # the paper's step with one change: the fused q/k/v LoRA variant of benchmarks/gpu.sh
+    name, fused = finetune_bench._parse_variant("paper_fused:paper,fuse_qkv_lora=true")
+    assert name == "paper_fused" and fused == {**settings, "fuse_qkv_lora": True}
+    assert "fuse_qkv_lora" in finetune_bench.PAPER_SPEED_KEYS
 
 
 @pytest.fixture(scope="module")

@@ -249,6 +249,16 @@ def test_checkpointing_and_attention_kernels_do_not_change_the_lora(tiny_sd, ima
     assert _max_diff(ref, other) < 1e-4
 
 
+def test_fused_qkv_lora_trains_the_same_lora(tiny_sd, images, tmp_path):
+    ref, s1 = _train(tiny_sd, images, tmp_path, "ref")
+    fused, s2 = _train(tiny_sd, images, tmp_path, "fused", fuse_qkv_lora=True)
+    assert not s1["fuse_qkv_lora"] and s2["fuse_qkv_lora"]
+    # the same LoRA tensors, saved under the same names, within float rounding of 6 Adam steps
+    assert _max_diff(ref, fused) < 1e-4
+    with pytest.raises(ConfigError, match="fuse_qkv_lora needs finetune.attention: sdpa"):
+        _train(tiny_sd, images, tmp_path, "eager", fuse_qkv_lora=True, attention="eager")
+
+
 def test_min_snr_weighting_and_noise_offset(tiny_sd, images, tmp_path):
     _train(tiny_sd, images, tmp_path, "plain", max_train_steps=2)
     # gamma below every timestep's SNR (min 0.0047 at t=999): every sample's weight gamma/SNR < 1

@@ -301,6 +301,7 @@ def _run_facts(s: dict, device: str, n_proc: int, mp: str, cached: bool) -> dict
         "mixed_precision": mp,
         "mixed_precision_requested": s["mixed_precision"],
         "attention": s["attention"],
+        "fuse_qkv_lora": bool(s["fuse_qkv_lora"]),
         "gradient_checkpointing": bool(s["gradient_checkpointing"]),
         "cache_latents": cached,
         # applied on CUDA only (model.apply_speed_options)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from ...errors import ConfigError
 from ...hub import load_pretrained
 from ..adamw8bit import adamw8bit_class
 from ..flat_params import BNB_BLOCK, BNB_MIN_8BIT_SIZE, FlatParams
@@ -75,6 +76,14 @@ def load_models(pretrained: str, s: dict, labels: list, dev, device: str, dtype)
     if dtype != torch.float32:
         # fp32 master weights: the fp16 scaler refuses fp16 grads, and bf16 rounds away small Adam updates
         cast_training_params(unet, dtype=torch.float32)
+    if s["fuse_qkv_lora"]:
+        from .fused_lora import fuse_qkv_lora
+
+        if s["attention"] != "sdpa":
+            raise ConfigError(
+                "finetune.fuse_qkv_lora needs finetune.attention: sdpa (its processor is SDPA's)"
+            )
+        attention += f", q/k/v LoRA fused in {fuse_qkv_lora(unet)} attention modules"
     params = {n: p for n, p in unet.named_parameters() if p.requires_grad}
 
     # the frozen text encoder gives each class prompt one embedding, computed once (and "" for CFG)
