@@ -55,6 +55,12 @@ def parse_args(argv=None):
         default="auto",
         help="torch.compile the UNet (auto: on for CUDA)",
     )
+    p.add_argument(
+        "--compile-mode",
+        default="default",
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        help="generate.compile_mode: reduce-overhead replays each denoising step as a CUDA graph",
+    )
     p.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--writer-threads", type=int, default=4)
     return p.parse_args(argv)
@@ -126,6 +132,7 @@ def ours(pipe, pretrained: str, n: int, out: Path, a, device: str, compile_: boo
         "writer_threads": a.writer_threads,
         "channels_last": True,
         "compile": compile_,
+        "compile_mode": a.compile_mode,
     }
     kw = {"threads": a.threads, "device": device, "pipe": pipe}
     # warm-up batch (its own indices and folder): compilation / autotuning for this batch shape
@@ -201,6 +208,7 @@ def main(argv=None) -> dict:
         "sampler": a.sampler,
         "batch": a.batch,
         "compile": compile_,
+        "compile_mode": a.compile_mode if compile_ else None,
         "channels_last": device == "cuda",
         "dtype": "fp16" if device == "cuda" else "fp32",
         "n_ours": a.n_ours,

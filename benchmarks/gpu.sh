@@ -4,6 +4,7 @@
 #   here:    bash benchmarks/gpu_prepare.sh /path/to/diffusers-git-mirror   # once: .whl/
 #   device:  run(command="bash benchmarks/gpu.sh", carry=[".whl"], timeout_s=570)
 #            run(command="bash benchmarks/gpu.sh generate", ...)            # one part only
+#            run(command="bash benchmarks/gpu.sh generate_cg", ...)         # generation, CUDA graphs
 #
 # Parts: finetune (ours vs diffusers' script, + the paper config's step, + a profile), generate
 # (ours vs the naive loop, 512 px, 25 steps, CFG 7), optimizer (the 8-bit AdamW step). Each part
@@ -36,7 +37,10 @@ for p in $PARTS; do
         --variant paper --variant paper_fused:paper,fuse_qkv_lora=true --profile 5 --peer-python python3 \
         --peer-script .whl/train_dreambooth_lora.py ;;
     generate) part generate 180 benchmarks/generate.py --device cuda ;;
+    # not in the default set (the three above fill one call): CUDA graphs for the denoising loop
+    generate_cg) part generate_cg 240 benchmarks/generate.py --device cuda --compile on \
+        --compile-mode reduce-overhead ;;
     optimizer) part optimizer 60 benchmarks/lora_optimizer.py --device cuda ;;
-    *) echo "unknown part $p (finetune | generate | optimizer)"; exit 2 ;;
+    *) echo "unknown part $p (finetune | generate | optimizer | generate_cg)"; exit 2 ;;
     esac
 done

@@ -749,3 +749,20 @@ def test_filter_stage_gives_the_shard_verdicts(tiny_sd, pipe, tmp_path):
     assert dict(zip(rej["path"], rej["reason"], strict=True)) == dict(
         zip(m.loc[m["verdict"] != "pass", "path"], m.loc[m["verdict"] != "pass", "verdict"], strict=True)
     )
+
+
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_speed_up_compiles_the_unet_in_the_configured_mode(monkeypatch, mode):
+    # generate.compile_mode reaches torch.compile (reduce-overhead: each denoising step a CUDA graph)
+    calls = []
+
+    class Pipe:
+        device = torch.device("cuda")
+        unet, vae = object(), object()
+
+    monkeypatch.setattr(pl, "compile_unavailable", lambda device: None)
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: calls.append(kw) or ("compiled", m))
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)
+    pipe = pl.speed_up(Pipe(), channels_last=False, compile=True, compile_mode=mode)
+    assert calls == [{"fullgraph": False, "mode": mode}] and pipe.unet[0] == "compiled"
+    assert pl.speed_up(pipe, compile=True, compile_mode=mode) is pipe and len(calls) == 1  # once only

@@ -234,7 +234,10 @@ class _LazyPipe:
             else:
                 set_sampler(self.pipe, sampler)
             self.pipe = speed_up(
-                self.pipe, channels_last=bool(s["channels_last"]), compile=bool(s["compile"])
+                self.pipe,
+                channels_last=bool(s["channels_last"]),
+                compile=bool(s["compile"]),
+                compile_mode=s["compile_mode"],
             )
             self.ready = True
         return self.pipe
