@@ -17,6 +17,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from dermsynth.regimes import regime_names
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 COPY = ["Snakefile", "rules", "config", "workflow", "envs"]
@@ -83,7 +85,7 @@ def test_report_table4_has_every_cell_with_paper_numbers(demo):
     expected = {
         (m, r, t)
         for m in cfg["classify"]["models"]
-        for r in cfg["hybrid"]["regimes"]
+        for r in regime_names(cfg["hybrid"])  # the paper's regimes and the ratio sweep's
         for t in cfg["split"]["test_datasets"]
     }
     assert cells == expected
@@ -197,8 +199,12 @@ def test_classifier_param_reruns_only_training_evaluation_report(demo):
     cfg = variant(demo, "epochs.yaml", lambda c: c["classify"].update(epochs=c["classify"]["epochs"] + 1))
     jobs = planned_jobs(demo, cfg)
     # realism scores the real-only classifiers on the synthetic images: it is evaluation too
-    assert set(jobs) == {"train_classifier", "evaluate", "realism", "report", "all"}
-    assert jobs["train_classifier"] == 4 and jobs["evaluate"] == 8 and jobs["realism"] == 2
+    # and the subgroup tables, which read every evaluation
+    assert set(jobs) == {"train_classifier", "evaluate", "realism", "subgroups_section", "report", "all"}
+    c = yaml.safe_load((demo / "config" / "demo.yaml").read_text())
+    n = len(c["classify"]["models"]) * len(regime_names(c["hybrid"])) * len(c["classify"]["seeds"])
+    assert jobs["train_classifier"] == n and jobs["evaluate"] == n * len(c["split"]["test_datasets"])
+    assert jobs["realism"] == len(c["classify"]["models"]) * len(c["classify"]["seeds"])
 
 
 def test_sampler_steps_rerun_only_that_sampler_and_what_follows(demo):
@@ -206,8 +212,13 @@ def test_sampler_steps_rerun_only_that_sampler_and_what_follows(demo):
     jobs = planned_jobs(demo, cfg)
     assert jobs["generate"] == 2  # benign + malignant with euler, not the other samplers
     assert "finetune" not in jobs and "download" not in jobs and "split" not in jobs
-    # the real-only baseline does not use synthetic images: it stays
-    assert jobs["hybrid"] == 1 and jobs["train_classifier"] == 2
+    # the real-only baseline does not use synthetic images: it stays; every other regime reruns
+    c = yaml.safe_load((demo / "config" / "demo.yaml").read_text())
+    synthetic = [r for r in regime_names(c["hybrid"]) if r != "real"]
+    assert len(synthetic) >= 2 and jobs["hybrid"] == len(synthetic)  # hybrid and the sweep's
+    assert jobs["train_classifier"] == len(synthetic) * len(c["classify"]["models"]) * len(
+        c["classify"]["seeds"]
+    )
 
 
 @contextlib.contextmanager
@@ -275,8 +286,8 @@ def test_paper_config_dry_run_builds_the_whole_dag(tmp_path):
         "report",
     ):
         assert jobs.get(stage, 0) >= 1, stage
-    # 2 classes x 3 samplers x shards; 2 models x 2 regimes x 3 seeds; x 2 test sets
-    assert jobs["generate"] >= 6 and jobs["train_classifier"] == 12 and jobs["evaluate"] == 24
+    # 2 classes x 3 samplers x shards; 2 models x (2 regimes + the sweep's 3) x 3 seeds; x 2 test sets
+    assert jobs["generate"] >= 6 and jobs["train_classifier"] == 30 and jobs["evaluate"] == 60
     assert "tiny_model" not in jobs  # the paper config names hub models
 
 
