@@ -355,7 +355,8 @@ def section_filter(
         md.append("Memorization audit: off (no fine-tune images or `filter.memorization.activate: false`).")
     md += ["", f"![nearest-neighbour similarity]({sec(hist_png)})", ""]
     top = nearest.dropna(subset=["similarity"]).nlargest(closest, "similarity")
-    pairs_sheet(top, pairs_png, list(top["transform"]), "closest pairs: synthetic | fine-tune")
+    views = [r.transform for r in top.itertuples()]  # no column at all when nothing was audited
+    pairs_sheet(top, pairs_png, views, "closest pairs: synthetic | fine-tune")
     md += [f"![closest pairs]({sec(pairs_png)})", ""]
     if semantic is not None and semantic_png is not None:
         closest_sem = int(thr["memorization"]["semantic"]["closest"])

@@ -489,7 +489,7 @@ def section_lines(rows: pd.DataFrame, calib: dict, pairs_png, closest: int, fig_
     ]
     top = rows.assign(similarity=pd.to_numeric(rows["similarity"], errors="coerce"))
     top = top.dropna(subset=["similarity"]).nlargest(int(closest), "similarity")
-    views = [str(v).split(" ")[0] for v in top["view"]]
+    views = [str(r.view).split(" ")[0] for r in top.itertuples()]
     title = f"semantic audit, closest pairs: synthetic | fine-tune (threshold {thr:.4f})"
     pairs_sheet(top, pairs_png, views, title)
     md += ["| synthetic | nearest fine-tune image | cosine | view |", "|---|---|---:|---|"]
