@@ -13,7 +13,7 @@ One part per measurement, each in ``benchmarks/_evaluation_<part>.py`` with ``ru
   from its calibration (``same_lesion_recall`` where ``false_pairs_per_1000_images`` <= 1);
 - ``ece`` (here): the expected calibration error against a case computed by hand (``ece_error``).
 
-``--quick`` runs each part at its CPU size (well under 2 minutes in all); ``--part`` picks parts.
+``--quick`` runs each part at its CPU size (under 2 minutes in all; leakage takes most); ``--part`` picks parts.
 Last line: one JSON object with every figure, ``targets`` and ``targets_met``.
 """
 
@@ -104,7 +104,7 @@ def check(figures: dict) -> dict[str, bool]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="CPU size, well under 2 minutes")
+    ap.add_argument("--quick", action="store_true", help="CPU size, under 2 minutes")
     ap.add_argument("--part", action="append", choices=PARTS, help="run only these parts (repeatable)")
     a = ap.parse_args(argv)
     out: dict = {}

@@ -7,7 +7,7 @@ import pytest
 from dermsynth import io, lesion_match, splits
 from dermsynth.errors import ConfigError
 
-SIFT = {"features": "sift", "shortlist": 3, "words": 16}
+SIFT = {"features": "sift", "shortlist": 3}
 
 
 def rephotograph(rgb: np.ndarray, angle: float, zoom: float, gain: float, gamma: float) -> np.ndarray:
@@ -69,17 +69,18 @@ def test_rephotograph_one_split_group_with_leakage_row(tmp_path, photos):
 
 
 def test_calibrate_by_hand():
+    # the counts as observed (tail=False); the fitted tail is tested below
     # scores best first: pos .9, neg .8, pos .7, neg .6, pos .5; 5 same-lesion pairs exist in all
     s = [0.5, 0.9, 0.6, 0.8, 0.7]
     pos = [True, True, False, False, True]
     # 1,000 images, 1 false pair allowed: .7 keeps one negative (.8), .6 would be the second
-    got = lesion_match.calibrate(s, pos, n_images=1000, n_positive=5, false_per_1000=1)
+    got = lesion_match.calibrate(s, pos, n_images=1000, n_positive=5, false_per_1000=1, tail=False)
     assert got == {"threshold": 0.7, "recall": 2 / 5, "false_pairs": 1, "false_pairs_per_1000_images": 1.0}
     # 999 images: no false pair allowed, only .9 stays
-    got = lesion_match.calibrate(s, pos, n_images=999, n_positive=5, false_per_1000=1)
+    got = lesion_match.calibrate(s, pos, n_images=999, n_positive=5, false_per_1000=1, tail=False)
     assert (got["threshold"], got["recall"], got["false_pairs"]) == (0.9, 1 / 5, 0)
     # 3,000 images: 3 allowed, every score passes
-    got = lesion_match.calibrate(s, pos, n_images=3000, n_positive=5, false_per_1000=1)
+    got = lesion_match.calibrate(s, pos, n_images=3000, n_positive=5, false_per_1000=1, tail=False)
     assert (got["threshold"], got["recall"], got["false_pairs"]) == (0.5, 3 / 5, 2)
 
 
@@ -87,10 +88,82 @@ def test_calibrate_counts_only_proven_false_pairs_scaled():
     # .8 is two lesion ids nobody can tell apart (a re-photograph?): not counted; .7 is proven
     # different and, with half of all false pairs provable, stands for two
     s, pos, neg = [0.9, 0.8, 0.7, 0.6], [True, False, False, True], [False, False, True, False]
-    got = lesion_match.calibrate(s, pos, 2000, 2, 1.0, negative=neg, false_scale=2.0)
+    got = lesion_match.calibrate(s, pos, 2000, 2, 1.0, negative=neg, false_scale=2.0, tail=False)
     assert (got["threshold"], got["recall"], got["false_pairs"]) == (0.6, 1.0, 2.0)
-    got = lesion_match.calibrate(s, pos, 1999, 2, 1.0, negative=neg, false_scale=2.0)
+    got = lesion_match.calibrate(s, pos, 1999, 2, 1.0, negative=neg, false_scale=2.0, tail=False)
     assert (got["threshold"], got["recall"], got["false_pairs"]) == (0.8, 0.5, 0.0)
+
+
+def test_tail_estimate_sees_the_false_pairs_chance_hides():
+    # different-lesion scores fall 4x per step: 64 at >= 6, 16 at >= 7, 4 at >= 8, none seen at 9
+    neg = [6] * 48 + [7] * 12 + [8] * 4
+    np.testing.assert_allclose(lesion_match.tail_estimate(neg, [6, 7, 8, 9, 10]), [64, 16, 4, 1, 0.25])
+    assert lesion_match.tail_estimate([8, 9], [9, 10]).tolist() == [1, 0]  # too few to fit: as seen
+    s = neg + [9, 10, 11]
+    pos = [False] * len(neg) + [True] * 3
+    # 500 images allow 0.5 false pairs: 9 shows none, but one is expected there
+    got = lesion_match.calibrate(s, pos, n_images=500, n_positive=3, sigmas=0)
+    assert (got["threshold"], got["recall"]) == (10, 2 / 3)
+    assert got["false_pairs"] == pytest.approx(0.25)
+    # with one Poisson standard deviation on top, 10 (0.25 + 0.5) is over the budget too
+    got = lesion_match.calibrate(s, pos, n_images=500, n_positive=3)
+    assert (got["threshold"], got["recall"]) == (11, 1 / 3)
+    assert got["false_pairs"] == pytest.approx(0.0625 + 0.25)
+    got = lesion_match.calibrate(s, pos, n_images=500, n_positive=3, tail=False)
+    assert (got["threshold"], got["false_pairs"]) == (9, 0)
+
+
+def _disc(size: tuple[int, int], centre: tuple[float, float], radius: float) -> np.ndarray:
+    h, w = size
+    yy, xx = np.mgrid[:h, :w]
+    rgb = np.full((h, w, 3), (225, 180, 170), np.uint8)
+    rgb[(xx - centre[0]) ** 2 + (yy - centre[1]) ** 2 <= radius**2] = (90, 50, 40)
+    return rgb
+
+
+def test_lesion_view_puts_the_lesion_at_one_size():
+    # one lesion from afar (radius 12, off-centre) and close up (radius 40): one size in the view
+    sizes = []
+    for centre, radius in (((60, 50), 12), ((100, 75), 40)):
+        view, valid = lesion_match.lesion_view(_disc((150, 200), centre, radius), 128, 0.25, 4)
+        dark = view.sum(2) < 300
+        ys, xs = np.nonzero(dark & (valid > 0))
+        assert abs(xs.mean() - 63.5) < 2 and abs(ys.mean() - 63.5) < 2
+        sizes.append(xs.max() - xs.min() + 1)
+    # the classical mask takes in a rim of the edge, so the disc is a little under 128 / 1.5
+    assert abs(sizes[0] - sizes[1]) <= 4 and 0.85 * 128 / 1.5 < sizes[0] < 128 / 1.5 + 2
+    # a tiny lesion is enlarged at most max_upscale times; the outside of the image is not valid
+    view, valid = lesion_match.lesion_view(_disc((150, 200), (100, 75), 8), 128, 0.25, 3)
+    ys, xs = np.nonzero((view.sum(2) < 300) & (valid > 0))
+    assert xs.max() - xs.min() + 1 == pytest.approx(17 * 3, abs=4)
+    # no lesion found: the whole image, fitted; the outside of the image is not valid
+    view, valid = lesion_match.lesion_view(np.full((150, 200, 3), 200, np.uint8), 128, 0.25, 3)
+    assert (valid[64] > 0).sum() == pytest.approx(200 * 128 / 300, abs=8)
+    assert valid[0, 0] == 0 and valid[64, 64] == 255
+
+
+def test_inliers_refuse_an_implausible_zoom():
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(0, 200, (40, 2)).astype(np.float32)
+    desc = rng.uniform(0, 1, (40, 128)).astype(np.float32)
+    a = (pts, desc)
+    b = (pts * 0.1 + 5, desc)  # every match agrees, but on a tenth of the size: RANSAC collapsing
+    assert lesion_match.inliers(a, b, max_zoom=4) == 0
+    assert lesion_match.inliers(a, b, max_zoom=20) == 40
+    assert lesion_match.inliers(a, (pts * 1.5 + 5, desc), max_zoom=4) == 40
+
+
+def test_votes_rank_images_that_share_keypoints_first():
+    rng = np.random.default_rng(1)
+    descs = [rng.uniform(0, 1, (30, 128)).astype(np.float32) for _ in range(6)]
+    descs[4] = np.concatenate([descs[1][:10] + 0.01, descs[4][10:]])  # 1 and 4 share 10 structures
+    v = lesion_match.votes(descs, neighbours=2, checks=64, threads=2)
+    assert (v != v.T).nnz == 0
+    dense = v.toarray()
+    assert dense[1].argmax() == 4 and dense[4].argmax() == 1
+    ii, jj = lesion_match.shortlist(v, 1)
+    assert (1, 4) in set(zip(ii.tolist(), jj.tolist(), strict=True))
+    assert len(ii) <= 6
 
 
 def test_mutual_knn_and_group_cap():
