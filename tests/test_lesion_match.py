@@ -1,5 +1,7 @@
 """Same-lesion pairs by descriptor similarity: re-photographs, calibration, chaining guard, config."""
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -221,3 +223,26 @@ def test_network_features_go_through_quality_extractor(photos):
     assert [(i, j) for i, j, _ in pairs] == [
         (i, int(j)) for i, j in enumerate(nearest) if nearest[j] == i and i < j
     ]
+
+
+def test_sift_views_on_threads_in_a_fresh_interpreter(shared_data):
+    # scikit-image loads submodules lazily: threads segmenting at once found skimage.morphology
+    # half made (about one run in two before describe() imported it first)
+    import subprocess
+    import sys
+
+    code = (
+        "import glob, sys; sys.path.insert(0, sys.argv[1]);"
+        "from dermsynth import lesion_match as lm;"
+        "paths = sorted(glob.glob(sys.argv[2] + '/*.jpg'))[:24];"
+        "_, kps = lm.describe(paths, lm.validate({}), threads=4);"
+        "print(sum(len(v[1][0]) > 0 for v in kps))"
+    )
+    images = str(shared_data / "ham10000_200x150" / "images")
+    workflow = str(Path(lesion_match.__file__).parents[1])
+    for _ in range(3):
+        out = subprocess.run(
+            [sys.executable, "-c", code, workflow, images], capture_output=True, text=True, check=False
+        )
+        assert out.returncode == 0, out.stderr.strip().splitlines()[-1]
+        assert int(out.stdout.strip()) == 24  # every lesion view has keypoints

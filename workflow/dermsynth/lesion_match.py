@@ -220,6 +220,10 @@ def describe(paths, cfg: dict, threads: int = 1, device: str = "auto", model_dir
     kind = cfg["features"]
     paths = [str(p) for p in paths]
     if kind in ("colour", "sift"):
+        if kind == "sift":
+            from . import segment
+
+            segment.load_skimage()  # the lesion views segment on worker threads
         kps, emb = [], []
         fn = lambda p: _local(p, cfg)  # noqa: E731
         with image_threads(threads) as pmap:

@@ -112,6 +112,16 @@ def _skin_surface(ch: np.ndarray, seed: np.ndarray, valid: np.ndarray, order: in
     return sum(cf * x ** (d - i) * y**i for cf, (d, i) in zip(coef, _powers(order), strict=True))
 
 
+def load_skimage() -> None:
+    """Import the scikit-image submodules of the classical path now, before worker threads need them:
+    scikit-image loads submodules lazily, and two threads importing one at once can find it half made
+    (``AttributeError: partially initialized module 'skimage.morphology'``)."""
+    import skimage.filters  # noqa: F401
+    import skimage.measure  # noqa: F401
+    import skimage.morphology  # noqa: F401
+    import skimage.transform  # noqa: F401
+
+
 def classical_mask(rgb: np.ndarray, cfg: dict | None = None) -> np.ndarray:
     """Blue channel, lighting-corrected, Otsu + hysteresis + morphology + the central component (bool mask,
     empty if none). See the module docstring for the steps; the knobs are ``segment.*`` config keys."""
