@@ -160,6 +160,7 @@ def votes(descs: list[np.ndarray], neighbours: int, checks: int, threads: int = 
     owner = np.repeat(np.arange(n), counts.astype(int))
     x = np.concatenate([_root(d) for d in descs if len(d)])
     k = min(int(neighbours) + 1, len(x))
+    cv2.setRNGSeed(0)  # the kd-trees draw from OpenCV's RNG: same trees whatever ran before
     index = cv2.flann_Index(x, {"algorithm": 1, "trees": 4})
     chunks = np.array_split(np.arange(len(x)), max(1, -(-len(x) // 20000)))
     search = lambda c: index.knnSearch(x[c], k, params={"checks": int(checks)})[0]  # noqa: E731
