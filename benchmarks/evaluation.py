@@ -13,7 +13,8 @@ One part per measurement, each in ``benchmarks/_evaluation_<part>.py`` with ``ru
   from its calibration (``same_lesion_recall`` where ``false_pairs_per_1000_images`` <= 1);
 - ``ece`` (here): the expected calibration error against a case computed by hand (``ece_error``).
 
-``--quick`` runs each part at its CPU size (under 2 minutes in all; leakage takes most); ``--part`` picks parts.
+``--quick`` runs each part at its CPU size (under 2 minutes in all; leakage takes most);
+``--part`` picks parts.
 Last line: one JSON object with every figure, ``targets`` and ``targets_met``.
 """
 
